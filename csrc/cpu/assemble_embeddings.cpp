@@ -1,0 +1,266 @@
+// Fused assembly of the embedding stream, CPU.
+//
+//   out[b, j] = LayerNorm(src(b, j) + pos[offset + j] + type0),
+//   src(b, j) = prompt row j for j < N, else word[input_ids[b, j - N]],
+//
+// in one pass: each output row is read from its three sources, normalised in an
+// on-stack-of-the-chunk fp32 buffer and written once. With a prompt shared by the batch the
+// N prompt rows are identical in every sample, so they are normalised once and copied.
+// Backward returns only the prompt's gradient (the other tables are frozen) and runs the
+// LayerNorm backward only for the N prompt rows; for a shared prompt it first sums the
+// incoming gradient over the batch, which is exact because LayerNorm's backward is linear in
+// the incoming gradient for a fixed input.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <cstring>
+#include <vector>
+
+#include "xpe_fast/checks.h"
+#include "xpe_fast/kernel_math.h"
+
+namespace xpe_cpu {
+namespace {
+
+using xpe::bf16_t;
+
+// Multi-versioned entry points: AVX-512 / AVX2 / baseline chosen at load time, so the wheel
+// needs no -march flag. The templates below are force-inlined into each clone.
+#define XPE_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+
+template <typename T, typename A = typename xpe::acc_of<T>::type>
+XPE_HD void forward_row(const T* src, const T* pos, const T* typ, const T* w, const T* b, T* out,
+                        A* buf, int64_t d, A eps) {
+  A sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < d; ++k) {
+    const A v = xpe::embed_sum<A>(xpe::load(src, k), xpe::load(pos, k), xpe::load(typ, k));
+    buf[k] = v;
+    sum += v;
+  }
+  const A mean = sum / A(d);
+  A var = 0;
+#pragma omp simd reduction(+ : var)
+  for (int64_t k = 0; k < d; ++k) {
+    const A c = buf[k] - mean;
+    var += c * c;
+  }
+  const A rstd = xpe::rsqrt_acc(var / A(d) + eps);
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k)
+    xpe::store(out, k, xpe::ln_apply<A>(buf[k], mean, rstd, xpe::load(w, k), xpe::load(b, k)));
+}
+
+// LayerNorm backward of one prompt row; `g` holds the incoming gradient (already summed over
+// the batch for a shared prompt), `buf` is scratch of d elements.
+template <typename T, typename A = typename xpe::acc_of<T>::type>
+XPE_HD void backward_row(const A* g, const T* src, const T* pos, const T* typ, const T* w, T* dsrc,
+                         A* buf, int64_t d, A eps) {
+  A sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < d; ++k) {
+    const A v = xpe::embed_sum<A>(xpe::load(src, k), xpe::load(pos, k), xpe::load(typ, k));
+    buf[k] = v;
+    sum += v;
+  }
+  const A mean = sum / A(d);
+  A var = 0;
+#pragma omp simd reduction(+ : var)
+  for (int64_t k = 0; k < d; ++k) {
+    const A c = buf[k] - mean;
+    var += c * c;
+  }
+  const A rstd = xpe::rsqrt_acc(var / A(d) + eps);
+  A sgw = 0, sgwx = 0;
+#pragma omp simd reduction(+ : sgw, sgwx)
+  for (int64_t k = 0; k < d; ++k) {
+    const A xhat = (buf[k] - mean) * rstd;
+    const A gw = g[k] * xpe::load(w, k);
+    buf[k] = xhat;
+    sgw += gw;
+    sgwx += gw * xhat;
+  }
+  const A mgw = sgw / A(d), mgwx = sgwx / A(d);
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k)
+    xpe::store(dsrc, k, xpe::ln_grad_input<A>(g[k] * xpe::load(w, k), buf[k], rstd, mgw, mgwx));
+}
+
+struct Geometry {
+  int64_t B, L, N, d, offset;
+  bool shared;
+};
+
+template <typename T, typename A = typename xpe::acc_of<T>::type>
+XPE_HD void forward_rows(const int64_t* ids, const T* prompt, const T* word, const T* pos,
+                         const T* typ, const T* w, const T* b, T* out, A* buf, Geometry g,
+                         A eps, int64_t begin, int64_t end) {
+  const int64_t S = g.N + g.L;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t bi = r / S, j = r % S;
+    T* dst = out + r * g.d;
+    if (j < g.N) {
+      if (g.shared && bi > 0) {
+        // Shared prompt rows were normalised once, in sample 0.
+        std::memcpy(dst, out + j * g.d, sizeof(T) * g.d);
+        continue;
+      }
+      forward_row<T>(prompt + xpe::prompt_row(bi, j, g.N, g.shared) * g.d,
+                     pos + (g.offset + j) * g.d, typ, w, b, dst, buf, g.d, eps);
+    } else {
+      forward_row<T>(word + ids[bi * g.L + (j - g.N)] * g.d, pos + (g.offset + j) * g.d, typ, w, b,
+                     dst, buf, g.d, eps);
+    }
+  }
+}
+
+XPE_CLONES void forward_rows_f32(const int64_t* ids, const float* p, const float* wd,
+                                 const float* ps, const float* t, const float* w, const float* b,
+                                 float* o, float* buf, Geometry g, float eps, int64_t s, int64_t e) {
+  forward_rows<float>(ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e);
+}
+XPE_CLONES void forward_rows_f64(const int64_t* ids, const double* p, const double* wd,
+                                 const double* ps, const double* t, const double* w,
+                                 const double* b, double* o, double* buf, Geometry g, double eps,
+                                 int64_t s, int64_t e) {
+  forward_rows<double>(ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e);
+}
+XPE_CLONES void forward_rows_bf16(const int64_t* ids, const bf16_t* p, const bf16_t* wd,
+                                  const bf16_t* ps, const bf16_t* t, const bf16_t* w,
+                                  const bf16_t* b, bf16_t* o, float* buf, Geometry g, float eps,
+                                  int64_t s, int64_t e) {
+  forward_rows<bf16_t>(ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e);
+}
+
+// Gradient of prompt rows [begin, end) (rows of `grad_prompt`, which has B*N or N rows).
+template <typename T, typename A = typename xpe::acc_of<T>::type>
+XPE_HD void backward_rows(const T* gout, const T* prompt, const T* pos, const T* typ, const T* w,
+                          T* gprompt, A* gsum, A* buf, Geometry g, A eps, int64_t begin,
+                          int64_t end) {
+  const int64_t S = g.N + g.L;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t j = r % g.N;
+    if (g.shared) {
+      // Sum the incoming gradient of slot j over the batch, then one LayerNorm backward.
+      for (int64_t k = 0; k < g.d; ++k) gsum[k] = 0;
+      for (int64_t bi = 0; bi < g.B; ++bi) {
+        const T* gr = gout + (bi * S + j) * g.d;
+#pragma omp simd
+        for (int64_t k = 0; k < g.d; ++k) gsum[k] += xpe::load(gr, k);
+      }
+    } else {
+      const int64_t bi = r / g.N;
+      const T* gr = gout + (bi * S + j) * g.d;
+#pragma omp simd
+      for (int64_t k = 0; k < g.d; ++k) gsum[k] = xpe::load(gr, k);
+    }
+    backward_row<T>(gsum, prompt + r * g.d, pos + (g.offset + j) * g.d, typ, w, gprompt + r * g.d,
+                    buf, g.d, eps);
+  }
+}
+
+XPE_CLONES void backward_rows_f32(const float* go, const float* p, const float* ps, const float* t,
+                                  const float* w, float* gp, float* gs, float* buf, Geometry g,
+                                  float eps, int64_t s, int64_t e) {
+  backward_rows<float>(go, p, ps, t, w, gp, gs, buf, g, eps, s, e);
+}
+XPE_CLONES void backward_rows_f64(const double* go, const double* p, const double* ps,
+                                  const double* t, const double* w, double* gp, double* gs,
+                                  double* buf, Geometry g, double eps, int64_t s, int64_t e) {
+  backward_rows<double>(go, p, ps, t, w, gp, gs, buf, g, eps, s, e);
+}
+XPE_CLONES void backward_rows_bf16(const bf16_t* go, const bf16_t* p, const bf16_t* ps,
+                                   const bf16_t* t, const bf16_t* w, bf16_t* gp, float* gs,
+                                   float* buf, Geometry g, float eps, int64_t s, int64_t e) {
+  backward_rows<bf16_t>(go, p, ps, t, w, gp, gs, buf, g, eps, s, e);
+}
+
+template <typename T>
+const T* ptr(const at::Tensor& t) {
+  return reinterpret_cast<const T*>(t.data_ptr());
+}
+template <typename T>
+T* mptr(at::Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
+}  // namespace
+
+at::Tensor assemble_embeddings_forward(const at::Tensor& input_ids_, const at::Tensor& prompt_,
+                                       const at::Tensor& word_, const at::Tensor& pos_,
+                                       const at::Tensor& type_, const at::Tensor& ln_w_,
+                                       const at::Tensor& ln_b_, double eps, int64_t offset) {
+  const AssembleArgs a = check_assemble_args(input_ids_, prompt_, word_, pos_, type_, ln_w_,
+                                             ln_b_, eps, offset, "cpu");
+  check_token_ids_cpu(a.input_ids, a.V);
+  const Geometry g{a.B, a.L, a.N, a.d, offset, a.shared};
+  auto out = at::empty({a.B, a.N + a.L, a.d}, a.prompt.options());
+  const int64_t rows = a.B * (a.N + a.L);
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, a.d));
+  const int64_t* ids = a.input_ids.data_ptr<int64_t>();
+  const auto st = a.prompt.scalar_type();
+
+  auto run = [&](int64_t begin, int64_t end) {
+    if (begin >= end) return;
+    // One scratch row per chunk (not per row).
+    if (st == at::kDouble) {
+      std::vector<double> buf(a.d);
+      forward_rows_f64(ids, ptr<double>(a.prompt), ptr<double>(a.word), ptr<double>(a.pos),
+                       ptr<double>(a.type), ptr<double>(a.ln_w), ptr<double>(a.ln_b),
+                       mptr<double>(out), buf.data(), g, eps, begin, end);
+    } else if (st == at::kFloat) {
+      std::vector<float> buf(a.d);
+      forward_rows_f32(ids, ptr<float>(a.prompt), ptr<float>(a.word), ptr<float>(a.pos),
+                       ptr<float>(a.type), ptr<float>(a.ln_w), ptr<float>(a.ln_b),
+                       mptr<float>(out), buf.data(), g, static_cast<float>(eps), begin, end);
+    } else {
+      std::vector<float> buf(a.d);
+      forward_rows_bf16(ids, ptr<bf16_t>(a.prompt), ptr<bf16_t>(a.word), ptr<bf16_t>(a.pos),
+                        ptr<bf16_t>(a.type), ptr<bf16_t>(a.ln_w), ptr<bf16_t>(a.ln_b),
+                        mptr<bf16_t>(out), buf.data(), g, static_cast<float>(eps), begin, end);
+    }
+  };
+  if (a.shared) {
+    // Sample 0 first (it holds the shared prompt rows the other samples copy).
+    at::parallel_for(0, a.N + a.L, grain, run);
+    at::parallel_for(a.N + a.L, rows, grain, run);
+  } else {
+    at::parallel_for(0, rows, grain, run);
+  }
+  return out;
+}
+
+at::Tensor assemble_embeddings_backward(const at::Tensor& grad_out_, const at::Tensor& prompt_,
+                                        const at::Tensor& pos_, const at::Tensor& type_,
+                                        const at::Tensor& ln_w_, double eps, int64_t offset,
+                                        int64_t seq_len) {
+  const AssembleGradArgs a =
+      check_assemble_grad_args(grad_out_, prompt_, pos_, type_, ln_w_, offset, seq_len, "cpu");
+  const Geometry g{a.B, a.L, a.N, a.d, offset, a.shared};
+  auto grad_prompt = at::empty_like(a.prompt);
+  const int64_t rows = a.shared ? a.N : a.B * a.N;
+  const int64_t grain = a.shared ? 1 : std::max<int64_t>(1, 4096 / std::max<int64_t>(1, a.d));
+  const auto st = a.prompt.scalar_type();
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    if (begin >= end) return;
+    if (st == at::kDouble) {
+      std::vector<double> gs(a.d), buf(a.d);
+      backward_rows_f64(ptr<double>(a.grad_out), ptr<double>(a.prompt), ptr<double>(a.pos),
+                        ptr<double>(a.type), ptr<double>(a.ln_w), mptr<double>(grad_prompt),
+                        gs.data(), buf.data(), g, eps, begin, end);
+    } else if (st == at::kFloat) {
+      std::vector<float> gs(a.d), buf(a.d);
+      backward_rows_f32(ptr<float>(a.grad_out), ptr<float>(a.prompt), ptr<float>(a.pos),
+                        ptr<float>(a.type), ptr<float>(a.ln_w), mptr<float>(grad_prompt),
+                        gs.data(), buf.data(), g, static_cast<float>(eps), begin, end);
+    } else {
+      std::vector<float> gs(a.d), buf(a.d);
+      backward_rows_bf16(ptr<bf16_t>(a.grad_out), ptr<bf16_t>(a.prompt), ptr<bf16_t>(a.pos),
+                         ptr<bf16_t>(a.type), ptr<bf16_t>(a.ln_w), mptr<bf16_t>(grad_prompt),
+                         gs.data(), buf.data(), g, static_cast<float>(eps), begin, end);
+    }
+  });
+  return grad_prompt;
+}
+
+}  // namespace xpe_cpu

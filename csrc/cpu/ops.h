@@ -1,0 +1,33 @@
+// Entry points of the CPU kernels (bound to Python in csrc/bindings.cpp).
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace xpe_cpu {
+
+at::Tensor assemble_embeddings_forward(const at::Tensor& input_ids, const at::Tensor& prompt,
+                                       const at::Tensor& word_embeddings,
+                                       const at::Tensor& position_embeddings,
+                                       const at::Tensor& token_type_embedding,
+                                       const at::Tensor& ln_weight, const at::Tensor& ln_bias,
+                                       double eps, int64_t position_offset);
+
+at::Tensor assemble_embeddings_backward(const at::Tensor& grad_out, const at::Tensor& prompt,
+                                        const at::Tensor& position_embeddings,
+                                        const at::Tensor& token_type_embedding,
+                                        const at::Tensor& ln_weight, double eps,
+                                        int64_t position_offset, int64_t seq_len);
+
+std::vector<at::Tensor> prompt_encoder_mlp_forward(
+    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+    const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
+    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2);
+
+std::vector<at::Tensor> prompt_encoder_mlp_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+    const at::Tensor& w3, const at::Tensor& h1, const at::Tensor& h2,
+    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2);
+
+}  // namespace xpe_cpu

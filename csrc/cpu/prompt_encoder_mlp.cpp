@@ -1,0 +1,165 @@
+// Prompt-encoder MLP, CPU: Linear -> ReLU -> Dropout -> Linear -> ReLU -> Dropout -> Linear.
+//
+// The three GEMMs go to ATen's BLAS (MKL / oneDNN, AMX for bf16): they are all the FLOPs
+// and a hand-written GEMM would only be slower. What is fused here is everything between
+// them: bias + ReLU + dropout in one in-place pass after each GEMM, and in backward the
+// ReLU/dropout gradient together with the bias gradient (a column sum in the accumulation
+// type) in one pass, with the whole forward or backward a single call from Python (no
+// autograd graph of ten nodes, no intermediate tensors beyond the two saved activations).
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "xpe_fast/checks.h"
+#include "xpe_fast/kernel_math.h"
+
+namespace xpe_cpu {
+namespace {
+
+using xpe::bf16_t;
+
+#define XPE_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+
+// h[i, :] = relu(h[i, :]) * m[i, :] in place (m may be null: no dropout).
+template <typename T, typename A = typename xpe::acc_of<T>::type>
+XPE_HD void relu_dropout_rows(T* h, const T* m, int64_t cols, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    T* row = h + i * cols;
+    const T* mrow = m ? m + i * cols : nullptr;
+#pragma omp simd
+    for (int64_t k = 0; k < cols; ++k)
+      xpe::store(row, k, xpe::relu_dropout<A>(xpe::load(row, k), mrow ? A(xpe::load(mrow, k)) : A(1)));
+  }
+}
+
+// g = relu_dropout_grad(g, h, m) in place over all rows, and gb[k] = sum_i g[i, k]: one pass.
+// Columns are split across threads so the bias sums need no reduction between threads.
+template <typename T, typename A = typename xpe::acc_of<T>::type>
+XPE_HD void relu_dropout_grad_cols(T* g, const T* h, const T* m, A* gb, int64_t rows, int64_t cols,
+                                   int64_t cbegin, int64_t cend) {
+  for (int64_t k = cbegin; k < cend; ++k) gb[k] = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    T* grow = g + i * cols;
+    const T* hrow = h + i * cols;
+    const T* mrow = m ? m + i * cols : nullptr;
+#pragma omp simd
+    for (int64_t k = cbegin; k < cend; ++k) {
+      const A v = xpe::relu_dropout_grad<A>(xpe::load(grow, k), xpe::load(hrow, k),
+                                            mrow ? A(xpe::load(mrow, k)) : A(1));
+      xpe::store(grow, k, v);
+      gb[k] += A(xpe::load(grow, k));  // sum what was stored, as autograd would
+    }
+  }
+}
+
+XPE_CLONES void relu_dropout_f32(float* h, const float* m, int64_t c, int64_t s, int64_t e) {
+  relu_dropout_rows<float>(h, m, c, s, e);
+}
+XPE_CLONES void relu_dropout_f64(double* h, const double* m, int64_t c, int64_t s, int64_t e) {
+  relu_dropout_rows<double>(h, m, c, s, e);
+}
+XPE_CLONES void relu_dropout_bf16(bf16_t* h, const bf16_t* m, int64_t c, int64_t s, int64_t e) {
+  relu_dropout_rows<bf16_t>(h, m, c, s, e);
+}
+XPE_CLONES void grad_f32(float* g, const float* h, const float* m, float* gb, int64_t r, int64_t c,
+                         int64_t s, int64_t e) {
+  relu_dropout_grad_cols<float>(g, h, m, gb, r, c, s, e);
+}
+XPE_CLONES void grad_f64(double* g, const double* h, const double* m, double* gb, int64_t r,
+                         int64_t c, int64_t s, int64_t e) {
+  relu_dropout_grad_cols<double>(g, h, m, gb, r, c, s, e);
+}
+XPE_CLONES void grad_bf16(bf16_t* g, const bf16_t* h, const bf16_t* m, float* gb, int64_t r,
+                          int64_t c, int64_t s, int64_t e) {
+  relu_dropout_grad_cols<bf16_t>(g, h, m, gb, r, c, s, e);
+}
+
+template <typename T>
+T* raw(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+void relu_dropout_(at::Tensor& h, const at::Tensor& m) {
+  const int64_t rows = h.size(0), cols = h.size(1);
+  const int64_t grain = std::max<int64_t>(1, 16384 / cols);
+  const auto st = h.scalar_type();
+  at::parallel_for(0, rows, grain, [&](int64_t s, int64_t e) {
+    if (st == at::kFloat) relu_dropout_f32(raw<float>(h), raw<float>(m), cols, s, e);
+    else if (st == at::kDouble) relu_dropout_f64(raw<double>(h), raw<double>(m), cols, s, e);
+    else relu_dropout_bf16(raw<bf16_t>(h), raw<bf16_t>(m), cols, s, e);
+  });
+}
+
+// In place on g; returns the bias gradient in g's dtype.
+at::Tensor relu_dropout_grad_(at::Tensor& g, const at::Tensor& h, const at::Tensor& m) {
+  const int64_t rows = g.size(0), cols = g.size(1);
+  const auto st = g.scalar_type();
+  auto gb = at::empty({cols}, g.options().dtype(st == at::kDouble ? at::kDouble : at::kFloat));
+  const int64_t grain = std::max<int64_t>(16, 16384 / std::max<int64_t>(1, rows));
+  at::parallel_for(0, cols, grain, [&](int64_t s, int64_t e) {
+    if (st == at::kFloat)
+      grad_f32(raw<float>(g), raw<float>(h), raw<float>(m), raw<float>(gb), rows, cols, s, e);
+    else if (st == at::kDouble)
+      grad_f64(raw<double>(g), raw<double>(h), raw<double>(m), raw<double>(gb), rows, cols, s, e);
+    else
+      grad_bf16(raw<bf16_t>(g), raw<bf16_t>(h), raw<bf16_t>(m), raw<float>(gb), rows, cols, s, e);
+  });
+  return gb.to(st);
+}
+
+}  // namespace
+
+std::vector<at::Tensor> prompt_encoder_mlp_forward(
+    const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& b1_, const at::Tensor& w2_,
+    const at::Tensor& b2_, const at::Tensor& w3_, const at::Tensor& b3_,
+    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2) {
+  const MlpArgs a = check_mlp_args(x_, w1_, b1_, w2_, b2_, w3_, b3_, "cpu");
+  const auto dt = a.x.scalar_type();
+  const at::Tensor m1 = check_mask(mask1, "mask1", a.N, a.h, dt, "cpu");
+  const at::Tensor m2 = check_mask(mask2, "mask2", a.N, a.h, dt, "cpu");
+  at::Tensor h1 = at::addmm(a.b1, a.x, a.w1.t());
+  relu_dropout_(h1, m1);
+  at::Tensor h2 = at::addmm(a.b2, h1, a.w2.t());
+  relu_dropout_(h2, m2);
+  at::Tensor out = at::addmm(a.b3, h2, a.w3.t());
+  return {out, h1, h2};
+}
+
+// Returns {grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_w3, grad_b3}.
+std::vector<at::Tensor> prompt_encoder_mlp_backward(
+    const at::Tensor& grad_out_, const at::Tensor& x_, const at::Tensor& w1_,
+    const at::Tensor& w2_, const at::Tensor& w3_, const at::Tensor& h1_, const at::Tensor& h2_,
+    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2) {
+  TORCH_CHECK_VALUE(x_.dim() == 2 && w1_.dim() == 2 && w2_.dim() == 2 && w3_.dim() == 2,
+                    "x and the weights must be 2-D");
+  const auto dt = x_.scalar_type();
+  TORCH_CHECK_TYPE(is_supported_float(dt), "x must be float32, float64 or bfloat16");
+  const int64_t N = x_.size(0), h = w1_.size(0), d = w3_.size(0);
+  TORCH_CHECK_VALUE(grad_out_.dim() == 2 && grad_out_.size(0) == N && grad_out_.size(1) == d,
+                    "grad_out must be [", N, ", ", d, "], got ", grad_out_.sizes());
+  TORCH_CHECK_VALUE(h1_.dim() == 2 && h1_.size(0) == N && h1_.size(1) == h && h2_.sizes() == h1_.sizes(),
+                    "saved activations must be [N, h]");
+  const at::Tensor g = check_float(grad_out_, "grad_out", dt, "cpu");
+  const at::Tensor x = check_float(x_, "x", dt, "cpu");
+  const at::Tensor w1 = check_float(w1_, "w1", dt, "cpu");
+  const at::Tensor w2 = check_float(w2_, "w2", dt, "cpu");
+  const at::Tensor w3 = check_float(w3_, "w3", dt, "cpu");
+  const at::Tensor h1 = check_float(h1_, "h1", dt, "cpu");
+  const at::Tensor h2 = check_float(h2_, "h2", dt, "cpu");
+  const at::Tensor m1 = check_mask(mask1, "mask1", N, h, dt, "cpu");
+  const at::Tensor m2 = check_mask(mask2, "mask2", N, h, dt, "cpu");
+
+  at::Tensor gw3 = g.t().mm(h2);
+  at::Tensor gb3 = g.sum(0, /*keepdim=*/false, dt == at::kDouble ? at::kDouble : at::kFloat).to(dt);
+  at::Tensor g2 = g.mm(w3);
+  at::Tensor gb2 = relu_dropout_grad_(g2, h2, m2);
+  at::Tensor gw2 = g2.t().mm(h1);
+  at::Tensor g1 = g2.mm(w2);
+  at::Tensor gb1 = relu_dropout_grad_(g1, h1, m1);
+  at::Tensor gw1 = g1.t().mm(x);
+  at::Tensor gx = g1.mm(w1);
+  return {gx, gw1, gb1, gw2, gb2, gw3, gb3};
+}
+
+}  // namespace xpe_cpu

@@ -1,0 +1,240 @@
+"""A frozen Hugging Face encoder with an SPT / XPE / DUAL prompt and a trainable head.
+
+The prompt enters exactly as in PEFT (the semantics the paper's numbers come from): the N
+prompt rows go in front of `<s>`, the attention mask gets N leading ones, the encoder's own
+embedding layer adds position rows numbered over all N + L slots from the model's own offset
+(padding_idx + 1 for XLM-R/RoBERTa, 0 for BERT), token type 0 and its LayerNorm, and the
+head reads the final hidden state of slot 0, the first virtual token.
+
+The fused path computes that embedding stream with `ops.assemble_embeddings` and feeds it
+straight to the encoder stack; `backend="reference"` instead calls the unmodified Hugging Face
+model with `inputs_embeds`, which is what PEFT does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .prompt import CrossPromptEncoder
+
+
+@dataclass
+class EmbeddingParts:
+    """The frozen pieces of a backbone's embedding layer that the prompt goes through."""
+    word: nn.Embedding
+    position: nn.Embedding
+    token_type: nn.Embedding | None
+    layer_norm: nn.LayerNorm
+    dropout: nn.Module
+    position_offset: int
+
+
+def find_embedding_parts(backbone: nn.Module) -> EmbeddingParts:
+    """Locate word/position/type embeddings and the embedding LayerNorm of a BERT-like encoder."""
+    emb = getattr(backbone, "embeddings", None)
+    word = getattr(emb, "word_embeddings", None)
+    pos = getattr(emb, "position_embeddings", None)
+    ln = getattr(emb, "LayerNorm", None) or getattr(emb, "layer_norm", None)
+    if not isinstance(word, nn.Embedding) or not isinstance(pos, nn.Embedding) or \
+            not isinstance(ln, nn.LayerNorm):
+        raise ValueError(
+            f"{type(backbone).__name__} has no recognizable embedding layer: expected "
+            "`.embeddings` with `word_embeddings`, `position_embeddings` (absolute) and "
+            "`LayerNorm`, as in BERT, RoBERTa and XLM-R")
+    if not hasattr(backbone, "encoder"):
+        raise ValueError(f"{type(backbone).__name__} has no `.encoder` stack")
+    kind = getattr(backbone.config, "position_embedding_type", "absolute")
+    if kind not in (None, "absolute"):
+        raise ValueError(f"position_embedding_type={kind!r} is not supported (absolute only)")
+    tt = getattr(emb, "token_type_embeddings", None)
+    # RoBERTa-family embeddings number positions from padding_idx + 1 when given inputs_embeds.
+    if hasattr(emb, "create_position_ids_from_inputs_embeds") and \
+            getattr(emb, "padding_idx", None) is not None:
+        offset = int(emb.padding_idx) + 1
+    else:
+        offset = 0
+    dropout = getattr(emb, "dropout", None) or nn.Identity()
+    return EmbeddingParts(word, pos, tt if isinstance(tt, nn.Embedding) else None, ln, dropout,
+                          offset)
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The bare encoder of a Hugging Face model (BertModel inside BertFor..., etc.)."""
+    if hasattr(model, "embeddings") and hasattr(model, "encoder"):
+        return model
+    base = getattr(model, "base_model", None)
+    if base is not None and base is not model:
+        return base
+    return model
+
+
+class ClassificationHead(nn.Module):
+    """The backbone family's own head, reading slot 0 (the first virtual token).
+
+    roberta: dropout, dense, tanh, dropout, out_proj (XLM-R/RoBERTa's classification head).
+    bert: pooler dense, tanh, dropout, classifier; the dense starts from the backbone's pooler.
+    """
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, style: str,
+                 pooler_dense: nn.Linear | None = None):
+        super().__init__()
+        self.style = style
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+        if pooler_dense is not None:
+            with torch.no_grad():
+                self.dense.weight.copy_(pooler_dense.weight)
+                self.dense.bias.copy_(pooler_dense.bias)
+
+    def forward(self, first: torch.Tensor) -> torch.Tensor:
+        x = first
+        if self.style == "roberta":
+            x = self.dropout(x)
+        x = torch.tanh(self.dense(x))
+        x = self.dropout(x)
+        return self.out_proj(x)
+
+
+class PromptedEncoderForSequenceClassification(nn.Module):
+    """Frozen encoder + SPT/XPE/DUAL prompt + trainable head.
+
+    Args:
+        backbone: any Hugging Face BERT/RoBERTa/XLM-R-style model (bare or with a head; the
+            bare encoder is used), with pretrained or random weights. It is frozen.
+        num_labels: number of classes.
+        num_virtual_tokens, encoder_ratio, encoder_hidden_size, prompt_dropout: the prompt
+            (see CrossPromptEncoder); encoder_ratio 0 = SPT, 1 = XPE, between = DUAL.
+        classifier_dropout: head dropout (default: the backbone's hidden dropout).
+        backend: backend of the fused ops (None = best available; "reference" runs the plain
+            Hugging Face model with inputs_embeds).
+        head_style: "roberta" or "bert"; default from the backbone family.
+    """
+
+    def __init__(self, backbone: nn.Module, num_labels: int, num_virtual_tokens: int = 20,
+                 encoder_ratio: float = 1.0, encoder_hidden_size: int = 256,
+                 prompt_dropout: float = 0.1, classifier_dropout: float | None = None,
+                 backend: str | None = None, head_style: str | None = None):
+        super().__init__()
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        backbone = _base_model(backbone)
+        self.parts = find_embedding_parts(backbone)
+        self.backbone = backbone
+        self.backbone.requires_grad_(False)
+        config = backbone.config
+        d = self.parts.word.embedding_dim
+        max_pos = self.parts.position.num_embeddings
+        if self.parts.position_offset + num_virtual_tokens + 1 > max_pos:
+            raise ValueError(
+                f"a prompt of {num_virtual_tokens} virtual tokens does not fit the backbone's "
+                f"position table ({max_pos} rows, first usable position "
+                f"{self.parts.position_offset}): at most "
+                f"{max_pos - self.parts.position_offset - 1} virtual tokens leave room for one "
+                "input token")
+        self.prompt = CrossPromptEncoder(num_virtual_tokens, d, encoder_ratio,
+                                         encoder_hidden_size, dropout=prompt_dropout,
+                                         backend=backend)
+        if head_style is None:
+            head_style = "roberta" if self.parts.position_offset > 0 else "bert"
+        if head_style not in ("roberta", "bert"):
+            raise ValueError(f"head_style must be 'roberta' or 'bert', got {head_style!r}")
+        if classifier_dropout is None:
+            classifier_dropout = getattr(config, "classifier_dropout", None)
+        if classifier_dropout is None:
+            classifier_dropout = getattr(config, "hidden_dropout_prob", 0.1)
+        pooler = getattr(backbone, "pooler", None)
+        pooler_dense = getattr(pooler, "dense", None) if head_style == "bert" else None
+        self.head = ClassificationHead(d, num_labels, classifier_dropout, head_style,
+                                       pooler_dense if isinstance(pooler_dense, nn.Linear) else None)
+        self.num_labels = num_labels
+        self.backend = backend
+
+    def set_backend(self, backend: str | None) -> None:
+        """Backend of both fused ops (None = best available, "reference" = plain PyTorch)."""
+        self.backend = backend
+        if self.prompt.encoder is not None:
+            self.prompt.encoder.backend = backend
+
+    # ---- properties -------------------------------------------------------------------
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.prompt.num_virtual_tokens
+
+    @property
+    def max_input_length(self) -> int:
+        """Longest token sequence (with <s> and </s>) that fits the position table."""
+        return (self.parts.position.num_embeddings - self.parts.position_offset
+                - self.num_virtual_tokens)
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ---- forward ----------------------------------------------------------------------
+    def _extended_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        B, L = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                             f"input_ids {tuple(input_ids.shape)}")
+        ones = torch.ones(B, self.num_virtual_tokens, dtype=attention_mask.dtype,
+                          device=attention_mask.device)
+        return torch.cat([ones, attention_mask], dim=1)
+
+    def _check_inputs(self, input_ids: torch.Tensor):
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > self.max_input_length:
+            raise ValueError(
+                f"inputs of {input_ids.shape[1]} tokens plus {self.num_virtual_tokens} virtual "
+                f"tokens exceed the backbone's {self.parts.position.num_embeddings} positions; "
+                f"truncate inputs to {self.max_input_length} tokens")
+
+    def embed(self, input_ids: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedding stream [B, N + L, d] the encoder stack sees (before dropout)."""
+        p = self.parts
+        if prompt is None:
+            prompt = self.prompt()
+        word = p.word.weight
+        prompt = prompt.to(word.dtype)
+        if p.token_type is not None:
+            type_row = p.token_type.weight[0]
+        else:
+            type_row = torch.zeros_like(p.layer_norm.weight)
+        return ops.assemble_embeddings(input_ids, prompt, word, p.position.weight, type_row,
+                                       p.layer_norm.weight, p.layer_norm.bias, p.layer_norm.eps,
+                                       p.position_offset, backend=self.backend)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states [B, N + L, d]."""
+        self._check_inputs(input_ids)
+        mask = self._extended_mask(input_ids, attention_mask)
+        if prompt is None:
+            prompt = self.prompt()
+        if self.backend == "reference":
+            # Exactly PEFT's route: the unmodified Hugging Face model with inputs_embeds.
+            word = self.parts.word(input_ids)
+            embeds = torch.cat([prompt.to(word.dtype).unsqueeze(0).expand(
+                input_ids.shape[0], -1, -1), word], dim=1)
+            return self.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        from transformers.masking_utils import create_bidirectional_mask
+
+        hidden = self.parts.dropout(self.embed(input_ids, prompt))
+        mask4d = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden,
+                                           attention_mask=mask)
+        return self.backbone.encoder(hidden, attention_mask=mask4d).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, prompt: torch.Tensor | None = None):
+        """Logits [B, num_labels]; with `labels`, (loss, logits)."""
+        hidden = self.encode(input_ids, attention_mask, prompt)
+        logits = self.head(hidden[:, 0])
+        if labels is None:
+            return logits
+        return F.cross_entropy(logits.float(), labels), logits

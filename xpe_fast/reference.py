@@ -1,0 +1,64 @@
+"""Eager PyTorch references of the two operations that xpe_fast fuses.
+
+Tests and benchmarks both import these, so the fused kernels are always compared
+against the same definition. They are plain autograd code: slow, obviously right.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def dropout_masks(n: int, h: int, p: float, device, dtype=torch.float32):
+    """The two dropout keep-masks of the prompt-encoder MLP, already scaled by 1/(1-p).
+
+    Every backend draws its masks through this function (from torch's generator), so a
+    fused op and the reference see identical masks under the same seed.
+    """
+    if p <= 0.0:
+        return None, None
+    if p >= 1.0:
+        z = torch.zeros(n, h, device=device, dtype=dtype)
+        return z, z.clone()
+    keep = 1.0 - p
+    m1 = torch.empty(n, h, device=device, dtype=torch.float32).bernoulli_(keep).div_(keep)
+    m2 = torch.empty(n, h, device=device, dtype=torch.float32).bernoulli_(keep).div_(keep)
+    return m1.to(dtype), m2.to(dtype)
+
+
+def prompt_encoder_mlp_reference(x, w1, b1, w2, b2, w3, b3, dropout_p: float = 0.0,
+                                 training: bool = False, masks=None):
+    """Linear -> ReLU -> Dropout -> Linear -> ReLU -> Dropout -> Linear, per row of x [N, d_in].
+
+    Weights use nn.Linear's [out, in] layout. `masks` (two scaled keep-masks [N, h]) may be
+    given explicitly; otherwise they are drawn with `dropout_masks` when training.
+    """
+    h1 = F.relu(F.linear(x, w1, b1))
+    if training and dropout_p > 0.0:
+        if masks is None:
+            masks = dropout_masks(x.shape[0], w1.shape[0], dropout_p, x.device, x.dtype)
+        h1 = h1 * masks[0].to(h1.dtype)
+    h2 = F.relu(F.linear(h1, w2, b2))
+    if training and dropout_p > 0.0:
+        h2 = h2 * masks[1].to(h2.dtype)
+    return F.linear(h2, w3, b3)
+
+
+def assemble_embeddings_reference(input_ids, prompt, word_embeddings, position_embeddings,
+                                  token_type_embedding, ln_weight, ln_bias, eps: float,
+                                  position_offset: int):
+    """LayerNorm(cat(prompt, word_embeddings[input_ids]) + positions + token type 0).
+
+    input_ids [B, L]; prompt [N, d] (shared by the batch) or [B, N, d]; returns [B, N+L, d].
+    Slot j (prompt rows included) uses position row `position_offset + j`, as a Hugging Face
+    encoder does when it is given `inputs_embeds` (XLM-R: offset padding_idx + 1 = 2; BERT: 0).
+    """
+    B, L = input_ids.shape
+    if prompt.dim() == 2:
+        prompt = prompt.unsqueeze(0).expand(B, -1, -1)
+    N = prompt.shape[1]
+    tokens = F.embedding(input_ids, word_embeddings)
+    x = torch.cat([prompt.to(tokens.dtype), tokens], dim=1)
+    pos = position_embeddings[position_offset:position_offset + N + L]
+    x = x + pos.unsqueeze(0) + token_type_embedding
+    return F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
