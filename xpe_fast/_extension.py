@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import warnings
 
+import torch  # noqa: F401  (loads libc10/libtorch, which the extension links against)
+
 _C = None
 _cuda = None
 C_IMPORT_ERROR: str | None = None
