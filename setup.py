@@ -59,4 +59,21 @@ if _want_cuda():
         )
     )
 
-setup(ext_modules=ext_modules, cmdclass={"build_ext": cpp_extension.BuildExtension})
+class BuildExtension(cpp_extension.BuildExtension):
+    """Also places the built modules beside the sources (as an editable install would), so
+    that `python -m xpe_fast.train` or `python -c "import xpe_fast._C"` run from the
+    repository root, where the source folder shadows the installed package, still find them."""
+
+    def run(self):
+        super().run()
+        if self.inplace:
+            return
+        for ext in self.extensions:
+            built = self.get_ext_fullpath(ext.name)
+            rel = os.path.relpath(built, os.path.abspath(self.build_lib))
+            target = os.path.join(ROOT, rel)
+            if os.path.isdir(os.path.dirname(target)) and os.access(os.path.dirname(target), os.W_OK):
+                self.copy_file(built, target)
+
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExtension})

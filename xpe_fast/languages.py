@@ -1,0 +1,117 @@
+"""The SIB-200 language table and the language groups of the XPE paper.
+
+The table (`xpe_fast/data/languages.csv`, shipped in the package) gives per language its name,
+Joshi class, family, region, whether it was in XLM-R's pretraining data (`xlmr_seen`) and
+whether it is one of the paper's 46 Low-Performing languages.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import functools
+from dataclasses import dataclass
+from importlib import resources
+
+
+class UnknownLanguageError(ValueError):
+    """A language code or group name that the table does not know."""
+
+
+@dataclass(frozen=True)
+class Language:
+    code: str
+    name: str
+    joshi_class: int | None
+    family: str
+    region: str
+    xlmr_seen: bool
+    low_performing: bool
+
+
+JOSHI5 = ("arb_Arab", "deu_Latn", "eng_Latn", "fra_Latn", "jpn_Jpan", "spa_Latn", "zho_Hans")
+ENARZHO = ("eng_Latn", "arb_Arab", "zho_Hans")
+
+
+@functools.lru_cache(maxsize=1)
+def language_table() -> dict[str, Language]:
+    text = resources.files("xpe_fast").joinpath("data/languages.csv").read_text(encoding="utf-8")
+    out = {}
+    for row in csv.DictReader(text.splitlines()):
+        jc = row["joshi_class"].strip()
+        out[row["code"]] = Language(row["code"], row["name"], int(jc) if jc else None,
+                                    row["family"], row["region"], row["xlmr_seen"] == "1",
+                                    row["low_performing"] == "1")
+    return out
+
+
+def _groups() -> dict[str, tuple[str, ...]]:
+    t = language_table()
+    codes = sorted(t)
+    seen = tuple(c for c in codes if t[c].xlmr_seen)
+    return {
+        # sources
+        "joshi5": JOSHI5,
+        "enarzho": ENARZHO,
+        "seen-92": seen,
+        # targets
+        "low-performing": tuple(c for c in codes if t[c].low_performing),
+        "unseen": tuple(c for c in codes if not t[c].xlmr_seen),
+        "seen-wo-joshi5": tuple(c for c in seen if c not in JOSHI5),
+        "all-wo-joshi5": tuple(c for c in codes if c not in JOSHI5),
+        "all": tuple(codes),
+    }
+
+
+GROUP_TITLES = {
+    "joshi5": "Joshi5", "enarzho": "EnArZho", "seen-92": "Seen-92",
+    "low-performing": "Low-Performing", "unseen": "Unseen",
+    "seen-wo-joshi5": "Seen w/o Joshi5", "all-wo-joshi5": "All w/o Joshi5", "all": "All",
+}
+TARGET_GROUPS = ("low-performing", "unseen", "seen-wo-joshi5", "all-wo-joshi5")
+_ALIASES = {"seen92": "seen-92", "seen": "seen-92", "lowperforming": "low-performing",
+            "low_performing": "low-performing", "lp": "low-performing",
+            "seen_wo_joshi5": "seen-wo-joshi5", "all_wo_joshi5": "all-wo-joshi5"}
+
+
+@functools.lru_cache(maxsize=1)
+def groups() -> dict[str, tuple[str, ...]]:
+    return _groups()
+
+
+def group_names() -> list[str]:
+    return list(groups())
+
+
+def _normalize_group(name: str) -> str:
+    key = name.strip().lower().replace(" ", "-")
+    return _ALIASES.get(key, key)
+
+
+def resolve_languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Codes of a group name ("joshi5", "unseen", ...), a list of codes, or a comma-separated
+    mix of both. Unknown names raise UnknownLanguageError with suggestions."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    table, gs = language_table(), groups()
+    out: list[str] = []
+    for raw in items:
+        item = raw.strip()
+        if not item:
+            continue
+        g = _normalize_group(item)
+        if g in gs:
+            out.extend(gs[g])
+        elif item in table:
+            out.append(item)
+        else:
+            close = difflib.get_close_matches(item, list(table) + list(gs), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UnknownLanguageError(
+                f"unknown language or group {item!r}{hint} (groups: {', '.join(gs)})")
+    if not out:
+        raise UnknownLanguageError(f"no languages in {spec!r}")
+    return list(dict.fromkeys(out))  # de-duplicate, keep order
+
+
+def groups_of(code: str) -> list[str]:
+    """The target groups a language belongs to."""
+    return [g for g in TARGET_GROUPS if code in groups()[g]]
