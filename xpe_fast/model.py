@@ -72,6 +72,38 @@ def _base_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def _supports_first_row(layer: nn.Module) -> bool:
+    att = getattr(layer, "attention", None)
+    sa = getattr(att, "self", None)
+    return (all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads",
+                                          "attention_head_size", "scaling", "dropout"))
+            and hasattr(att, "output") and hasattr(layer, "intermediate")
+            and hasattr(layer, "output") and not getattr(sa, "is_cross_attention", False))
+
+
+def first_row_layer(layer: nn.Module, hidden: torch.Tensor, mask4d) -> torch.Tensor:
+    """A BERT/XLM-R encoder layer computed for slot 0 only: [B, S, d] -> [B, 1, d].
+
+    Exact for the classifier, which reads only slot 0 of the last layer: keys and values
+    still come from every slot, but the query, attention output and feed-forward run for one
+    row instead of N + L.
+    """
+    att = layer.attention
+    sa = att.self
+    B, S, _ = hidden.shape
+    h, hd = sa.num_attention_heads, sa.attention_head_size
+    first = hidden[:, :1]
+    q = sa.query(first).view(B, 1, h, hd).transpose(1, 2)
+    k = sa.key(hidden).view(B, S, h, hd).transpose(1, 2)
+    v = sa.value(hidden).view(B, S, h, hd).transpose(1, 2)
+    mask = mask4d[:, :, :1] if isinstance(mask4d, torch.Tensor) and mask4d.dim() == 4 else mask4d
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling,
+                                         dropout_p=sa.dropout.p if sa.training else 0.0)
+    ctx = ctx.transpose(1, 2).reshape(B, 1, h * hd)
+    a = att.output(ctx, first)
+    return layer.output(layer.intermediate(a), a)
+
+
 class ClassificationHead(nn.Module):
     """The backbone family's own head, reading slot 0 (the first virtual token).
 
@@ -153,6 +185,9 @@ class PromptedEncoderForSequenceClassification(nn.Module):
                                        pooler_dense if isinstance(pooler_dense, nn.Linear) else None)
         self.num_labels = num_labels
         self.backend = backend
+        layers = getattr(backbone.encoder, "layer", None)
+        # Last layer for slot 0 only (exact); off for layouts this code does not know.
+        self.first_row_last_layer = bool(layers) and _supports_first_row(layers[-1])
 
     def set_backend(self, backend: str | None) -> None:
         """Backend of both fused ops (None = best available, "reference" = plain PyTorch)."""
@@ -211,8 +246,9 @@ class PromptedEncoderForSequenceClassification(nn.Module):
                                        p.position_offset, backend=self.backend)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               prompt: torch.Tensor | None = None) -> torch.Tensor:
-        """Final hidden states [B, N + L, d]."""
+               prompt: torch.Tensor | None = None, first_row_only: bool = False) -> torch.Tensor:
+        """Final hidden states [B, N + L, d] (with `first_row_only`, possibly only [B, 1, d]:
+        the rows the classifier reads)."""
         self._check_inputs(input_ids)
         mask = self._extended_mask(input_ids, attention_mask)
         if prompt is None:
@@ -228,12 +264,18 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         hidden = self.parts.dropout(self.embed(input_ids, prompt))
         mask4d = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden,
                                            attention_mask=mask)
-        return self.backbone.encoder(hidden, attention_mask=mask4d).last_hidden_state
+        if not first_row_only or not self.first_row_last_layer:
+            return self.backbone.encoder(hidden, attention_mask=mask4d).last_hidden_state
+        layers = self.backbone.encoder.layer
+        for layer in layers[:-1]:
+            hidden = layer(hidden, mask4d)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return first_row_layer(layers[-1], hidden, mask4d)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, prompt: torch.Tensor | None = None):
         """Logits [B, num_labels]; with `labels`, (loss, logits)."""
-        hidden = self.encode(input_ids, attention_mask, prompt)
+        hidden = self.encode(input_ids, attention_mask, prompt, first_row_only=True)
         logits = self.head(hidden[:, 0])
         if labels is None:
             return logits

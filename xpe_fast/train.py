@@ -37,7 +37,7 @@ log = logging.getLogger("xpe_fast.train")
 DEFAULTS = dict(
     method="xpe", encoder_ratio=None, num_virtual_tokens=20, encoder_hidden_size=256,
     prompt_dropout=0.1, source="joshi5", targets="all-wo-joshi5", regime="zero-shot",
-    steps=200, target_steps=100, batch_size=32, eval_batch_size=64, lr_prompt=5e-3, lr=1e-2,
+    steps=150, target_steps=100, batch_size=32, eval_batch_size=64, lr_prompt=5e-3, lr=1e-2,
     weight_decay=0.01, warmup=0.1, target_warmup=0.05, schedule="cosine", optimizer="adamw",
     grad_clip=1.0, eval_every=50, patience=20, max_length=164, precision="auto",
     seeds="0", backbone="e5-small", tokenizer=None, data_dir=None, output_dir=None,
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{D.HUB_DATASET} [$XPE_FAST_DATA_DIR, ./shared/sib200, ../shared/sib200]")
     g.add_argument("--max-length", type=int, default=S, help="tokens per input [164]")
     g = ap.add_argument_group("optimization")
-    g.add_argument("--steps", type=int, default=S, help="training steps on the sources [200]")
+    g.add_argument("--steps", type=int, default=S, help="training steps on the sources [150]")
     g.add_argument("--target-steps", type=int, default=S,
                    help="steps per target language in the supervised regime [100]")
     g.add_argument("--batch-size", type=int, default=S, help="[32]")
