@@ -81,7 +81,7 @@ def evaluate_languages(model, tokenizer, dataset: D.SIB200, languages: list[str]
         prompt = model.prompt()
     out = {}
     bar = tqdm(languages, desc=f"evaluate ({split})", disable=not progress, unit="lang",
-               file=sys.stderr)
+               file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 60)
     for lang in bar:
         enc = D.encode(tokenizer, dataset.split(lang, split), max_length, lang)
         acc, loss, _ = evaluate_encoded(model, enc, batch_size, pad_id, precision, device, prompt)

@@ -341,7 +341,8 @@ def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: dict, *, steps: in
 
     it = batches_from(state["step"])
     bar = tqdm(total=steps, initial=state["step"], desc=desc, disable=not cfg["progress"],
-               unit="step", file=sys.stderr)
+               unit="step", file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 60)
     t0 = time.time()
     while state["step"] < steps and not state["stopped_early"]:
         model.train()

@@ -28,9 +28,10 @@ using xpe::bf16_t;
 // needs no -march flag. The templates below are force-inlined into each clone.
 #define XPE_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
 
+// buf = src + pos + type; returns the row's mean and 1/std (two passes, in A).
 template <typename T, typename A = typename xpe::acc_of<T>::type>
-XPE_HD void forward_row(const T* src, const T* pos, const T* typ, const T* w, const T* b, T* out,
-                        A* buf, int64_t d, A eps) {
+XPE_HD void row_stats(const T* src, const T* pos, const T* typ, A* buf, int64_t d, A eps,
+                      A& mean, A& rstd) {
   A sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t k = 0; k < d; ++k) {
@@ -38,14 +39,21 @@ XPE_HD void forward_row(const T* src, const T* pos, const T* typ, const T* w, co
     buf[k] = v;
     sum += v;
   }
-  const A mean = sum / A(d);
+  mean = sum / A(d);
   A var = 0;
 #pragma omp simd reduction(+ : var)
   for (int64_t k = 0; k < d; ++k) {
     const A c = buf[k] - mean;
     var += c * c;
   }
-  const A rstd = xpe::rsqrt_acc(var / A(d) + eps);
+  rstd = xpe::rsqrt_acc(var / A(d) + eps);
+}
+
+template <typename T, typename A = typename xpe::acc_of<T>::type>
+XPE_HD void forward_row(const T* src, const T* pos, const T* typ, const T* w, const T* b, T* out,
+                        A* buf, int64_t d, A eps) {
+  A mean, rstd;
+  row_stats<T>(src, pos, typ, buf, d, eps, mean, rstd);
 #pragma omp simd
   for (int64_t k = 0; k < d; ++k)
     xpe::store(out, k, xpe::ln_apply<A>(buf[k], mean, rstd, xpe::load(w, k), xpe::load(b, k)));
@@ -56,21 +64,8 @@ XPE_HD void forward_row(const T* src, const T* pos, const T* typ, const T* w, co
 template <typename T, typename A = typename xpe::acc_of<T>::type>
 XPE_HD void backward_row(const A* g, const T* src, const T* pos, const T* typ, const T* w, T* dsrc,
                          A* buf, int64_t d, A eps) {
-  A sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t k = 0; k < d; ++k) {
-    const A v = xpe::embed_sum<A>(xpe::load(src, k), xpe::load(pos, k), xpe::load(typ, k));
-    buf[k] = v;
-    sum += v;
-  }
-  const A mean = sum / A(d);
-  A var = 0;
-#pragma omp simd reduction(+ : var)
-  for (int64_t k = 0; k < d; ++k) {
-    const A c = buf[k] - mean;
-    var += c * c;
-  }
-  const A rstd = xpe::rsqrt_acc(var / A(d) + eps);
+  A mean, rstd;
+  row_stats<T>(src, pos, typ, buf, d, eps, mean, rstd);
   A sgw = 0, sgwx = 0;
 #pragma omp simd reduction(+ : sgw, sgwx)
   for (int64_t k = 0; k < d; ++k) {

@@ -31,6 +31,22 @@ __device__ A block_sum(A v, A* scratch) {
   return scratch[0];
 }
 
+// Mean and 1/std of the row src + pos + type, over the block (two passes, in A).
+template <typename T, typename A>
+__device__ void row_stats(const T* src, const T* prow, const T* typ, int64_t d, A eps, A* scratch,
+                          A& mean, A& rstd) {
+  A sum = 0;
+  for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
+    sum += xpe::embed_sum<A>(xpe::load(src, k), xpe::load(prow, k), xpe::load(typ, k));
+  mean = block_sum(sum, scratch) / A(d);
+  A var = 0;
+  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
+    const A c = xpe::embed_sum<A>(xpe::load(src, k), xpe::load(prow, k), xpe::load(typ, k)) - mean;
+    var += c * c;
+  }
+  rstd = xpe::rsqrt_acc(block_sum(var, scratch) / A(d) + eps);
+}
+
 template <typename T, typename A = typename xpe::acc_of<T>::type>
 __global__ void assemble_fwd_kernel(const int64_t* __restrict__ ids, const T* __restrict__ prompt,
                                     const T* __restrict__ word, const T* __restrict__ pos,
@@ -43,16 +59,8 @@ __global__ void assemble_fwd_kernel(const int64_t* __restrict__ ids, const T* __
   const T* src = j < N ? prompt + xpe::prompt_row(bi, j, N, shared) * d
                        : word + ids[bi * L + (j - N)] * d;
   const T* prow = pos + (offset + j) * d;
-  A sum = 0;
-  for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
-    sum += xpe::embed_sum<A>(xpe::load(src, k), xpe::load(prow, k), xpe::load(typ, k));
-  const A mean = block_sum(sum, scratch) / A(d);
-  A var = 0;
-  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
-    const A c = xpe::embed_sum<A>(xpe::load(src, k), xpe::load(prow, k), xpe::load(typ, k)) - mean;
-    var += c * c;
-  }
-  const A rstd = xpe::rsqrt_acc(block_sum(var, scratch) / A(d) + eps);
+  A mean, rstd;
+  row_stats(src, prow, typ, d, eps, scratch, mean, rstd);
   T* dst = out + r * d;
   for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
     const A x = xpe::embed_sum<A>(xpe::load(src, k), xpe::load(prow, k), xpe::load(typ, k));
@@ -76,16 +84,8 @@ __global__ void assemble_bwd_kernel(const T* __restrict__ gout, const T* __restr
     for (int64_t bi = 0; bi < B; ++bi) g += xpe::load(gout, (bi * S + j) * d + k);
     return g;
   };
-  A sum = 0;
-  for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
-    sum += xpe::embed_sum<A>(xpe::load(src, k), xpe::load(prow, k), xpe::load(typ, k));
-  const A mean = block_sum(sum, scratch) / A(d);
-  A var = 0;
-  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
-    const A c = xpe::embed_sum<A>(xpe::load(src, k), xpe::load(prow, k), xpe::load(typ, k)) - mean;
-    var += c * c;
-  }
-  const A rstd = xpe::rsqrt_acc(block_sum(var, scratch) / A(d) + eps);
+  A mean, rstd;
+  row_stats(src, prow, typ, d, eps, scratch, mean, rstd);
   A sgw = 0, sgwx = 0;
   for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
     const A x = xpe::embed_sum<A>(xpe::load(src, k), xpe::load(prow, k), xpe::load(typ, k));

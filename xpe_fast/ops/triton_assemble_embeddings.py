@@ -12,6 +12,18 @@ import triton.language as tl
 
 
 @triton.jit
+def _centered(src, pos_row_ptr, type_ptr, cols, mask, D, eps):
+    """x = src + position row + type row; returns (x - mean, masked) and 1/std."""
+    pos = tl.load(pos_row_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    typ = tl.load(type_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    x = (src + pos) + typ
+    mean = tl.sum(x, axis=0) / D
+    xc = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(xc * xc, axis=0) / D
+    return xc, 1.0 / tl.sqrt(var + eps)
+
+
+@triton.jit
 def _assemble_fwd_kernel(ids_ptr, prompt_ptr, word_ptr, pos_ptr, type_ptr, w_ptr, b_ptr, out_ptr,
                          L, N, D, offset, eps, SHARED: tl.constexpr, BLOCK_D: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
@@ -29,13 +41,7 @@ def _assemble_fwd_kernel(ids_ptr, prompt_ptr, word_ptr, pos_ptr, type_ptr, w_ptr
     else:
         tok = tl.load(ids_ptr + bi * L + (j - N)).to(tl.int64)
         src = tl.load(word_ptr + tok * D + cols, mask=mask, other=0.0).to(tl.float32)
-    pos = tl.load(pos_ptr + (offset + j) * D + cols, mask=mask, other=0.0).to(tl.float32)
-    typ = tl.load(type_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    x = (src + pos) + typ
-    mean = tl.sum(x, axis=0) / D
-    xc = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(xc * xc, axis=0) / D
-    rstd = 1.0 / tl.sqrt(var + eps)
+    xc, rstd = _centered(src, pos_ptr + (offset + j) * D, type_ptr, cols, mask, D, eps)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     y = xc * rstd * w + b
@@ -58,13 +64,7 @@ def _assemble_bwd_kernel(gout_ptr, prompt_ptr, pos_ptr, type_ptr, w_ptr, gprompt
         bi = r // N
         g = tl.load(gout_ptr + (bi * S + j) * D + cols, mask=mask, other=0.0).to(tl.float32)
     src = tl.load(prompt_ptr + r * D + cols, mask=mask, other=0.0).to(tl.float32)
-    pos = tl.load(pos_ptr + (offset + j) * D + cols, mask=mask, other=0.0).to(tl.float32)
-    typ = tl.load(type_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    x = (src + pos) + typ
-    mean = tl.sum(x, axis=0) / D
-    xc = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(xc * xc, axis=0) / D
-    rstd = 1.0 / tl.sqrt(var + eps)
+    xc, rstd = _centered(src, pos_ptr + (offset + j) * D, type_ptr, cols, mask, D, eps)
     xhat = xc * rstd
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     gw = g * w

@@ -1,0 +1,27 @@
+"""One command for BENCHMARKS.md: machine ceilings, all benchmarks, the report.
+
+    python benchmarks/run_all.py
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def main():
+    py = sys.executable
+    subprocess.run([py, str(HERE / "machine_peaks.py"), "--out", str(HERE / "machine_peaks.json")],
+                   check=True, cwd=REPO)
+    code = subprocess.run([py, "-m", "pytest", str(HERE), "--benchmark-only", "-p", "no:cacheprovider",
+                           f"--benchmark-json={HERE / 'results.json'}", "-q"], cwd=HERE).returncode
+    with open(REPO / "BENCHMARKS.md", "w") as f:
+        subprocess.run([py, str(HERE / "report.py"), str(HERE / "results.json"),
+                        str(HERE / "machine_peaks.json")], stdout=f, check=True, cwd=HERE)
+    print(f"wrote {REPO / 'BENCHMARKS.md'}; pytest exit code {code} (non-zero: a target missed)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
