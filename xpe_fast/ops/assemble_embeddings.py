@@ -85,6 +85,22 @@ def _backward(ctx, grad_out):
 _assemble_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _AssembleFunction(torch.autograd.Function):
+    """The same forward/backward as the custom op, for eager mode, without torch.library's
+    per-call dispatch cost."""
+
+    @staticmethod
+    def forward(ctx, input_ids, prompt, word, pos, typ, ln_w, ln_b, eps, offset, backend):
+        out = _forward_impl(backend)(input_ids, prompt, word, pos, typ, ln_w, ln_b, eps, offset)
+        ctx.save_for_backward(prompt, pos, typ, ln_w)
+        ctx.eps, ctx.offset, ctx.seq_len, ctx.backend = eps, offset, input_ids.shape[1], backend
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _backward(ctx, grad_out)
+
+
 def assemble_embeddings(input_ids: torch.Tensor, prompt: torch.Tensor,
                         word_embeddings: torch.Tensor, position_embeddings: torch.Tensor,
                         token_type_embedding: torch.Tensor, ln_weight: torch.Tensor,
@@ -123,6 +139,8 @@ def assemble_embeddings(input_ids: torch.Tensor, prompt: torch.Tensor,
                     f"assemble_embeddings (backend {backend!r}) computes the gradient of the "
                     f"prompt only, but {name} requires grad: freeze or detach it, or use "
                     "backend='reference'")
-    return _assemble_op(input_ids, prompt, word_embeddings, position_embeddings,
-                        token_type_embedding, ln_weight, ln_bias, float(eps),
-                        int(position_offset), backend)
+    args = (input_ids, prompt, word_embeddings, position_embeddings, token_type_embedding,
+            ln_weight, ln_bias, float(eps), int(position_offset), backend)
+    if torch.compiler.is_compiling():  # the custom op (with its fake) is what compile traces
+        return _assemble_op(*args)
+    return _AssembleFunction.apply(*args)
