@@ -36,7 +36,7 @@ def _want_cuda():
 
 
 # -g0: Python's own -g makes each file compile ~11 s longer and the .so 50x larger.
-CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-std=c++17"]
+CXX_FLAGS = ["-O3", "-g0", "-fopenmp"]  # the C++ standard is the one torch asks for
 include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
 
 ext_modules = [
@@ -49,13 +49,22 @@ ext_modules = [
     )
 ]
 
+def _pip_cuda_includes():
+    """Header folders of pip's CUDA wheels (nvidia/<lib>/include), which a CUDA build of torch
+    installs beside itself and which the system toolkit may lack."""
+    import torch
+
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    return sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
+
+
 if _want_cuda():
     ext_modules.append(
         cpp_extension.CUDAExtension(
             "xpe_fast._cuda",
             sources=["csrc/cuda/bindings_cuda.cpp"] + sorted(glob.glob("csrc/cuda/*.cu")),
-            include_dirs=include_dirs,
-            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17"]},
+            include_dirs=include_dirs + _pip_cuda_includes(),
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3"]},
         )
     )
 
