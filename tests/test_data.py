@@ -1,4 +1,5 @@
 import random
+import sys
 
 import pytest
 
@@ -83,3 +84,17 @@ def test_length_grouped_batches_cover_everything_once_and_pad_little():
     ids, mask, labels = D.collate([[0, 5, 2], [0, 2]], [1, 2], pad_id=1)
     assert ids.shape == (2, 4) and mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
     assert ids[1].tolist() == [0, 2, 1, 1]
+
+
+def test_the_hub_id_is_the_hub_not_a_folder(monkeypatch, tmp_path):
+    # Without `datasets` the hub source fails at once with what to do, not later or as a
+    # missing folder; with no local copy anywhere the message says where it looked.
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(D.DataError, match="pip install datasets"):
+        D.SIB200("Davlan/sib200")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(D.ENV_DATA_DIR, raising=False)
+    with pytest.raises(D.DataError, match="no local SIB-200 copy"):
+        D.SIB200()
+    with pytest.raises(D.DataError, match="neither a folder nor the hub"):
+        D.SIB200("sib200")

@@ -40,21 +40,37 @@ def default_data_source() -> str:
     env = os.environ.get(ENV_DATA_DIR)
     if env:
         return env
-    for cand in (Path("shared/sib200"), Path("../shared/sib200")):
-        if cand.is_dir():
-            return str(cand.resolve())
+    for cand in LOCAL_CANDIDATES:
+        if Path(cand).is_dir():
+            return str(Path(cand).resolve())
     return HUB_DATASET
+
+
+LOCAL_CANDIDATES = ("shared/sib200", "../shared/sib200")
 
 
 class SIB200:
     """Reader of SIB-200 splits from a local folder or the hub, with a per-split cache."""
 
     def __init__(self, source: str | os.PathLike | None = None):
+        defaulted = source is None
         source = str(source) if source is not None else default_data_source()
         self.source = source
         self._cache: dict[tuple[str, str], list[Example]] = {}
         path = Path(source).expanduser()
-        if path.exists() or os.sep in source or source.startswith("."):
+        if source.lower() == HUB_DATASET.lower() and not path.exists():
+            self.root = None
+            self.hub = True
+            try:
+                import datasets  # noqa: F401
+            except ImportError:
+                where = (f"no local SIB-200 copy was found (${ENV_DATA_DIR} is unset; looked in "
+                         f"{', '.join(LOCAL_CANDIDATES)} under {Path.cwd()}), and "
+                         if defaulted else "")
+                raise DataError(f"{where}reading {HUB_DATASET} from the hub needs "
+                                "`pip install datasets` and a network; or pass --data-dir "
+                                "with a local copy") from None
+        elif path.exists() or os.sep in source or source.startswith("."):
             if not path.is_dir():
                 raise DataError(f"data folder {source} does not exist or is not a folder")
             root = path / "data" / "annotated"
@@ -63,8 +79,8 @@ class SIB200:
             if not any(p.is_dir() for p in self.root.iterdir()):
                 raise DataError(f"data folder {self.root} holds no language folders")
         else:
-            self.root = None
-            self.hub = True
+            raise DataError(f"data source {source!r} is neither a folder nor the hub dataset "
+                            f"{HUB_DATASET}")
 
     def languages(self) -> list[str]:
         if self.hub:
