@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .frozen_linear import prepare_frozen_linears, set_frozen_linears_fast
 from .prompt import CrossPromptEncoder
 
 
@@ -158,6 +159,8 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         self.parts = find_embedding_parts(backbone)
         self.backbone = backbone
         self.backbone.requires_grad_(False)
+        # Frozen: its linear layers need no weight gradients; run them on oneDNN (exact).
+        prepare_frozen_linears(self.backbone.encoder)
         config = backbone.config
         d = self.parts.word.embedding_dim
         max_pos = self.parts.position.num_embeddings
@@ -184,7 +187,7 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         self.head = ClassificationHead(d, num_labels, classifier_dropout, head_style,
                                        pooler_dense if isinstance(pooler_dense, nn.Linear) else None)
         self.num_labels = num_labels
-        self.backend = backend
+        self.set_backend(backend)
         layers = getattr(backbone.encoder, "layer", None)
         # Last layer for slot 0 only (exact); off for layouts this code does not know.
         self.first_row_last_layer = bool(layers) and _supports_first_row(layers[-1])
@@ -194,6 +197,8 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         self.backend = backend
         if self.prompt.encoder is not None:
             self.prompt.encoder.backend = backend
+        # The reference path is the unmodified Hugging Face model (PEFT's route).
+        set_frozen_linears_fast(self.backbone, backend != "reference")
 
     # ---- properties -------------------------------------------------------------------
     @property

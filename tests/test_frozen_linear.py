@@ -1,0 +1,84 @@
+"""FrozenLinear (the backbone's linear layers on oneDNN) against nn.Linear."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from xpe_fast.frozen_linear import (FrozenLinear, onednn_available, prepare_frozen_linears,
+                                    set_frozen_linears_fast)
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
+
+
+def pair(i, o, bias=True, seed=0):
+    torch.manual_seed(seed)
+    ref = nn.Linear(i, o, bias=bias).requires_grad_(False)
+    fast = copy.deepcopy(ref)
+    assert prepare_frozen_linears(fast) == 1
+    return ref, fast
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (2, 13, 127), (3, 7, 384)])
+@pytest.mark.parametrize("out", [1, 7, 384])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp32_forward_and_input_gradient(shape, out, bias):
+    ref, fast = pair(shape[-1], out, bias)
+    x = torch.randn(*shape, requires_grad=True)
+    g = torch.randn(*shape[:-1], out)
+    y_ref, y = ref(x), fast(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    (gx_ref,) = torch.autograd.grad(y_ref, x, g)
+    (gx,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_input_and_no_grad():
+    ref, fast = pair(64, 33)
+    x = torch.randn(40, 64)
+    xs = torch.randn(64, 40).t()
+    assert not xs.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(xs), ref(xs), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_matches_autocast_linear_and_follows_weight_updates():
+    ref, fast = pair(96, 50)
+    x = torch.randn(4, 9, 96, requires_grad=True)
+    g = torch.randn(4, 9, 50)
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_ref, y = ref(x), fast(x)
+        assert y.dtype == y_ref.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
+        (gx_ref,) = torch.autograd.grad(y_ref, x, g.bfloat16())
+        (gx,) = torch.autograd.grad(y, x, g.bfloat16())
+        assert gx.dtype == torch.float32
+        torch.testing.assert_close(gx, gx_ref, rtol=2e-2, atol=2e-2)
+        with torch.no_grad():  # the cached bf16 copy must follow an in-place change
+            for m in (ref, fast):
+                m.weight.mul_(-2.0)
+                m.bias.add_(1.0)
+
+
+def test_falls_back_where_it_cannot_serve():
+    ref, fast = pair(8, 4)
+    x64 = torch.randn(3, 8, dtype=torch.float64)
+    torch.testing.assert_close(fast.double()(x64), ref.double()(x64))
+    ref, fast = pair(8, 4)
+    fast.requires_grad_(True)  # trainable weights need nn.Linear's weight gradients
+    x = torch.randn(3, 8)
+    fast(x).sum().backward()
+    assert fast.weight.grad is not None
+    ref, fast = pair(8, 4)
+    set_frozen_linears_fast(fast, False)
+    assert torch.equal(fast(x), ref(x))
+
+
+def test_keeps_class_parameters_and_state_dict_keys():
+    seq = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)).requires_grad_(False)
+    keys = list(seq.state_dict())
+    assert prepare_frozen_linears(seq) == 2
+    assert all(isinstance(m, (FrozenLinear, nn.ReLU)) for m in seq)
+    assert isinstance(seq[0], nn.Linear) and list(seq.state_dict()) == keys

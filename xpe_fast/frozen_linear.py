@@ -1,0 +1,101 @@
+"""Frozen linear layers of the backbone, prepared once for speed on the CPU.
+
+The backbone is frozen, so its linear layers never need weight gradients: only y = x W^T + b
+forward and dx = dy W backward. On the CPU, torch's dense fp32 GEMM goes to MKL, which runs
+its AVX2 code on AMD processors (about 110 GFLOP/s per core here), while oneDNN runs AVX-512
+(about 250 GFLOP/s on the same core and shapes). `FrozenLinear` sends both GEMMs to oneDNN
+(`torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU freezing path uses), with
+the transposed weight as a strided view, so no copy of the weights is kept in fp32. Under
+bf16 autocast it keeps one bf16 copy of each weight (autocast would cast it on every call),
+refreshed if the weight changes. The arithmetic is the same (fp32 products and sums; bf16
+inputs with fp32 accumulation under autocast); only the summation order differs, by fp32
+rounding.
+
+`prepare_frozen_linears(module)` turns every nn.Linear of a frozen module into a
+FrozenLinear in place (same class for isinstance, same parameters and state_dict keys);
+anything it cannot serve (float64, CUDA, weights that require grad, no oneDNN) falls back to
+nn.Linear's own forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def onednn_available() -> bool:
+    return (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+class _FrozenLinearFunction(torch.autograd.Function):
+    """y = x w^T + b with w and b constant: backward gives only dx = dy w."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(w)
+        return _linear(x, w, b)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (w,) = ctx.saved_tensors
+        return _linear(gy.contiguous(), w.t(), None), None, None
+
+
+class FrozenLinear(nn.Linear):
+    """An nn.Linear whose frozen forward (and input gradient) runs on oneDNN; see module doc."""
+
+    _bf16_cache: tuple | None = None
+    fast: bool = True
+
+    def _bf16_weights(self):
+        key = (self.weight.data_ptr(), self.weight._version,
+               None if self.bias is None else self.bias._version)
+        if self._bf16_cache is None or self._bf16_cache[0] != key:
+            w = self.weight.detach().to(torch.bfloat16)
+            b = None if self.bias is None else self.bias.detach().to(torch.bfloat16)
+            self._bf16_cache = (key, w, b)
+        return self._bf16_cache[1], self._bf16_cache[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if not (self.fast and x.device.type == "cpu" and w.device.type == "cpu"
+                and not w.requires_grad and (b is None or not b.requires_grad)
+                and x.dim() >= 2 and x.shape[-1] == w.shape[1]):
+            return super().forward(x)
+        if torch.is_autocast_enabled("cpu") and \
+                torch.get_autocast_dtype("cpu") == torch.bfloat16 and \
+                x.dtype in (torch.float32, torch.bfloat16):
+            w, b = self._bf16_weights()
+            x = x.to(torch.bfloat16)
+        elif x.dtype != torch.float32 or w.dtype != torch.float32:
+            return super().forward(x)
+        x = x.contiguous()
+        with torch.autocast("cpu", enabled=False):
+            if torch.is_grad_enabled() and x.requires_grad:
+                return _FrozenLinearFunction.apply(x, w, b)
+            return _linear(x, w, b)
+
+
+def prepare_frozen_linears(module: nn.Module) -> int:
+    """Makes every nn.Linear of `module` a FrozenLinear in place; returns how many. A no-op
+    without oneDNN."""
+    if not onednn_available():
+        return 0
+    n = 0
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = FrozenLinear
+            n += 1
+    return n
+
+
+def set_frozen_linears_fast(module: nn.Module, fast: bool) -> None:
+    """fast=False: every FrozenLinear of `module` runs nn.Linear's own forward again."""
+    for m in module.modules():
+        if isinstance(m, FrozenLinear):
+            m.fast = fast
