@@ -21,4 +21,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_out"), py::arg("x"), py::arg("w1"), py::arg("w2"), py::arg("w3"),
         py::arg("h1"), py::arg("h2"), py::arg("mask1") = py::none(),
         py::arg("mask2") = py::none());
+  m.def("dropout_apply", &xpe_cpu::dropout_apply, py::arg("x"), py::arg("p"), py::arg("seed"));
 }

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from . import fast_dropout
 from .frozen_linear import prepare_frozen_linears, set_frozen_linears_fast
 from .prompt import CrossPromptEncoder
 
@@ -98,8 +99,13 @@ def first_row_layer(layer: nn.Module, hidden: torch.Tensor, mask4d) -> torch.Ten
     k = sa.key(hidden).view(B, S, h, hd).transpose(1, 2)
     v = sa.value(hidden).view(B, S, h, hd).transpose(1, 2)
     mask = mask4d[:, :, :1] if isinstance(mask4d, torch.Tensor) and mask4d.dim() == 4 else mask4d
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling,
-                                         dropout_p=sa.dropout.p if sa.training else 0.0)
+    p = sa.dropout.p if sa.training else 0.0
+    if p > 0.0 and isinstance(sa.dropout, fast_dropout.FastDropout) and \
+            fast_dropout.available(q):
+        ctx = fast_dropout.attention_with_dropout(q, k, v, mask, sa.scaling, p)
+    else:
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling,
+                                             dropout_p=p)
     ctx = ctx.transpose(1, 2).reshape(B, 1, h * hd)
     a = att.output(ctx, first)
     return layer.output(layer.intermediate(a), a)
@@ -161,6 +167,9 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         self.backbone.requires_grad_(False)
         # Frozen: its linear layers need no weight gradients; run them on oneDNN (exact).
         prepare_frozen_linears(self.backbone.encoder)
+        # Its dropouts (train mode, as in PEFT) with masks from a counter-based hash.
+        self._hf_attn = getattr(backbone.config, "_attn_implementation", None)
+        self._fast_attn = self._hf_attn == "sdpa" and fast_dropout.register_attention()
         config = backbone.config
         d = self.parts.word.embedding_dim
         max_pos = self.parts.position.num_embeddings
@@ -198,7 +207,15 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         if self.prompt.encoder is not None:
             self.prompt.encoder.backend = backend
         # The reference path is the unmodified Hugging Face model (PEFT's route).
-        set_frozen_linears_fast(self.backbone, backend != "reference")
+        fast = backend != "reference"
+        set_frozen_linears_fast(self.backbone, fast)
+        if fast:
+            fast_dropout.prepare_dropouts(self.backbone)
+        else:
+            fast_dropout.restore_dropouts(self.backbone)
+        if self._fast_attn:
+            self.backbone.config._attn_implementation = (
+                fast_dropout.ATTN_IMPLEMENTATION if fast else self._hf_attn)
 
     # ---- properties -------------------------------------------------------------------
     @property

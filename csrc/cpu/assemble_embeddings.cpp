@@ -18,15 +18,12 @@
 
 #include "xpe_fast/checks.h"
 #include "xpe_fast/kernel_math.h"
+#include "cpu/clones.h"
 
 namespace xpe_cpu {
 namespace {
 
 using xpe::bf16_t;
-
-// Multi-versioned entry points: AVX-512 / AVX2 / baseline chosen at load time, so the wheel
-// needs no -march flag. The templates below are force-inlined into each clone.
-#define XPE_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
 
 // buf = src + pos + type; returns the row's mean and 1/std (two passes, in A).
 template <typename T, typename A = typename xpe::acc_of<T>::type>
@@ -109,23 +106,12 @@ XPE_HD void forward_rows(const int64_t* ids, const T* prompt, const T* word, con
   }
 }
 
-XPE_CLONES void forward_rows_f32(const int64_t* ids, const float* p, const float* wd,
-                                 const float* ps, const float* t, const float* w, const float* b,
-                                 float* o, float* buf, Geometry g, float eps, int64_t s, int64_t e) {
-  forward_rows<float>(ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e);
-}
-XPE_CLONES void forward_rows_f64(const int64_t* ids, const double* p, const double* wd,
-                                 const double* ps, const double* t, const double* w,
-                                 const double* b, double* o, double* buf, Geometry g, double eps,
-                                 int64_t s, int64_t e) {
-  forward_rows<double>(ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e);
-}
-XPE_CLONES void forward_rows_bf16(const int64_t* ids, const bf16_t* p, const bf16_t* wd,
-                                  const bf16_t* ps, const bf16_t* t, const bf16_t* w,
-                                  const bf16_t* b, bf16_t* o, float* buf, Geometry g, float eps,
-                                  int64_t s, int64_t e) {
-  forward_rows<bf16_t>(ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e);
-}
+XPE_MULTIVERSION(forward_rows_f32, (const int64_t* ids, const float* p, const float* wd, const float* ps, const float* t, const float* w, const float* b, float* o, float* buf, Geometry g, float eps, int64_t s, int64_t e),
+                 (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows<float>)
+XPE_MULTIVERSION(forward_rows_f64, (const int64_t* ids, const double* p, const double* wd, const double* ps, const double* t, const double* w, const double* b, double* o, double* buf, Geometry g, double eps, int64_t s, int64_t e),
+                 (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows<double>)
+XPE_MULTIVERSION(forward_rows_bf16, (const int64_t* ids, const bf16_t* p, const bf16_t* wd, const bf16_t* ps, const bf16_t* t, const bf16_t* w, const bf16_t* b, bf16_t* o, float* buf, Geometry g, float eps, int64_t s, int64_t e),
+                 (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows<bf16_t>)
 
 // Gradient of prompt rows [begin, end) (rows of `grad_prompt`, which has B*N or N rows).
 template <typename T, typename A = typename xpe::acc_of<T>::type>
@@ -154,21 +140,12 @@ XPE_HD void backward_rows(const T* gout, const T* prompt, const T* pos, const T*
   }
 }
 
-XPE_CLONES void backward_rows_f32(const float* go, const float* p, const float* ps, const float* t,
-                                  const float* w, float* gp, float* gs, float* buf, Geometry g,
-                                  float eps, int64_t s, int64_t e) {
-  backward_rows<float>(go, p, ps, t, w, gp, gs, buf, g, eps, s, e);
-}
-XPE_CLONES void backward_rows_f64(const double* go, const double* p, const double* ps,
-                                  const double* t, const double* w, double* gp, double* gs,
-                                  double* buf, Geometry g, double eps, int64_t s, int64_t e) {
-  backward_rows<double>(go, p, ps, t, w, gp, gs, buf, g, eps, s, e);
-}
-XPE_CLONES void backward_rows_bf16(const bf16_t* go, const bf16_t* p, const bf16_t* ps,
-                                   const bf16_t* t, const bf16_t* w, bf16_t* gp, float* gs,
-                                   float* buf, Geometry g, float eps, int64_t s, int64_t e) {
-  backward_rows<bf16_t>(go, p, ps, t, w, gp, gs, buf, g, eps, s, e);
-}
+XPE_MULTIVERSION(backward_rows_f32, (const float* go, const float* p, const float* ps, const float* t, const float* w, float* gp, float* gs, float* buf, Geometry g, float eps, int64_t s, int64_t e),
+                 (go, p, ps, t, w, gp, gs, buf, g, eps, s, e), backward_rows<float>)
+XPE_MULTIVERSION(backward_rows_f64, (const double* go, const double* p, const double* ps, const double* t, const double* w, double* gp, double* gs, double* buf, Geometry g, double eps, int64_t s, int64_t e),
+                 (go, p, ps, t, w, gp, gs, buf, g, eps, s, e), backward_rows<double>)
+XPE_MULTIVERSION(backward_rows_bf16, (const bf16_t* go, const bf16_t* p, const bf16_t* ps, const bf16_t* t, const bf16_t* w, bf16_t* gp, float* gs, float* buf, Geometry g, float eps, int64_t s, int64_t e),
+                 (go, p, ps, t, w, gp, gs, buf, g, eps, s, e), backward_rows<bf16_t>)
 
 template <typename T>
 const T* ptr(const at::Tensor& t) {

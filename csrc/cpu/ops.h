@@ -30,4 +30,8 @@ std::vector<at::Tensor> prompt_encoder_mlp_backward(
     const at::Tensor& w3, const at::Tensor& h1, const at::Tensor& h2,
     const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2);
 
+// y = x * keep / (1 - p), keep drawn from (seed, element index); the backward is the same
+// call on the gradient.
+at::Tensor dropout_apply(const at::Tensor& x, double p, int64_t seed);
+
 }  // namespace xpe_cpu

@@ -13,13 +13,13 @@
 
 #include "xpe_fast/checks.h"
 #include "xpe_fast/kernel_math.h"
+#include "cpu/clones.h"
 
 namespace xpe_cpu {
 namespace {
 
 using xpe::bf16_t;
 
-#define XPE_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
 
 // h[i, :] = relu(h[i, :]) * m[i, :] in place (m may be null: no dropout).
 template <typename T, typename A = typename xpe::acc_of<T>::type>
@@ -53,27 +53,18 @@ XPE_HD void relu_dropout_grad_cols(T* g, const T* h, const T* m, A* gb, int64_t 
   }
 }
 
-XPE_CLONES void relu_dropout_f32(float* h, const float* m, int64_t c, int64_t s, int64_t e) {
-  relu_dropout_rows<float>(h, m, c, s, e);
-}
-XPE_CLONES void relu_dropout_f64(double* h, const double* m, int64_t c, int64_t s, int64_t e) {
-  relu_dropout_rows<double>(h, m, c, s, e);
-}
-XPE_CLONES void relu_dropout_bf16(bf16_t* h, const bf16_t* m, int64_t c, int64_t s, int64_t e) {
-  relu_dropout_rows<bf16_t>(h, m, c, s, e);
-}
-XPE_CLONES void grad_f32(float* g, const float* h, const float* m, float* gb, int64_t r, int64_t c,
-                         int64_t s, int64_t e) {
-  relu_dropout_grad_cols<float>(g, h, m, gb, r, c, s, e);
-}
-XPE_CLONES void grad_f64(double* g, const double* h, const double* m, double* gb, int64_t r,
-                         int64_t c, int64_t s, int64_t e) {
-  relu_dropout_grad_cols<double>(g, h, m, gb, r, c, s, e);
-}
-XPE_CLONES void grad_bf16(bf16_t* g, const bf16_t* h, const bf16_t* m, float* gb, int64_t r,
-                          int64_t c, int64_t s, int64_t e) {
-  relu_dropout_grad_cols<bf16_t>(g, h, m, gb, r, c, s, e);
-}
+XPE_MULTIVERSION(relu_dropout_f32, (float* h, const float* m, int64_t c, int64_t s, int64_t e),
+                 (h, m, c, s, e), relu_dropout_rows<float>)
+XPE_MULTIVERSION(relu_dropout_f64, (double* h, const double* m, int64_t c, int64_t s, int64_t e),
+                 (h, m, c, s, e), relu_dropout_rows<double>)
+XPE_MULTIVERSION(relu_dropout_bf16, (bf16_t* h, const bf16_t* m, int64_t c, int64_t s, int64_t e),
+                 (h, m, c, s, e), relu_dropout_rows<bf16_t>)
+XPE_MULTIVERSION(grad_f32, (float* g, const float* h, const float* m, float* gb, int64_t r, int64_t c, int64_t s, int64_t e),
+                 (g, h, m, gb, r, c, s, e), relu_dropout_grad_cols<float>)
+XPE_MULTIVERSION(grad_f64, (double* g, const double* h, const double* m, double* gb, int64_t r, int64_t c, int64_t s, int64_t e),
+                 (g, h, m, gb, r, c, s, e), relu_dropout_grad_cols<double>)
+XPE_MULTIVERSION(grad_bf16, (bf16_t* g, const bf16_t* h, const bf16_t* m, float* gb, int64_t r, int64_t c, int64_t s, int64_t e),
+                 (g, h, m, gb, r, c, s, e), relu_dropout_grad_cols<bf16_t>)
 
 template <typename T>
 T* raw(const at::Tensor& t) {

@@ -30,9 +30,10 @@ XPE_HD float bf16_bits_to_float(uint16_t h) {
 XPE_HD uint16_t float_to_bf16_bits(float f) {
   union { uint32_t u; float f; } v;
   v.f = f;
-  if ((v.u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((v.u >> 16) | 0x40u);
-  const uint32_t rounding_bias = 0x7fffu + ((v.u >> 16) & 1u);
-  return static_cast<uint16_t>((v.u + rounding_bias) >> 16);
+  // Both results computed, then selected: no branch, so loops over it vectorize.
+  const uint32_t nan = (v.u >> 16) | 0x40u;
+  const uint32_t rounded = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>((v.u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 // Loads to / stores from the accumulation type: float for float and bf16, double for double.
@@ -90,5 +91,30 @@ XPE_HD A relu_dropout(A z, A m) { return z > A(0) ? z * m : A(0); }
 // was kept (m > 0), h > 0 exactly when z > 0, and a dropped unit passes no gradient.
 template <typename A>
 XPE_HD A relu_dropout_grad(A g, A h, A m) { return h > A(0) ? g * m : A(0); }
+
+// ---- counter-based dropout --------------------------------------------------------
+// Element i of a dropout call with seed s is kept when a hash of (s, i) clears a threshold:
+// no RNG state, so a kernel can draw any element independently (vectorized, in parallel),
+// and backward recomputes the forward's mask from the seed instead of storing it.
+XPE_HD uint32_t mix32(uint32_t x) {  // an invertible 32-bit avalanche (lowbias32)
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// 24 uniform bits for element i; two rounds so that every bit of seed and index matters.
+XPE_HD uint32_t dropout_bits(uint64_t seed, uint64_t i) {
+  const uint32_t a = mix32(static_cast<uint32_t>(i) ^ static_cast<uint32_t>(seed));
+  return mix32(a + static_cast<uint32_t>(i >> 32) * 0x9e3779b9u +
+               static_cast<uint32_t>(seed >> 32)) >> 8;
+}
+
+// Drop probability p is threshold / 2^24: keep when the bits are at or above the threshold.
+XPE_HD float dropout_scale_keep(uint64_t seed, uint64_t i, uint32_t threshold, float scale) {
+  return static_cast<float>(dropout_bits(seed, i) >= threshold) * scale;  // branch-free
+}
 
 }  // namespace xpe

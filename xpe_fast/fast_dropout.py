@@ -1,0 +1,121 @@
+"""Dropout of the frozen backbone during training, fast on the CPU.
+
+PEFT trains the prompt with the frozen backbone in train mode, so its hidden and attention
+dropouts are part of the recipe. torch's CPU dropout draws from a stateful generator one
+element at a time (bernoulli_: about a fifth of a training step here), and SDPA with dropout
+falls back to its math path, which also checks every score row for -inf. This module keeps
+the same dropout (keep with probability 1 - p, scale by 1 / (1 - p), a fresh mask per call
+drawn from torch's default generator, so `torch.manual_seed` makes runs repeatable) but draws
+the masks with the counter-based hash of the C++ extension (`_C.dropout_apply`), and the
+backward recomputes the mask from the call's seed instead of storing it.
+
+- `dropout(x, p)`: the function, with autograd.
+- `FastDropout`: an nn.Dropout that uses it (class swapped in place by `prepare_dropouts`).
+- `attention_with_dropout`: softmax attention whose probability dropout uses it; registered
+  with transformers as the attention implementation "xpe_fast_sdpa", which is plain SDPA
+  whenever dropout is off (evaluation).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _extension
+
+ATTN_IMPLEMENTATION = "xpe_fast_sdpa"
+
+
+def available(x: torch.Tensor) -> bool:
+    return _extension._C is not None and x.device.type == "cpu" and \
+        x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+
+
+class _DropoutFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p, seed):
+        ctx.p, ctx.seed = p, seed
+        return _extension._C.dropout_apply(x, p, seed)
+
+    @staticmethod
+    def backward(ctx, g):
+        # y = x * m / (1 - p), so dx = g * m / (1 - p): the same call with the same seed.
+        return _extension._C.dropout_apply(g.contiguous(), ctx.p, ctx.seed), None, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """F.dropout's function with a counter-based mask on the CPU (F.dropout elsewhere)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0 or not available(x):
+        return F.dropout(x, p, training=True)
+    seed = int(torch.empty((), dtype=torch.int64).random_())  # from the default generator
+    return _DropoutFunction.apply(x, p, seed)
+
+
+class FastDropout(nn.Dropout):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace or not available(x):
+            return super().forward(x)
+        return dropout(x, self.p, self.training)
+
+
+def attention_with_dropout(q, k, v, mask, scale: float, p: float) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) with dropout, times v: [B, H, Sq, hd] (HF's eager
+    attention, with `dropout` for nn.functional.dropout). `mask` is additive (float) or
+    boolean (True = attend), broadcastable to [B, H, Sq, Sk]."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    probs = dropout(torch.softmax(scores, dim=-1), p)
+    return torch.matmul(probs, v)
+
+
+def _hf_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                  scaling: float | None = None, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if dropout == 0.0 or not available(query) or kwargs.get("is_causal") or \
+            getattr(module, "is_causal", False):
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, **kwargs)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    out = attention_with_dropout(query, key, value, attention_mask, scaling, dropout)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> bool:
+    """Registers "xpe_fast_sdpa" with transformers (attention and mask); False if this
+    transformers has no such registries."""
+    try:
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.modeling_utils import AttentionInterface
+    except ImportError:
+        return False
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _hf_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    return True
+
+
+def prepare_dropouts(module: nn.Module) -> int:
+    """Makes every nn.Dropout of `module` a FastDropout in place; returns how many."""
+    if _extension._C is None:
+        return 0
+    n = 0
+    for m in module.modules():
+        if type(m) is nn.Dropout:
+            m.__class__ = FastDropout
+            n += 1
+    return n
+
+
+def restore_dropouts(module: nn.Module) -> None:
+    for m in module.modules():
+        if type(m) is FastDropout:
+            m.__class__ = nn.Dropout
