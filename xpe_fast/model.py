@@ -9,6 +9,10 @@ head reads the final hidden state of slot 0, the first virtual token.
 The fused path computes that embedding stream with `ops.assemble_embeddings` and feeds it
 straight to the encoder stack; `backend="reference"` instead calls the unmodified Hugging Face
 model with `inputs_embeds`, which is what PEFT does.
+
+Other than that route, the frozen backbone is prepared once for speed, without changing its
+function: its linear layers run on oneDNN with no weight gradients (frozen_linear.py), its
+dropouts draw counter-based masks (fast_dropout.py), and the last layer runs for slot 0 only.
 """
 from __future__ import annotations
 
