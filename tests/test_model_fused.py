@@ -42,3 +42,40 @@ def test_triton_backend_in_the_model():
     out = m(ids, mask)
     m.set_backend("reference")
     torch.testing.assert_close(out, m(ids, mask), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["xlmr", "bert"])
+def test_backbone_dropout_runs_on_counter_based_masks(kind, monkeypatch):
+    from xpe_fast import fast_dropout
+
+    backbone = tiny_backbone(kind, dropout=0.2)
+    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
+                                                 encoder_hidden_size=8, backend="cpu")
+    calls = []
+    real = fast_dropout.attention_with_dropout
+    monkeypatch.setattr(fast_dropout, "attention_with_dropout",
+                        lambda *a: calls.append(a[-1]) or real(*a))
+    assert all(type(d) is fast_dropout.FastDropout for d in m.backbone.modules()
+               if isinstance(d, torch.nn.Dropout))
+    ids, mask = padded_ids(4, 9, backbone.config.vocab_size)
+    labels = torch.tensor([0, 1, 2, 0])
+    m.train()
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        loss, _ = m(ids, mask, labels=labels)
+        losses.append(loss)
+    assert torch.equal(losses[0], losses[1])  # masks follow torch's seed
+    assert len(calls) == 4 and all(p == 0.2 for p in calls)  # every layer, both runs
+    losses[0].backward()
+    grads = [p.grad for p in m.prompt.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    # Evaluation (dropout off) equals the unmodified Hugging Face route.
+    m.eval()
+    with torch.no_grad():
+        out = m(ids, mask)
+        m.set_backend("reference")
+        assert not any(type(d) is fast_dropout.FastDropout for d in m.backbone.modules())
+        assert m.backbone.config._attn_implementation != fast_dropout.ATTN_IMPLEMENTATION
+        torch.testing.assert_close(out, m(ids, mask), rtol=1e-5, atol=1e-5)
