@@ -45,7 +45,8 @@ def main(results_path, peaks_path):
            f"{peaks['copy_GBps']['2']:.1f} GB/s (2 threads), read + write; matmul fp32 "
            f"{peaks['matmul_GFLOPs']['fp32/1']:.0f} / {peaks['matmul_GFLOPs']['fp32/2']:.0f} "
            f"GFLOP/s, bf16 {peaks['matmul_GFLOPs']['bf16/1']:.0f} / "
-           f"{peaks['matmul_GFLOPs']['bf16/2']:.0f} GFLOP/s (1 / 2 threads).", "",
+           f"{peaks['matmul_GFLOPs']['bf16/2']:.0f} GFLOP/s (1 / 2 threads; the better of torch.mm "
+           "and oneDNN).", "",
            "Every ratio is a median over interleaved runs (the variants of one comparison run "
            "round robin in one test); the range is [slow q1 / fast q3, slow q3 / fast q1].", "",
            "## Fused ops (C++ CPU backend)", "",
@@ -81,6 +82,9 @@ def main(results_path, peaks_path):
             line += (f"; {e['samples_per_s_xpe_fast']:.1f} vs {e['samples_per_s_peft']:.1f} "
                      f"samples/s (batch {e['batch_tokens']}); about {e['step_gflop']:.0f} GFLOP "
                      f"per step, {e['achieved_gflops_xpe_fast']:.0f} GFLOP/s achieved")
+            mm = peaks["matmul_GFLOPs"].get(f"{e['precision']}/{e['threads']}")
+            if mm:
+                line += f" ({100 * e['achieved_gflops_xpe_fast'] / mm:.0f} % of the {mm:.0f} GFLOP/s {e['precision']} matmul peak)"
         if "sentences_per_s_xpe_fast" in e:
             line += (f"; {e['sentences_per_s_xpe_fast']:.1f} vs {e['sentences_per_s_peft']:.1f} "
                      f"sentences/s over {e['sentences']} test sentences of "

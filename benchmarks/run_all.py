@@ -1,4 +1,4 @@
-"""One command for BENCHMARKS.md: machine ceilings, all benchmarks, the report.
+"""One command for BENCHMARKS.md: machine ceilings, all benchmarks, the report, a profile.
 
     python benchmarks/run_all.py
 """
@@ -19,6 +19,13 @@ def main():
     with open(REPO / "BENCHMARKS.md", "w") as f:
         subprocess.run([py, str(HERE / "report.py"), str(HERE / "results.json"),
                         str(HERE / "machine_peaks.json")], stdout=f, check=True, cwd=HERE)
+        f.write("\n## Where the time goes\n\n`python benchmarks/profile_model.py --threads 1` "
+                "(torch.profiler, self CPU time per op; the batches of test_bench_model.py):\n")
+        f.flush()
+        prof = subprocess.run([py, str(HERE / "profile_model.py"), "--threads", "1"],
+                              capture_output=True, text=True, cwd=REPO)
+        f.write(prof.stdout if prof.returncode == 0 else
+                f"\n(profile_model.py failed: {prof.stderr[-500:]})\n")
     print(f"wrote {REPO / 'BENCHMARKS.md'}; pytest exit code {code} (non-zero: a target missed)")
     return code
 
