@@ -26,6 +26,13 @@ def main():
                               capture_output=True, text=True, cwd=REPO)
         f.write(prof.stdout if prof.returncode == 0 else
                 f"\n(profile_model.py failed: {prof.stderr[-500:]})\n")
+        f.write("\n## Micro-measurements behind the design\n\n`python benchmarks/microbench.py "
+                "--threads 1` (standalone medians, not interleaved; not asserted):\n\n")
+        f.flush()
+        micro = subprocess.run([py, str(HERE / "microbench.py"), "--threads", "1"],
+                               capture_output=True, text=True, cwd=REPO)
+        f.write(micro.stdout if micro.returncode == 0 else
+                f"(microbench.py failed: {micro.stderr[-500:]})\n")
     print(f"wrote {REPO / 'BENCHMARKS.md'}; pytest exit code {code} (non-zero: a target missed)")
     return code
 

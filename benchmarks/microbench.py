@@ -1,0 +1,134 @@
+"""Micro-measurements behind the design notes (not asserted; medians of standalone calls):
+
+- dropout: the counter-based kernel (`_C.dropout_apply`) against torch's F.dropout;
+- the CPU kernels at each ISA level (XPE_FAST_CPU_ISA, one subprocess per level);
+- assemble_embeddings forward and forward+backward standalone, and forward with cold caches
+  for random ids against all-equal ids (what the scattered word-table gathers cost);
+- the frozen backbone's GEMM on MKL (torch.mm) against oneDNN, at an encoder shape;
+- attention: SDPA's CPU flash kernel against matmul + softmax, by sequence length.
+
+    python benchmarks/microbench.py [--threads 1]
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def median_ms(f, rounds=15, before=None):
+    for _ in range(2):
+        f()
+    ts = []
+    for _ in range(rounds):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    return 1e3 * sorted(ts)[len(ts) // 2]
+
+
+def dropout_rows(C):
+    for dt in (torch.float32, torch.bfloat16):
+        x = torch.randn(32, 12, 84, 84).to(dt)
+        ours = median_ms(lambda: C.dropout_apply(x, 0.1, 123))
+        ref = median_ms(lambda: F.dropout(x, 0.1))
+        print(f"| dropout [32,12,84,84] {str(dt)[6:]} | {ours:.3f} | F.dropout {ref:.3f} |")
+
+
+def assemble_rows(C, ops):
+    junk = torch.empty(64 * 2**20 // 4)  # 64 MB written between calls: cold caches
+    for d, V in ((384, 250037), (1024, 250002)):
+        for dt in (torch.float32, torch.bfloat16):
+            B, L, N = 32, 128, 20
+            word = torch.randn(V, d).to(dt)
+            pos = torch.randn(514, d).to(dt)
+            typ, w, b = (torch.randn(d).to(dt) for _ in range(3))
+            prompt = torch.randn(N, d).to(dt).requires_grad_()
+            ids = torch.randint(3, V, (B, L))
+            ids[:, -L // 3:] = 1
+            same = torch.full((B, L), 5)
+            gout = torch.randn(B, N + L, d).to(dt)
+
+            def fwd(i):
+                with torch.no_grad():
+                    return ops.assemble_embeddings(i, prompt, word, pos, typ, w, b, 1e-5, 2,
+                                                   backend="cpu")
+
+            def fwd_bwd():
+                out = ops.assemble_embeddings(ids, prompt, word, pos, typ, w, b, 1e-5, 2,
+                                              backend="cpu")
+                torch.autograd.grad(out, [prompt], gout)
+
+            cold = lambda: junk.fill_(1.0)  # noqa: E731
+            print(f"| assemble d={d} {str(dt)[6:]} | fwd {median_ms(lambda: fwd(ids)):.3f}, "
+                  f"fwd+bwd {median_ms(fwd_bwd):.3f} | cold fwd: random ids "
+                  f"{median_ms(lambda: fwd(ids), before=cold):.3f}, equal ids "
+                  f"{median_ms(lambda: fwd(same), before=cold):.3f} |")
+
+
+def gemm_rows():
+    M = 32 * 80
+    for o, i in ((384, 384), (1536, 384)):
+        for dt in (torch.float32, torch.bfloat16):
+            x, w = torch.randn(M, i).to(dt), torch.randn(o, i).to(dt)
+            fl = 2 * M * o * i / 1e9
+            mkl = fl / median_ms(lambda: torch.mm(x, w.t())) * 1e3
+            dnn = fl / median_ms(
+                lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")) * 1e3
+            print(f"| GEMM [{M}x{i}] x [{i}x{o}] {str(dt)[6:]} | oneDNN {dnn:.0f} GFLOP/s | "
+                  f"torch.mm {mkl:.0f} GFLOP/s |")
+
+
+def attention_rows():
+    B, H, hd = 64, 12, 32
+    for S in (30, 50, 70, 120):
+        q, k, v = (torch.randn(B, H, S, hd).to(torch.bfloat16) for _ in range(3))
+        keep = torch.ones(B, 1, 1, S, dtype=torch.bool)
+        keep[..., -S // 6:] = False
+        add = torch.zeros(B, 1, 1, S).masked_fill(~keep, float("-inf"))
+
+        def manual():
+            s = torch.matmul(q, k.transpose(-1, -2)).float().mul_(hd ** -0.5).add_(add)
+            return torch.matmul(torch.softmax(s, -1).to(v.dtype), v)
+
+        flash = median_ms(lambda: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keep.expand(B, 1, S, S)), rounds=7)
+        print(f"| attention bf16 B=64 H=12 S={S} | flash {flash:.2f} | "
+              f"matmul+softmax {median_ms(manual, rounds=7):.2f} |")
+
+
+def isa_rows():
+    code = ("import torch, time; torch.set_num_threads(1); from xpe_fast import _extension as e;"
+            "x = torch.randn(32, 12, 84, 84); f = lambda: e._C.dropout_apply(x, 0.1, 1);"
+            "f(); t = time.perf_counter(); [f() for _ in range(20)];"
+            "print(f'{(time.perf_counter() - t) / 20 * 1e3:.3f}')")
+    for isa in ("avx512", "avx2", "baseline"):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "XPE_FAST_CPU_ISA": isa})
+        print(f"| dropout fp32 at XPE_FAST_CPU_ISA={isa} | {r.stdout.strip() or r.stderr[-200:]}"
+              " | |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from xpe_fast import _extension, ops
+
+    print(f"threads {args.threads}, torch {torch.__version__}; times in ms\n")
+    print("| what | xpe_fast | other |\n|---|---|---|")
+    dropout_rows(_extension._C)
+    isa_rows()
+    assemble_rows(_extension._C, ops)
+    gemm_rows()
+    attention_rows()
+
+
+if __name__ == "__main__":
+    main()
