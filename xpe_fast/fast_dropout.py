@@ -12,8 +12,8 @@ backward recomputes the mask from the call's seed instead of storing it.
 - `dropout(x, p)`: the function, with autograd.
 - `FastDropout`: an nn.Dropout that uses it (class swapped in place by `prepare_dropouts`).
 - `attention_with_dropout`: softmax attention whose probability dropout uses it; registered
-  with transformers as the attention implementation "xpe_fast_sdpa", which is plain SDPA
-  whenever dropout is off (evaluation).
+  with transformers as the attention implementation "xpe_fast_sdpa", which also serves
+  evaluation: matmul + softmax up to SHORT_KEYS keys, torch's SDPA beyond.
 """
 from __future__ import annotations
 
@@ -66,27 +66,38 @@ def attention_with_dropout(q, k, v, mask, scale: float, p: float) -> torch.Tenso
     """softmax(q k^T * scale + mask) with dropout, times v: [B, H, Sq, hd] (HF's eager
     attention, with `dropout` for nn.functional.dropout). `mask` is additive (float) or
     boolean (True = attend), broadcastable to [B, H, Sq, Sk]."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    # Scores and softmax in fp32 whatever the inputs (as autocast and the flash kernel do).
+    scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(scale)
     if mask is not None:
         if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores = scores.masked_fill_(~mask, float("-inf"))
         else:
-            scores = scores + mask
+            scores = scores.add_(mask)
     probs = dropout(torch.softmax(scores, dim=-1), p)
-    return torch.matmul(probs, v)
+    return torch.matmul(probs.to(v.dtype) if not torch.is_autocast_enabled("cpu") else probs, v)
+
+
+# Up to this many keys, matmul + softmax beats torch's CPU flash-attention kernel about 2x
+# with a key-padding mask (benchmarks/microbench.py: S = 30..70 vs 120, bf16, head size 32).
+SHORT_KEYS = 80
 
 
 def _hf_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                   scaling: float | None = None, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if dropout == 0.0 or not available(query) or kwargs.get("is_causal") or \
-            getattr(module, "is_causal", False):
+    if kwargs.get("is_causal") or getattr(module, "is_causal", False) or not available(query):
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    out = attention_with_dropout(query, key, value, attention_mask, scaling, dropout)
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.is_floating_point():
+        attention_mask = attention_mask.to(query.dtype)
+    if dropout == 0.0 and key.shape[-2] > SHORT_KEYS:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                             scale=scaling)
+    else:
+        out = attention_with_dropout(query, key, value, attention_mask, scaling, dropout)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -104,8 +104,10 @@ def first_row_layer(layer: nn.Module, hidden: torch.Tensor, mask4d) -> torch.Ten
     v = sa.value(hidden).view(B, S, h, hd).transpose(1, 2)
     mask = mask4d[:, :, :1] if isinstance(mask4d, torch.Tensor) and mask4d.dim() == 4 else mask4d
     p = sa.dropout.p if sa.training else 0.0
-    if p > 0.0 and isinstance(sa.dropout, fast_dropout.FastDropout) and \
-            fast_dropout.available(q):
+    if isinstance(mask, torch.Tensor) and mask.is_floating_point():
+        mask = mask.to(q.dtype)
+    if isinstance(sa.dropout, fast_dropout.FastDropout) and fast_dropout.available(q) and \
+            (p > 0.0 or S <= fast_dropout.SHORT_KEYS):
         ctx = fast_dropout.attention_with_dropout(q, k, v, mask, sa.scaling, p)
     else:
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling,
@@ -288,8 +290,14 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         from transformers.masking_utils import create_bidirectional_mask
 
         hidden = self.parts.dropout(self.embed(input_ids, prompt))
-        mask4d = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden,
-                                           attention_mask=mask)
+        if self.backbone.config._attn_implementation == fast_dropout.ATTN_IMPLEMENTATION:
+            # Key-padding mask [B, 1, 1, S], additive: what an encoder's bidirectional mask
+            # is, without materializing [B, 1, S, S] (see fast_dropout's attention).
+            mask4d = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
+            mask4d = mask4d.masked_fill_(mask == 0, float("-inf"))[:, None, None, :]
+        else:
+            mask4d = create_bidirectional_mask(config=self.backbone.config,
+                                               inputs_embeds=hidden, attention_mask=mask)
         if not first_row_only or not self.first_row_last_layer:
             return self.backbone.encoder(hidden, attention_mask=mask4d).last_hidden_state
         layers = self.backbone.encoder.layer
