@@ -82,3 +82,16 @@ def test_keeps_class_parameters_and_state_dict_keys():
     assert prepare_frozen_linears(seq) == 2
     assert all(isinstance(m, (FrozenLinear, nn.ReLU)) for m in seq)
     assert isinstance(seq[0], nn.Linear) and list(seq.state_dict()) == keys
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_gelu_fused_into_the_gemm(autocast):
+    ref, fast = pair(40, 77)
+    x = torch.randn(3, 5, 40)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y_ref, y = torch.nn.functional.gelu(ref(x)), fast.forward_gelu(x)
+    tol = 2e-2 if autocast else 1e-5
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=tol, atol=tol)
+    xg = x.clone().requires_grad_()  # with a gradient to carry: the unfused route
+    fast.forward_gelu(xg).sum().backward()
+    assert xg.grad is not None

@@ -79,3 +79,30 @@ def test_backbone_dropout_runs_on_counter_based_masks(kind, monkeypatch):
         assert not any(type(d) is fast_dropout.FastDropout for d in m.backbone.modules())
         assert m.backbone.config._attn_implementation != fast_dropout.ATTN_IMPLEMENTATION
         torch.testing.assert_close(out, m(ids, mask), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["xlmr", "bert"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("L", [9, 90])  # short keys (matmul + softmax) and long (SDPA)
+def test_inference_layer_equals_the_hugging_face_layer(kind, precision, L):
+    from xpe_fast.model import inference_layer
+
+    backbone = tiny_backbone(kind, max_pos=128)
+    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
+                                                 encoder_hidden_size=8, backend="cpu").eval()
+    ids, mask = padded_ids(3, L, backbone.config.vocab_size)
+    layer = m.backbone.encoder.layer[0]
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                         enabled=precision == "bf16"):
+        hidden = m.embed(ids)
+        ext = m._extended_mask(ids, mask)
+        add = torch.zeros(ext.shape).masked_fill_(ext == 0, float("-inf"))[:, None, None, :]
+        ours = inference_layer(layer, hidden, add)
+        m.set_backend("reference")
+        from transformers.masking_utils import create_bidirectional_mask
+        mask4d = create_bidirectional_mask(config=m.backbone.config, inputs_embeds=hidden,
+                                           attention_mask=ext)
+        ref = layer(hidden, mask4d)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=tol, atol=tol)

@@ -91,14 +91,18 @@ def _hf_attention(module, query, key, value, attention_mask, dropout: float = 0.
                                       dropout=dropout, scaling=scaling, **kwargs)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    if isinstance(attention_mask, torch.Tensor) and attention_mask.is_floating_point():
-        attention_mask = attention_mask.to(query.dtype)
-    if dropout == 0.0 and key.shape[-2] > SHORT_KEYS:
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                             scale=scaling)
-    else:
-        out = attention_with_dropout(query, key, value, attention_mask, scaling, dropout)
+    out = attend(query, key, value, attention_mask, scaling, dropout)
     return out.transpose(1, 2).contiguous(), None
+
+
+def attend(q, k, v, mask, scale: float, p: float) -> torch.Tensor:
+    """Attention [B, H, Sq, hd] on the CPU: matmul + softmax with dropout `p` (training) or
+    up to SHORT_KEYS keys; torch's SDPA (flash kernel) for longer keys without dropout."""
+    if isinstance(mask, torch.Tensor) and mask.is_floating_point():
+        mask = mask.to(q.dtype)
+    if p == 0.0 and k.shape[-2] > SHORT_KEYS:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return attention_with_dropout(q, k, v, mask, scale, p)
 
 
 def register_attention() -> bool:

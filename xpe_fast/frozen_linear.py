@@ -32,6 +32,14 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
 
 
+def tensor_version(t: torch.Tensor) -> int:
+    """t's in-place-change counter; inference tensors have none (and cannot change)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
 class _FrozenLinearFunction(torch.autograd.Function):
     """y = x w^T + b with w and b constant: backward gives only dx = dy w."""
 
@@ -53,32 +61,49 @@ class FrozenLinear(nn.Linear):
     fast: bool = True
 
     def _bf16_weights(self):
-        key = (self.weight.data_ptr(), self.weight._version,
-               None if self.bias is None else self.bias._version)
+        key = (self.weight.data_ptr(), tensor_version(self.weight),
+               None if self.bias is None else tensor_version(self.bias))
         if self._bf16_cache is None or self._bf16_cache[0] != key:
             w = self.weight.detach().to(torch.bfloat16)
             b = None if self.bias is None else self.bias.detach().to(torch.bfloat16)
             self._bf16_cache = (key, w, b)
         return self._bf16_cache[1], self._bf16_cache[2]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _operands(self, x: torch.Tensor):
+        """(x, w, b) for oneDNN, cast as autocast would; None where nn.Linear must serve."""
         w, b = self.weight, self.bias
         if not (self.fast and x.device.type == "cpu" and w.device.type == "cpu"
                 and not w.requires_grad and (b is None or not b.requires_grad)
                 and x.dim() >= 2 and x.shape[-1] == w.shape[1]):
-            return super().forward(x)
+            return None
         if torch.is_autocast_enabled("cpu") and \
                 torch.get_autocast_dtype("cpu") == torch.bfloat16 and \
                 x.dtype in (torch.float32, torch.bfloat16):
             w, b = self._bf16_weights()
             x = x.to(torch.bfloat16)
         elif x.dtype != torch.float32 or w.dtype != torch.float32:
+            return None
+        return x.contiguous(), w, b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops = self._operands(x)
+        if ops is None:
             return super().forward(x)
-        x = x.contiguous()
+        x, w, b = ops
         with torch.autocast("cpu", enabled=False):
             if torch.is_grad_enabled() and x.requires_grad:
                 return _FrozenLinearFunction.apply(x, w, b)
             return _linear(x, w, b)
+
+    def forward_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """gelu(self(x)) (exact, erf GELU); without a gradient to carry, the GELU runs as a
+        oneDNN post-op inside the GEMM, on the fp32 accumulator."""
+        ops = self._operands(x)
+        if ops is None or (torch.is_grad_enabled() and x.requires_grad):
+            return F.gelu(self(x))
+        x, w, b = ops
+        with torch.autocast("cpu", enabled=False):
+            return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
 
 
 def prepare_frozen_linears(module: nn.Module) -> int:

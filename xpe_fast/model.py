@@ -24,7 +24,8 @@ from torch import nn
 
 from . import ops
 from . import fast_dropout
-from .frozen_linear import prepare_frozen_linears, set_frozen_linears_fast
+from .frozen_linear import (FrozenLinear, prepare_frozen_linears, set_frozen_linears_fast,
+                            tensor_version)
 from .prompt import CrossPromptEncoder
 
 
@@ -104,17 +105,65 @@ def first_row_layer(layer: nn.Module, hidden: torch.Tensor, mask4d) -> torch.Ten
     v = sa.value(hidden).view(B, S, h, hd).transpose(1, 2)
     mask = mask4d[:, :, :1] if isinstance(mask4d, torch.Tensor) and mask4d.dim() == 4 else mask4d
     p = sa.dropout.p if sa.training else 0.0
-    if isinstance(mask, torch.Tensor) and mask.is_floating_point():
-        mask = mask.to(q.dtype)
-    if isinstance(sa.dropout, fast_dropout.FastDropout) and fast_dropout.available(q) and \
-            (p > 0.0 or S <= fast_dropout.SHORT_KEYS):
-        ctx = fast_dropout.attention_with_dropout(q, k, v, mask, sa.scaling, p)
+    if isinstance(sa.dropout, fast_dropout.FastDropout) and fast_dropout.available(q):
+        ctx = fast_dropout.attend(q, k, v, mask, sa.scaling, p)
     else:
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling,
                                              dropout_p=p)
     ctx = ctx.transpose(1, 2).reshape(B, 1, h * hd)
     a = att.output(ctx, first)
     return layer.output(layer.intermediate(a), a)
+
+
+def _fused_qkv(sa: nn.Module) -> nn.Linear:
+    """One frozen linear layer holding query, key and value (built once, rebuilt if their
+    weights change); kept outside the module tree so state_dict is unchanged."""
+    parts = (sa.query, sa.key, sa.value)
+    key = tuple((m.weight.data_ptr(), tensor_version(m.weight), tensor_version(m.bias))
+                for m in parts)
+    cached = sa.__dict__.get("_xpe_fast_qkv")
+    if cached is None or cached[0] != key:
+        with torch.inference_mode(False):  # a normal tensor even when first built in eval
+            return _build_fused_qkv(sa, parts, key)
+    return cached[1]
+
+
+def _build_fused_qkv(sa, parts, key) -> nn.Linear:
+    with torch.no_grad():
+        w = torch.cat([m.weight.detach() for m in parts])
+        lin = nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+        lin.weight.copy_(w)
+        lin.bias.copy_(torch.cat([m.bias.detach() for m in parts]))
+    lin.requires_grad_(False)
+    prepare_frozen_linears(lin)
+    sa.__dict__["_xpe_fast_qkv"] = (key, lin)
+    return lin
+
+
+def _exact_gelu(act) -> bool:
+    from transformers.activations import GELUActivation
+
+    return isinstance(act, GELUActivation) and getattr(act, "act", None) is F.gelu
+
+
+def inference_layer(layer: nn.Module, hidden: torch.Tensor, mask4d) -> torch.Tensor:
+    """A BERT/XLM-R encoder layer for inference (no gradient, no dropout), computing what
+    the Hugging Face layer computes: query, key and value in one GEMM (the input read and
+    cast once), attention by fast_dropout.attend, and the feed-forward GELU fused into its
+    GEMM (oneDNN post-op) where the layer's activation is the exact GELU."""
+    att = layer.attention
+    sa = att.self
+    B, S, _ = hidden.shape
+    h, hd = sa.num_attention_heads, sa.attention_head_size
+    qkv = _fused_qkv(sa)(hidden).view(B, S, 3, h, hd).permute(2, 0, 3, 1, 4)
+    ctx = fast_dropout.attend(qkv[0], qkv[1], qkv[2], mask4d, sa.scaling, 0.0)
+    a = att.output(ctx.transpose(1, 2).reshape(B, S, h * hd), hidden)
+    inter = layer.intermediate
+    if isinstance(inter.dense, FrozenLinear) and _exact_gelu(inter.intermediate_act_fn):
+        i = inter.dense.forward_gelu(a)
+    else:
+        i = inter(a)
+    return layer.output(i, a)
 
 
 class ClassificationHead(nn.Module):
@@ -301,7 +350,13 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         if not first_row_only or not self.first_row_last_layer:
             return self.backbone.encoder(hidden, attention_mask=mask4d).last_hidden_state
         layers = self.backbone.encoder.layer
+        inference = (not torch.is_grad_enabled() and not self.backbone.training
+                     and self.backbone.config._attn_implementation
+                     == fast_dropout.ATTN_IMPLEMENTATION and hidden.device.type == "cpu")
         for layer in layers[:-1]:
+            if inference and _supports_first_row(layer):
+                hidden = inference_layer(layer, hidden, mask4d)
+                continue
             hidden = layer(hidden, mask4d)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         return first_row_layer(layers[-1], hidden, mask4d)
