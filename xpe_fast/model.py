@@ -12,7 +12,9 @@ model with `inputs_embeds`, which is what PEFT does.
 
 Other than that route, the frozen backbone is prepared once for speed, without changing its
 function: its linear layers run on oneDNN with no weight gradients (frozen_linear.py), its
-dropouts draw counter-based masks (fast_dropout.py), and the last layer runs for slot 0 only.
+dropouts draw counter-based masks and its attention takes a key-padding mask
+(fast_dropout.py), inference runs query/key/value as one GEMM with the GELU fused into the
+feed-forward GEMM (inference_layer), and the last layer runs for slot 0 only.
 """
 from __future__ import annotations
 
