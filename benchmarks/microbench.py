@@ -5,7 +5,9 @@
 - assemble_embeddings forward and forward+backward standalone, and forward with cold caches
   for random ids against all-equal ids (what the scattered word-table gathers cost);
 - the frozen backbone's GEMM on MKL (torch.mm) against oneDNN, at an encoder shape;
-- attention: SDPA's CPU flash kernel against matmul + softmax, by sequence length.
+- attention: SDPA's CPU flash kernel against matmul + softmax, by sequence length (the
+  matmul + softmax figures swing 2-4x with the allocator's state, i.e. with what ran before
+  in the process; profile_model.py compares the two inside the evaluation pass).
 
     python benchmarks/microbench.py [--threads 1]
 """

@@ -95,3 +95,16 @@ def test_gelu_fused_into_the_gemm(autocast):
     xg = x.clone().requires_grad_()  # with a gradient to carry: the unfused route
     fast.forward_gelu(xg).sum().backward()
     assert xg.grad is not None
+
+
+def test_evaluating_first_then_training_works():
+    # Caches built under inference_mode must still be usable by a later training step.
+    ref, fast = pair(16, 8)
+    x = torch.randn(4, 16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast(x)
+    xg = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fast(xg)
+    y.float().sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()

@@ -106,3 +106,22 @@ def test_inference_layer_equals_the_hugging_face_layer(kind, precision, L):
         ref = layer(hidden, mask4d)
         ref = ref[0] if isinstance(ref, tuple) else ref
     torch.testing.assert_close(ours.float(), ref.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_evaluate_then_train(precision):
+    # Caches built during an inference_mode evaluation (bf16 weights, fused QKV) must not
+    # leak inference tensors into the next training step.
+    backbone = tiny_backbone("xlmr", dropout=0.1)
+    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
+                                                 encoder_hidden_size=8, backend="cpu")
+    ids, mask = padded_ids(3, 11, backbone.config.vocab_size)
+    ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    m.eval()
+    with torch.inference_mode(), ac:
+        m(ids, mask)
+    m.train()
+    with ac:
+        loss, _ = m(ids, mask, labels=torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert all(p.grad is not None for p in m.prompt.parameters())

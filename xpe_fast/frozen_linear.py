@@ -64,8 +64,11 @@ class FrozenLinear(nn.Linear):
         key = (self.weight.data_ptr(), tensor_version(self.weight),
                None if self.bias is None else tensor_version(self.bias))
         if self._bf16_cache is None or self._bf16_cache[0] != key:
-            w = self.weight.detach().to(torch.bfloat16)
-            b = None if self.bias is None else self.bias.detach().to(torch.bfloat16)
+            # Normal tensors even when first built under inference_mode: a later training
+            # step saves them for backward.
+            with torch.inference_mode(False), torch.no_grad():
+                w = self.weight.detach().to(torch.bfloat16)
+                b = None if self.bias is None else self.bias.detach().to(torch.bfloat16)
             self._bf16_cache = (key, w, b)
         return self._bf16_cache[1], self._bf16_cache[2]
 
