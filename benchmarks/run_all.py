@@ -10,6 +10,15 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
+def append_output(f, title: str, script: str, intro: str) -> None:
+    """Appends a section holding what `benchmarks/<script> --threads 1` prints."""
+    f.write(f"\n## {title}\n\n`python benchmarks/{script} --threads 1` {intro}")
+    f.flush()
+    r = subprocess.run([sys.executable, str(HERE / script), "--threads", "1"],
+                       capture_output=True, text=True, cwd=REPO)
+    f.write(r.stdout if r.returncode == 0 else f"\n({script} failed: {r.stderr[-500:]})\n")
+
+
 def main():
     py = sys.executable
     subprocess.run([py, str(HERE / "machine_peaks.py"), "--out", str(HERE / "machine_peaks.json")],
@@ -19,20 +28,11 @@ def main():
     with open(REPO / "BENCHMARKS.md", "w") as f:
         subprocess.run([py, str(HERE / "report.py"), str(HERE / "results.json"),
                         str(HERE / "machine_peaks.json")], stdout=f, check=True, cwd=HERE)
-        f.write("\n## Where the time goes\n\n`python benchmarks/profile_model.py --threads 1` "
-                "(torch.profiler, self CPU time per op; the batches of test_bench_model.py):\n")
-        f.flush()
-        prof = subprocess.run([py, str(HERE / "profile_model.py"), "--threads", "1"],
-                              capture_output=True, text=True, cwd=REPO)
-        f.write(prof.stdout if prof.returncode == 0 else
-                f"\n(profile_model.py failed: {prof.stderr[-500:]})\n")
-        f.write("\n## Micro-measurements behind the design\n\n`python benchmarks/microbench.py "
-                "--threads 1` (standalone medians, not interleaved; not asserted):\n\n")
-        f.flush()
-        micro = subprocess.run([py, str(HERE / "microbench.py"), "--threads", "1"],
-                               capture_output=True, text=True, cwd=REPO)
-        f.write(micro.stdout if micro.returncode == 0 else
-                f"(microbench.py failed: {micro.stderr[-500:]})\n")
+        append_output(f, "Where the time goes", "profile_model.py",
+                      "(torch.profiler, self CPU time per op; the batches of "
+                      "test_bench_model.py):\n")
+        append_output(f, "Micro-measurements behind the design", "microbench.py",
+                      "(standalone medians, not interleaved; not asserted):\n\n")
     print(f"wrote {REPO / 'BENCHMARKS.md'}; pytest exit code {code} (non-zero: a target missed)")
     return code
 

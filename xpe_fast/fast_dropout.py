@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _extension
+from .module_swap import swap_classes
 
 ATTN_IMPLEMENTATION = "xpe_fast_sdpa"
 
@@ -121,17 +122,8 @@ def register_attention() -> bool:
 
 def prepare_dropouts(module: nn.Module) -> int:
     """Makes every nn.Dropout of `module` a FastDropout in place; returns how many."""
-    if _extension._C is None:
-        return 0
-    n = 0
-    for m in module.modules():
-        if type(m) is nn.Dropout:
-            m.__class__ = FastDropout
-            n += 1
-    return n
+    return swap_classes(module, nn.Dropout, FastDropout) if _extension._C is not None else 0
 
 
 def restore_dropouts(module: nn.Module) -> None:
-    for m in module.modules():
-        if type(m) is FastDropout:
-            m.__class__ = nn.Dropout
+    swap_classes(module, FastDropout, nn.Dropout)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .module_swap import swap_classes
+
 
 def onednn_available() -> bool:
     return (torch.backends.mkldnn.is_available()
@@ -112,14 +114,7 @@ class FrozenLinear(nn.Linear):
 def prepare_frozen_linears(module: nn.Module) -> int:
     """Makes every nn.Linear of `module` a FrozenLinear in place; returns how many. A no-op
     without oneDNN."""
-    if not onednn_available():
-        return 0
-    n = 0
-    for m in module.modules():
-        if type(m) is nn.Linear:
-            m.__class__ = FrozenLinear
-            n += 1
-    return n
+    return swap_classes(module, nn.Linear, FrozenLinear) if onednn_available() else 0
 
 
 def set_frozen_linears_fast(module: nn.Module, fast: bool) -> None:
