@@ -125,3 +125,14 @@ def test_evaluate_then_train(precision):
         loss, _ = m(ids, mask, labels=torch.tensor([0, 1, 2]))
     loss.backward()
     assert all(p.grad is not None for p in m.prompt.parameters())
+
+
+def test_a_backbone_wrapped_twice_still_restores_the_reference_route():
+    from xpe_fast import fast_dropout
+
+    backbone = tiny_backbone("bert")
+    PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4)
+    second = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4)
+    assert backbone.config._attn_implementation == fast_dropout.ATTN_IMPLEMENTATION
+    second.set_backend("reference")
+    assert backbone.config._attn_implementation == "sdpa"

@@ -224,8 +224,11 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         self.backbone.requires_grad_(False)
         # Frozen: its linear layers need no weight gradients; run them on oneDNN (exact).
         prepare_frozen_linears(self.backbone.encoder)
-        # Its dropouts (train mode, as in PEFT) with masks from a counter-based hash.
-        self._hf_attn = getattr(backbone.config, "_attn_implementation", None)
+        # Where the backbone attends through SDPA, attention goes through fast_dropout's
+        # implementation (key-padding mask, counter-based dropout); set_backend switches.
+        # A backbone already wrapped once carries that implementation: its original is SDPA.
+        hf_attn = getattr(backbone.config, "_attn_implementation", None)
+        self._hf_attn = "sdpa" if hf_attn == fast_dropout.ATTN_IMPLEMENTATION else hf_attn
         self._fast_attn = self._hf_attn == "sdpa" and fast_dropout.register_attention()
         config = backbone.config
         d = self.parts.word.embedding_dim
