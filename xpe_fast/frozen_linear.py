@@ -30,8 +30,11 @@ def onednn_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+            post_op: str = "none") -> torch.Tensor:
+    """x w^T + b on oneDNN, with an optional fused elementwise post-op ("gelu": exact GELU)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, post_op, [],
+                                              "none" if post_op == "gelu" else "")
 
 
 def tensor_version(t: torch.Tensor) -> int:
@@ -108,7 +111,7 @@ class FrozenLinear(nn.Linear):
             return F.gelu(self(x))
         x, w, b = ops
         with torch.autocast("cpu", enabled=False):
-            return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+            return _linear(x, w, b, "gelu")
 
 
 def prepare_frozen_linears(module: nn.Module) -> int:
