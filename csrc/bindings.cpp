@@ -22,4 +22,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("h1"), py::arg("h2"), py::arg("mask1") = py::none(),
         py::arg("mask2") = py::none());
   m.def("dropout_apply", &xpe_cpu::dropout_apply, py::arg("x"), py::arg("p"), py::arg("seed"));
+  m.def("packed_attention_forward", &xpe_cpu::packed_attention_forward, py::arg("qkv"),
+        py::arg("key_mask") = py::none(), py::arg("num_heads"), py::arg("scale"));
+  m.def("packed_attention_supports_head_size", &xpe_cpu::packed_attention_supports_head_size,
+        py::arg("head_size"));
+  m.def("residual_layer_norm_forward", &xpe_cpu::residual_layer_norm_forward, py::arg("x"),
+        py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
+        py::arg("bf16_copy") = false);
 }

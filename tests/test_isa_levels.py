@@ -43,6 +43,22 @@ SCRIPT = textwrap.dedent("""
         torch.testing.assert_close(out.double(), ref.double(), rtol=TOL[dt] * 2, atol=TOL[dt] * 4)
         y = _extension._C.dropout_apply(torch.ones(1 << 16, dtype=dt), 0.25, 7)
         assert abs((y != 0).double().mean().item() - 0.75) < 0.01
+    from xpe_fast.reference import packed_attention_reference, residual_layer_norm_reference
+    for dt in (torch.float32, torch.bfloat16):
+        for B, S, H, hd in [(2, 37, 3, 32), (1, 5, 2, 64), (2, 3, 1, 16), (1, 9, 1, 128)]:
+            qkv = torch.randn(B, S, 3 * H * hd, generator=g).to(dt)
+            km = torch.zeros(B, S)
+            km[-1, S // 2 + 1:] = float("-inf")
+            out = ops.packed_attention(qkv, km, H, hd ** -0.5)
+            ref = packed_attention_reference(qkv, km, H, hd ** -0.5)
+            torch.testing.assert_close(out.double(), ref.double(), rtol=TOL[dt], atol=TOL[dt])
+        for xd, rd in [(torch.bfloat16, torch.float32), (torch.float32, torch.float32),
+                       (torch.bfloat16, torch.bfloat16)]:
+            x, r = torch.randn(3, 7, 45, generator=g).to(xd), torch.randn(3, 7, 45, generator=g).to(rd)
+            w, b = torch.randn(45, generator=g), torch.randn(45, generator=g)
+            y, _ = ops.residual_layer_norm(x, r, w, b, 1e-5)
+            yr, _ = residual_layer_norm_reference(x, r, w, b, 1e-5)
+            torch.testing.assert_close(y.double(), yr.double(), rtol=TOL[y.dtype], atol=TOL[y.dtype] * 4)
     print("ok")
 """)
 

@@ -84,10 +84,12 @@ def test_backbone_dropout_runs_on_counter_based_masks(kind, monkeypatch):
 @pytest.mark.parametrize("kind", ["xlmr", "bert"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("L", [9, 90])  # short keys (matmul + softmax) and long (SDPA)
-def test_inference_layer_equals_the_hugging_face_layer(kind, precision, L):
+# head size 6: the attention fallback; 32 and 16: ops.packed_attention's kernel
+@pytest.mark.parametrize("hidden,heads", [(24, 4), (64, 2), (48, 3)])
+def test_inference_layer_equals_the_hugging_face_layer(kind, precision, L, hidden, heads):
     from xpe_fast.model import inference_layer
 
-    backbone = tiny_backbone(kind, max_pos=128)
+    backbone = tiny_backbone(kind, max_pos=128, hidden=hidden, heads=heads)
     m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
                                                  encoder_hidden_size=8, backend="cpu").eval()
     ids, mask = padded_ids(3, L, backbone.config.vocab_size)
@@ -98,14 +100,51 @@ def test_inference_layer_equals_the_hugging_face_layer(kind, precision, L):
         hidden = m.embed(ids)
         ext = m._extended_mask(ids, mask)
         add = torch.zeros(ext.shape).masked_fill_(ext == 0, float("-inf"))[:, None, None, :]
-        ours = inference_layer(layer, hidden, add)
+        ours, ours16 = inference_layer(layer, hidden, add)
+        # With the key mask [B, S] (the packed kernel) and a bf16 copy of the input.
+        h16 = hidden.bfloat16() if precision == "bf16" else None
+        ours_k, ours_k16 = inference_layer(layer, hidden, add, add[:, 0, 0, :].contiguous(), h16)
         m.set_backend("reference")
         from transformers.masking_utils import create_bidirectional_mask
         mask4d = create_bidirectional_mask(config=m.backbone.config, inputs_embeds=hidden,
                                            attention_mask=ext)
         ref = layer(hidden, mask4d)
         ref = ref[0] if isinstance(ref, tuple) else ref
+    for out, out16 in ((ours, ours16), (ours_k, ours_k16)):
+        assert out.dtype == ref.dtype
+        torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
+        if precision == "bf16":  # the copy is the output rounded to bf16, exactly
+            assert out16.dtype == torch.bfloat16 and torch.equal(out16, out.bfloat16())
+        else:
+            assert out16 is None
+
+
+@pytest.mark.parametrize("kind", ["xlmr", "bert"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_inference_path_equals_the_reference_route(kind, precision, monkeypatch):
+    # The whole evaluation path (packed attention, fused residual LayerNorms with the bf16
+    # chain, first-row last layer) on a backbone whose head size the kernel serves.
+    from xpe_fast import _extension
+
+    calls = []
+    for name in ("packed_attention_forward", "residual_layer_norm_forward"):
+        fn = getattr(_extension._C, name)
+        monkeypatch.setattr(_extension._C, name,
+                            lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+    backbone = tiny_backbone(kind, max_pos=128, hidden=64, heads=2, layers=3)
+    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=5,
+                                                 encoder_hidden_size=8, backend="cpu").eval()
+    ids, mask = padded_ids(5, 23, backbone.config.vocab_size)
+    tol = 1e-5 if precision == "fp32" else 3e-2
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                enabled=precision == "bf16"):
+        ours = m(ids, mask)
+        m.set_backend("reference")
+        ref = m(ids, mask)
     torch.testing.assert_close(ours.float(), ref.float(), rtol=tol, atol=tol)
+    # layers 1 and 2 ran the kernels (layer 3 is the first-row layer)
+    assert calls.count("packed_attention_forward") == 2
+    assert calls.count("residual_layer_norm_forward") == 4
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -90,21 +90,24 @@ def _supports_first_row(layer: nn.Module) -> bool:
             and hasattr(layer, "output") and not getattr(sa, "is_cross_attention", False))
 
 
-def first_row_layer(layer: nn.Module, hidden: torch.Tensor, mask4d) -> torch.Tensor:
+def first_row_layer(layer: nn.Module, hidden: torch.Tensor, mask4d,
+                    hidden16: torch.Tensor | None = None) -> torch.Tensor:
     """A BERT/XLM-R encoder layer computed for slot 0 only: [B, S, d] -> [B, 1, d].
 
     Exact for the classifier, which reads only slot 0 of the last layer: keys and values
     still come from every slot, but the query, attention output and feed-forward run for one
-    row instead of N + L.
+    row instead of N + L. `hidden16`: a bf16 copy of `hidden` for the projections (inference
+    under bf16 autocast), or None.
     """
     att = layer.attention
     sa = att.self
     B, S, _ = hidden.shape
     h, hd = sa.num_attention_heads, sa.attention_head_size
     first = hidden[:, :1]
-    q = sa.query(first).view(B, 1, h, hd).transpose(1, 2)
-    k = sa.key(hidden).view(B, S, h, hd).transpose(1, 2)
-    v = sa.value(hidden).view(B, S, h, hd).transpose(1, 2)
+    src = hidden if hidden16 is None else hidden16
+    q = sa.query(src[:, :1]).view(B, 1, h, hd).transpose(1, 2)
+    k = sa.key(src).view(B, S, h, hd).transpose(1, 2)
+    v = sa.value(src).view(B, S, h, hd).transpose(1, 2)
     mask = mask4d[:, :, :1] if isinstance(mask4d, torch.Tensor) and mask4d.dim() == 4 else mask4d
     p = sa.dropout.p if sa.training else 0.0
     if isinstance(sa.dropout, fast_dropout.FastDropout) and fast_dropout.available(q):
@@ -148,24 +151,55 @@ def _exact_gelu(act) -> bool:
     return isinstance(act, GELUActivation) and getattr(act, "act", None) is F.gelu
 
 
-def inference_layer(layer: nn.Module, hidden: torch.Tensor, mask4d) -> torch.Tensor:
+def _standard_output(out: nn.Module) -> bool:
+    """A BERT-style output block: LayerNorm(dropout(dense(x)) + residual)."""
+    return isinstance(getattr(out, "dense", None), nn.Linear) and \
+        isinstance(getattr(out, "LayerNorm", None), nn.LayerNorm) and \
+        out.LayerNorm.weight is not None and out.LayerNorm.bias is not None
+
+
+def _output_block(out: nn.Module, x: torch.Tensor, residual: torch.Tensor, bf16_copy: bool):
+    """(out(x, residual), its bf16 copy or None) for inference (dropout is the identity)."""
+    if not _standard_output(out):
+        return out(x, residual), None
+    ln = out.LayerNorm
+    return ops.residual_layer_norm(out.dense(x), residual, ln.weight, ln.bias, ln.eps,
+                                   bf16_copy=bf16_copy)
+
+
+def inference_layer(layer: nn.Module, hidden: torch.Tensor, mask4d,
+                    key_mask: torch.Tensor | None = None, hidden16: torch.Tensor | None = None):
     """A BERT/XLM-R encoder layer for inference (no gradient, no dropout), computing what
-    the Hugging Face layer computes: query, key and value in one GEMM (the input read and
-    cast once), attention by fast_dropout.attend, and the feed-forward GELU fused into its
+    the Hugging Face layer computes; returns (hidden, its bf16 copy or None).
+
+    Query, key and value are one GEMM (the input read and cast once); attention reads that
+    packed output directly (ops.packed_attention, with `key_mask` [B, S], the additive
+    key-padding mask) and writes the layout the output projection takes; each residual add
+    + LayerNorm is one pass that also writes the bf16 input of the next GEMM under bf16
+    autocast (`hidden16`: that copy of `hidden`); the feed-forward GELU is fused into its
     GEMM (oneDNN post-op) where the layer's activation is the exact GELU."""
     att = layer.attention
     sa = att.self
     B, S, _ = hidden.shape
     h, hd = sa.num_attention_heads, sa.attention_head_size
-    qkv = _fused_qkv(sa)(hidden).view(B, S, 3, h, hd).permute(2, 0, 3, 1, 4)
-    ctx = fast_dropout.attend(qkv[0], qkv[1], qkv[2], mask4d, sa.scaling, 0.0)
-    a = att.output(ctx.transpose(1, 2).reshape(B, S, h * hd), hidden)
+    qkv = _fused_qkv(sa)(hidden16 if hidden16 is not None else hidden)
+    if key_mask is not None and ops.packed_attention_applies(qkv, h):
+        ctx = ops.packed_attention(qkv, key_mask, h, sa.scaling)
+    else:
+        x = qkv.view(B, S, 3, h, hd).permute(2, 0, 3, 1, 4)
+        ctx = fast_dropout.attend(x[0], x[1], x[2], mask4d, sa.scaling, 0.0)
+        ctx = ctx.transpose(1, 2).reshape(B, S, h * hd)
+    # Under bf16 autocast the next GEMMs take bf16: write that copy in the same pass.
+    bf16 = torch.is_autocast_enabled("cpu") and \
+        torch.get_autocast_dtype("cpu") == torch.bfloat16
+    a, a16 = _output_block(att.output, ctx, hidden, bf16)
+    a_in = a16 if a16 is not None else a
     inter = layer.intermediate
     if isinstance(inter.dense, FrozenLinear) and _exact_gelu(inter.intermediate_act_fn):
-        i = inter.dense.forward_gelu(a)
+        i = inter.dense.forward_gelu(a_in)
     else:
-        i = inter(a)
-    return layer.output(i, a)
+        i = inter(a_in)
+    return _output_block(layer.output, i, a, bf16)
 
 
 class ClassificationHead(nn.Module):
@@ -358,13 +392,19 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         inference = (not torch.is_grad_enabled() and not self.backbone.training
                      and self.backbone.config._attn_implementation
                      == fast_dropout.ATTN_IMPLEMENTATION and hidden.device.type == "cpu")
+        key_mask = None
+        if inference and isinstance(mask4d, torch.Tensor) and mask4d.dim() == 4 and \
+                mask4d.shape[1:3] == (1, 1):
+            key_mask = mask4d[:, 0, 0, :].float().contiguous()
+        hidden16 = None
         for layer in layers[:-1]:
             if inference and _supports_first_row(layer):
-                hidden = inference_layer(layer, hidden, mask4d)
+                hidden, hidden16 = inference_layer(layer, hidden, mask4d, key_mask, hidden16)
                 continue
             hidden = layer(hidden, mask4d)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        return first_row_layer(layers[-1], hidden, mask4d)
+            hidden16 = None
+        return first_row_layer(layers[-1], hidden, mask4d, hidden16)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, prompt: torch.Tensor | None = None):

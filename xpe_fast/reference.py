@@ -62,3 +62,30 @@ def assemble_embeddings_reference(input_ids, prompt, word_embeddings, position_e
     pos = position_embeddings[position_offset:position_offset + N + L]
     x = x + pos.unsqueeze(0) + token_type_embedding
     return F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
+
+
+# ---- inference-only helpers of the encoder (CPU kernels in csrc/cpu/) ------------------
+
+def packed_attention_reference(qkv, key_mask, num_heads: int, scale: float):
+    """Self-attention from a packed projection qkv [B, S, 3 * H * hd] (query, key, value
+    blocks, each [H, hd]) with an additive key mask [B, S] (or None): the context
+    [B, S, H * hd] in qkv's dtype, computed in fp32 (float64 for float64). A query whose
+    keys are all masked gets zeros."""
+    B, S, row = qkv.shape
+    hd = row // (3 * num_heads)
+    acc = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    q, k, v = qkv.to(acc).view(B, S, 3, num_heads, hd).permute(2, 0, 3, 1, 4)
+    scores = (q * scale) @ k.transpose(-1, -2)
+    if key_mask is not None:
+        scores = scores + key_mask.to(acc)[:, None, None, :]
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return (probs @ v).transpose(1, 2).reshape(B, S, num_heads * hd).to(qkv.dtype)
+
+
+def residual_layer_norm_reference(x, residual, weight, bias, eps: float,
+                                  bf16_copy: bool = False):
+    """(LayerNorm(x + residual), its bf16 copy or None): the add in the promoted dtype, the
+    LayerNorm in fp32 and returned in that dtype, as eager PyTorch under bf16 autocast."""
+    s = x + residual
+    y = F.layer_norm(s.float(), (s.shape[-1],), weight.float(), bias.float(), eps).to(s.dtype)
+    return y, (y.to(torch.bfloat16) if bf16_copy else None)

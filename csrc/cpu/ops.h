@@ -3,6 +3,7 @@
 
 #include <torch/extension.h>
 
+#include <tuple>
 #include <vector>
 
 namespace xpe_cpu {
@@ -33,5 +34,16 @@ std::vector<at::Tensor> prompt_encoder_mlp_backward(
 // y = x * keep / (1 - p), keep drawn from (seed, element index); the backward is the same
 // call on the gradient.
 at::Tensor dropout_apply(const at::Tensor& x, double p, int64_t seed);
+
+// Inference self-attention from the packed QKV projection [B, S, 3 * H * hd] with an
+// additive key mask [B, S]; returns the context [B, S, H * hd].
+at::Tensor packed_attention_forward(const at::Tensor& qkv, const c10::optional<at::Tensor>& key_mask,
+                                    int64_t num_heads, double scale);
+bool packed_attention_supports_head_size(int64_t head_size);
+
+// y = LayerNorm(x + residual) (fp32 statistics) and, with bf16_copy, y in bf16 too.
+std::tuple<at::Tensor, c10::optional<at::Tensor>> residual_layer_norm_forward(
+    const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+    const at::Tensor& bias, double eps, bool bf16_copy);
 
 }  // namespace xpe_cpu

@@ -3,11 +3,19 @@
 - prompt_encoder_mlp: the XPE prompt-encoder MLP, forward and backward in one call each.
 - assemble_embeddings: prompt rows + token embeddings + positions + token type + LayerNorm.
 
+Inference-only helpers of the encoder (C++ CPU kernel or the eager reference):
+- packed_attention: self-attention read from the packed QKV projection.
+- residual_layer_norm: LayerNorm(x + residual), with an optional bf16 copy.
+
 Each runs on a backend: "reference" (eager PyTorch), "cpu" (C++ kernels), "triton" or "cuda".
 """
 from ._backend import BACKENDS, available_backends, resolve_backend
 from .assemble_embeddings import assemble_embeddings
+from .packed_attention import kernel_applies as packed_attention_applies
+from .packed_attention import packed_attention
 from .prompt_encoder_mlp import prompt_encoder_mlp
+from .residual_layer_norm import residual_layer_norm
 
 __all__ = ["BACKENDS", "available_backends", "resolve_backend", "assemble_embeddings",
-           "prompt_encoder_mlp"]
+           "prompt_encoder_mlp", "packed_attention", "packed_attention_applies",
+           "residual_layer_norm"]
