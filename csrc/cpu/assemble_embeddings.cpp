@@ -83,6 +83,19 @@ struct Geometry {
   bool shared;
 };
 
+// Word rows are random gathers from a table of 100s of MB: with cold caches each one is a
+// DRAM (and TLB) miss that the LayerNorm of the row before cannot hide. Prefetching every
+// cache line of the word row two rows ahead: 0.92 -> 0.68 ms (d = 384 fp32) and 1.17 ->
+// 0.74 ms (bf16), with caches flushed before each call; 1, 4 and 8 rows ahead were no better.
+constexpr int64_t kPrefetchRows = 2;
+
+template <typename T>
+XPE_HD void prefetch_row(const T* p, int64_t d) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64)
+    __builtin_prefetch(c + off, 0, 3);
+}
+
 template <typename T, typename A = typename xpe::acc_of<T>::type>
 XPE_HD void forward_rows(const int64_t* ids, const T* prompt, const T* word, const T* pos,
                          const T* typ, const T* w, const T* b, T* out, A* buf, Geometry g,
@@ -91,6 +104,10 @@ XPE_HD void forward_rows(const int64_t* ids, const T* prompt, const T* word, con
   for (int64_t r = begin; r < end; ++r) {
     const int64_t bi = r / S, j = r % S;
     T* dst = out + r * g.d;
+    if (r + kPrefetchRows < end) {
+      const int64_t rp = r + kPrefetchRows, bp = rp / S, jp = rp % S;
+      if (jp >= g.N) prefetch_row(word + ids[bp * g.L + (jp - g.N)] * g.d, g.d);
+    }
     if (j < g.N) {
       if (g.shared && bi > 0) {
         // Shared prompt rows were normalised once, in sample 0.
