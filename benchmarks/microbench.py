@@ -5,9 +5,12 @@
 - assemble_embeddings forward and forward+backward standalone, and forward with cold caches
   for random ids against all-equal ids (what the scattered word-table gathers cost);
 - the frozen backbone's GEMM on MKL (torch.mm) against oneDNN, at an encoder shape;
-- attention: SDPA's CPU flash kernel against matmul + softmax, by sequence length (the
-  matmul + softmax figures swing 2-4x with the allocator's state, i.e. with what ran before
-  in the process; profile_model.py compares the two inside the evaluation pass).
+- attention: ops.packed_attention (from the packed QKV projection, context in the output
+  projection's layout) against SDPA's CPU flash kernel and matmul + softmax, each with the
+  transposes it needs, by sequence length (the matmul + softmax figures swing 2-4x with the
+  allocator's state, i.e. with what ran before in the process; profile_model.py compares the
+  routes inside the evaluation pass);
+- residual add + LayerNorm + bf16 copy (ops.residual_layer_norm) against eager.
 
     python benchmarks/microbench.py [--threads 1]
 """
@@ -86,22 +89,49 @@ def gemm_rows():
                   f"torch.mm {mkl:.0f} GFLOP/s |")
 
 
-def attention_rows():
+def attention_rows(ops):
     B, H, hd = 64, 12, 32
     for S in (30, 50, 70, 120):
-        q, k, v = (torch.randn(B, H, S, hd).to(torch.bfloat16) for _ in range(3))
+        qkv = torch.randn(B, S, 3 * H * hd).to(torch.bfloat16)
         keep = torch.ones(B, 1, 1, S, dtype=torch.bool)
         keep[..., -S // 6:] = False
         add = torch.zeros(B, 1, 1, S).masked_fill(~keep, float("-inf"))
+        key_mask = add[:, 0, 0, :].contiguous()
+
+        def split():
+            return qkv.view(B, S, 3, H, hd).permute(2, 0, 3, 1, 4)
+
+        def merge(ctx):
+            return ctx.transpose(1, 2).reshape(B, S, H * hd)
 
         def manual():
+            q, k, v = split()
             s = torch.matmul(q, k.transpose(-1, -2)).float().mul_(hd ** -0.5).add_(add)
-            return torch.matmul(torch.softmax(s, -1).to(v.dtype), v)
+            return merge(torch.matmul(torch.softmax(s, -1).to(v.dtype), v))
 
-        flash = median_ms(lambda: F.scaled_dot_product_attention(
-            q, k, v, attn_mask=keep.expand(B, 1, S, S)), rounds=7)
-        print(f"| attention bf16 B=64 H=12 S={S} | flash {flash:.2f} | "
-              f"matmul+softmax {median_ms(manual, rounds=7):.2f} |")
+        def flash():
+            q, k, v = split()
+            return merge(F.scaled_dot_product_attention(q, k, v,
+                                                        attn_mask=keep.expand(B, 1, S, S)))
+
+        with torch.no_grad():
+            ours = median_ms(lambda: ops.packed_attention(qkv, key_mask, H, hd ** -0.5), rounds=7)
+            print(f"| attention bf16 B=64 H=12 S={S} | packed {ours:.2f} | "
+                  f"flash {median_ms(flash, rounds=7):.2f}, "
+                  f"matmul+softmax {median_ms(manual, rounds=7):.2f} |")
+
+
+def residual_layer_norm_rows(ops):
+    x = torch.randn(64, 70, 384).to(torch.bfloat16)
+    r, w, b = torch.randn(64, 70, 384), torch.randn(384), torch.randn(384)
+
+    def eager():
+        y = F.layer_norm(x + r, (384,), w, b, 1e-12)
+        return y, y.to(torch.bfloat16)
+
+    ours = median_ms(lambda: ops.residual_layer_norm(x, r, w, b, 1e-12, bf16_copy=True))
+    print(f"| residual add + LayerNorm + bf16 copy [64,70,384] | {ours:.3f} | "
+          f"eager {median_ms(eager):.3f} |")
 
 
 def isa_rows():
@@ -129,7 +159,8 @@ def main():
     isa_rows()
     assemble_rows(ops)
     gemm_rows()
-    attention_rows()
+    attention_rows(ops)
+    residual_layer_norm_rows(ops)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,12 @@ def _exact_gelu(act) -> bool:
     return isinstance(act, GELUActivation) and getattr(act, "act", None) is F.gelu
 
 
+# The C++ inference kernels of inference_layer (ops.packed_attention and
+# ops.residual_layer_norm); False runs the same layer with fast_dropout.attend and the Hugging
+# Face output blocks (benchmarks/profile_model.py measures the evaluation pass both ways).
+INFERENCE_KERNELS = True
+
+
 def _standard_output(out: nn.Module) -> bool:
     """A BERT-style output block: LayerNorm(dropout(dense(x)) + residual)."""
     return isinstance(getattr(out, "dense", None), nn.Linear) and \
@@ -160,7 +166,7 @@ def _standard_output(out: nn.Module) -> bool:
 
 def _output_block(out: nn.Module, x: torch.Tensor, residual: torch.Tensor, bf16_copy: bool):
     """(out(x, residual), its bf16 copy or None) for inference (dropout is the identity)."""
-    if not _standard_output(out):
+    if not (INFERENCE_KERNELS and _standard_output(out)):
         return out(x, residual), None
     ln = out.LayerNorm
     return ops.residual_layer_norm(out.dense(x), residual, ln.weight, ln.bias, ln.eps,
@@ -183,7 +189,7 @@ def inference_layer(layer: nn.Module, hidden: torch.Tensor, mask4d,
     B, S, _ = hidden.shape
     h, hd = sa.num_attention_heads, sa.attention_head_size
     qkv = _fused_qkv(sa)(hidden16 if hidden16 is not None else hidden)
-    if key_mask is not None and ops.packed_attention_applies(qkv, h):
+    if INFERENCE_KERNELS and key_mask is not None and ops.packed_attention_applies(qkv, h):
         ctx = ops.packed_attention(qkv, key_mask, h, sa.scaling)
     else:
         x = qkv.view(B, S, 3, h, hd).permute(2, 0, 3, 1, 4)

@@ -75,3 +75,12 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
             raise ValueError("backend 'triton' runs CPU tensors only under TRITON_INTERPRET=1 "
                              "(set before xpe_fast is imported)")
     return backend
+
+
+def profiled(name: str, fn, *args):
+    """fn(*args), recorded as `name` while torch.profiler runs: calls into the pybind11
+    extension are not dispatcher ops, so the profiler would not see their time otherwise."""
+    if torch._C._autograd._profiler_enabled():
+        with torch.autograd.profiler.record_function(name):
+            return fn(*args)
+    return fn(*args)

@@ -13,6 +13,7 @@ import torch
 
 from .. import _extension
 from ..reference import packed_attention_reference
+from ._backend import profiled
 
 
 def kernel_applies(qkv: torch.Tensor, num_heads: int) -> bool:
@@ -41,7 +42,8 @@ def packed_attention(qkv: torch.Tensor, key_mask: torch.Tensor | None, num_heads
     if backend != "reference" and kernel_applies(qkv, num_heads):
         if key_mask is not None:
             key_mask = key_mask.float()
-        return _extension._C.packed_attention_forward(qkv, key_mask, num_heads, float(scale))
+        return profiled("xpe_fast::packed_attention", _extension._C.packed_attention_forward, qkv,
+                        key_mask, num_heads, float(scale))
     if backend == "cpu":
         raise ValueError("the packed_attention kernel needs CPU float32/bfloat16 qkv without "
                          "gradient, head size 16/32/64/128 and the compiled extension")

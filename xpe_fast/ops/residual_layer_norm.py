@@ -11,6 +11,7 @@ import torch
 
 from .. import _extension
 from ..reference import residual_layer_norm_reference
+from ._backend import profiled
 
 
 def kernel_applies(x: torch.Tensor, residual: torch.Tensor) -> bool:
@@ -38,8 +39,9 @@ def residual_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.T
         raise ValueError(f"residual_layer_norm runs on 'cpu' or 'reference', not {backend!r}")
     if backend != "reference" and kernel_applies(x, residual) and \
             not (torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad)):
-        return _extension._C.residual_layer_norm_forward(x, residual, weight, bias, float(eps),
-                                                         bf16_copy)
+        return profiled("xpe_fast::residual_layer_norm",
+                        _extension._C.residual_layer_norm_forward, x, residual, weight, bias,
+                        float(eps), bf16_copy)
     if backend == "cpu":
         raise ValueError("the residual_layer_norm kernel needs CPU float32/bfloat16 inputs "
                          "without gradient and the compiled extension")
