@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "cpu/ops.h"
+#include "cpu/skinny_gemm.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "xpe_fast C++ CPU kernels";
@@ -26,6 +27,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("key_mask") = py::none(), py::arg("num_heads"), py::arg("scale"));
   m.def("packed_attention_supports_head_size", &xpe_cpu::packed_attention_supports_head_size,
         py::arg("head_size"));
+  // The MLP's few-row fp32 GEMMs, bound for tests and microbenchmarks.
+  m.def("skinny_gemm_nt", &xpe_cpu::skinny_gemm_nt, py::arg("a"), py::arg("w"),
+        py::arg("bias") = py::none());
+  m.def("skinny_gemm_nn", &xpe_cpu::skinny_gemm_nn, py::arg("a"), py::arg("b"));
+  m.def("skinny_gemm_tn", &xpe_cpu::skinny_gemm_tn, py::arg("g"), py::arg("h"));
   m.def("residual_layer_norm_forward", &xpe_cpu::residual_layer_norm_forward, py::arg("x"),
         py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
         py::arg("bf16_copy") = false);

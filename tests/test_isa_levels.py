@@ -59,6 +59,12 @@ SCRIPT = textwrap.dedent("""
             y, _ = ops.residual_layer_norm(x, r, w, b, 1e-5)
             yr, _ = residual_layer_norm_reference(x, r, w, b, 1e-5)
             torch.testing.assert_close(y.double(), yr.double(), rtol=TOL[y.dtype], atol=TOL[y.dtype] * 4)
+    C = _extension._C
+    for M, K, N in [(20, 203, 145), (3, 5, 7)]:
+        a, w, h = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(M, N, generator=g)
+        for out, ref in ((C.skinny_gemm_nt(a, w), a @ w.t()), (C.skinny_gemm_nn(a, w.t().contiguous()), a @ w.t()),
+                         (C.skinny_gemm_tn(a, h), a.t() @ h)):
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     print("ok")
 """)
 

@@ -30,9 +30,15 @@ inline int isa_level() {
   return best;
 }
 
+// The level this process runs (read once).
+inline int active_isa_level() {
+  static const int level = isa_level();
+  return level;
+}
+
 template <typename F>
 F pick_isa(F avx512, F avx2, F base) {
-  static const int level = isa_level();
+  const int level = active_isa_level();
   return level == 2 ? avx512 : level == 1 ? avx2 : base;
 }
 

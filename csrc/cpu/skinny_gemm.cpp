@@ -1,0 +1,262 @@
+// Float32 GEMMs with few rows (the prompt-encoder MLP's M = N virtual tokens, about 20), CPU.
+//
+// torch's fp32 GEMM is MKL, which runs its AVX2 code on AMD processors (about 90 GFLOP/s per
+// core at these shapes here), and oneDNN pays a primitive setup per call for weights that
+// change every step. These three register-blocked loops run the AVX-512 FMA units directly
+// (GCC vector extensions, compiled per ISA level by XPE_MULTIVERSION):
+//   nt: C[M, N] = A[M, K] W[N, K]^T (+ bias)  -- dot products along K, 4 x 4 blocks
+//   nn: C[M, N] = A[M, K] B[K, N]              -- 4 rows x 64 columns of C in registers
+//   tn: C[N1, N2] = G[M, N1]^T H[M, N2]        -- 4 x 64 block of C, summed over the M rows
+// Rows past the end of a block repeat the last row (computed, not stored), so the blocks
+// keep a fixed size; columns past the last multiple of 16 run a scalar loop.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+
+#include "cpu/clones.h"
+#include "cpu/skinny_gemm.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC optimize("fp-contract=fast")  // multiply-adds as FMAs (tests use tolerances)
+
+namespace xpe_cpu {
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+constexpr int64_t W = 16;
+#define XPE_INLINE inline __attribute__((always_inline))
+
+XPE_INLINE v16 vload(const float* p) {
+  v16 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+XPE_INLINE void vstore(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+XPE_INLINE float hsum(v16 v) {
+  float s = 0.0f;
+  for (int i = 0; i < W; ++i) s += v[i];
+  return s;
+}
+
+// The 16 lane-sums of v[0..15] as one vector (lane l = sum of v[l]): four levels of
+// shuffle + add (45 operations instead of 16 horizontal sums of 15 adds each).
+XPE_INLINE v16 reduce16(const v16* v) {
+  v16 s[8], t[4], u[2];
+  for (int p = 0; p < 8; ++p)
+    s[p] = __builtin_shufflevector(v[2 * p], v[2 * p + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
+                                   19, 20, 21, 22, 23) +
+           __builtin_shufflevector(v[2 * p], v[2 * p + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25,
+                                   26, 27, 28, 29, 30, 31);
+  for (int q = 0; q < 4; ++q)
+    t[q] = __builtin_shufflevector(s[2 * q], s[2 * q + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18,
+                                   19, 24, 25, 26, 27) +
+           __builtin_shufflevector(s[2 * q], s[2 * q + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
+                                   22, 23, 28, 29, 30, 31);
+  for (int r = 0; r < 2; ++r)
+    u[r] = __builtin_shufflevector(t[2 * r], t[2 * r + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20,
+                                   21, 24, 25, 28, 29) +
+           __builtin_shufflevector(t[2 * r], t[2 * r + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19,
+                                   22, 23, 26, 27, 30, 31);
+  return __builtin_shufflevector(u[0], u[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                 28, 30) +
+         __builtin_shufflevector(u[0], u[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+                                 29, 31);
+}
+
+// C[m, n] for n in [n0, n1): 4 x 4 blocks of dot products along K. Blocks of W rows outer:
+// four rows of W stay in L1 while all of A (M rows, in L2) passes them.
+XPE_INLINE void nt_range(const float* A, const float* Wt, const float* bias, float* C, int64_t M,
+                         int64_t N, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t K16 = K / W * W;
+  for (int64_t nb = n0; nb < n1; nb += 4) {
+    const float* w[4];
+    for (int j = 0; j < 4; ++j) w[j] = Wt + std::min(nb + j, n1 - 1) * K;
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const float* a[4];
+      for (int i = 0; i < 4; ++i) a[i] = A + std::min(m0 + i, M - 1) * K;
+      v16 acc[16];
+      for (int i = 0; i < 16; ++i) acc[i] = v16{};
+      for (int64_t k = 0; k < K16; k += W) {
+        v16 wv[4];
+        for (int j = 0; j < 4; ++j) wv[j] = vload(w[j] + k);
+        for (int i = 0; i < 4; ++i) {
+          const v16 av = vload(a[i] + k);
+          for (int j = 0; j < 4; ++j) acc[4 * i + j] += av * wv[j];
+        }
+      }
+      const v16 sums = reduce16(acc);  // lane 4 i + j: C[m0 + i, nb + j]
+      for (int i = 0; i < 4 && m0 + i < M; ++i)
+        for (int j = 0; j < 4 && nb + j < n1; ++j) {
+          float s = sums[4 * i + j];
+          for (int64_t k = K16; k < K; ++k) s += a[i][k] * w[j][k];
+          C[(m0 + i) * N + nb + j] = bias ? s + bias[nb + j] : s;
+        }
+    }
+  }
+}
+
+// C[:, n0:n1] = A B[:, n0:n1]: 4 rows x 4 vectors of C in registers. K runs in chunks so
+// that the chunk of B (kKc x 64 floats) stays in L1 for every block of rows; C is the
+// accumulator between chunks.
+constexpr int64_t kKc = 64;
+
+XPE_INLINE void nn_range(const float* A, const float* B, float* C, int64_t M, int64_t N,
+                         int64_t K, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 * W <= n1; n += 4 * W) {
+    for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kKc) {
+      const int64_t k1 = std::min(k0 + kKc, K);
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const float* a[4];
+        for (int i = 0; i < 4; ++i) a[i] = A + std::min(m0 + i, M - 1) * K;
+        v16 acc[4][4];
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j)
+            acc[i][j] = k0 == 0 ? v16{} : vload(C + std::min(m0 + i, M - 1) * N + n + j * W);
+        for (int64_t k = k0; k < k1; ++k) {
+          v16 bv[4];
+          for (int j = 0; j < 4; ++j) bv[j] = vload(B + k * N + n + j * W);
+          for (int i = 0; i < 4; ++i) {
+            const float s = a[i][k];
+            for (int j = 0; j < 4; ++j) acc[i][j] += s * bv[j];
+          }
+        }
+        for (int i = 0; i < 4 && m0 + i < M; ++i)
+          for (int j = 0; j < 4; ++j) vstore(C + (m0 + i) * N + n + j * W, acc[i][j]);
+      }
+      if (K == 0) break;
+    }
+  }
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    const float* a[4];
+    for (int i = 0; i < 4; ++i) a[i] = A + std::min(m0 + i, M - 1) * K;
+    int64_t nt = n;
+    for (; nt + W <= n1; nt += W) {
+      v16 acc[4] = {};
+      for (int64_t k = 0; k < K; ++k) {
+        const v16 bv = vload(B + k * N + nt);
+        for (int i = 0; i < 4; ++i) acc[i] += a[i][k] * bv;
+      }
+      for (int i = 0; i < 4 && m0 + i < M; ++i) vstore(C + (m0 + i) * N + nt, acc[i]);
+    }
+    for (; nt < n1; ++nt)
+      for (int i = 0; i < 4 && m0 + i < M; ++i) {
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; ++k) s += a[i][k] * B[k * N + nt];
+        C[(m0 + i) * N + nt] = s;
+      }
+  }
+}
+
+// C[r, :] = sum_m G[m, r] H[m, :] for r in [r0, r1): 4 rows x 4 vectors of C per block.
+XPE_INLINE void tn_range(const float* G, const float* H, float* C, int64_t M, int64_t N1,
+                         int64_t N2, int64_t r0, int64_t r1) {
+  for (int64_t rb = r0; rb < r1; rb += 4) {
+    int64_t r[4];
+    for (int i = 0; i < 4; ++i) r[i] = std::min(rb + i, r1 - 1);
+    int64_t n = 0;
+    for (; n + 4 * W <= N2; n += 4 * W) {
+      v16 acc[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = v16{};
+      for (int64_t m = 0; m < M; ++m) {
+        v16 hv[4];
+        for (int j = 0; j < 4; ++j) hv[j] = vload(H + m * N2 + n + j * W);
+        for (int i = 0; i < 4; ++i) {
+          const float s = G[m * N1 + r[i]];
+          for (int j = 0; j < 4; ++j) acc[i][j] += s * hv[j];
+        }
+      }
+      for (int i = 0; i < 4 && rb + i < r1; ++i)
+        for (int j = 0; j < 4; ++j) vstore(C + r[i] * N2 + n + j * W, acc[i][j]);
+    }
+    for (; n + W <= N2; n += W) {
+      v16 acc[4] = {};
+      for (int64_t m = 0; m < M; ++m) {
+        const v16 hv = vload(H + m * N2 + n);
+        for (int i = 0; i < 4; ++i) acc[i] += G[m * N1 + r[i]] * hv;
+      }
+      for (int i = 0; i < 4 && rb + i < r1; ++i) vstore(C + r[i] * N2 + n, acc[i]);
+    }
+    for (; n < N2; ++n)
+      for (int i = 0; i < 4 && rb + i < r1; ++i) {
+        float s = 0.0f;
+        for (int64_t m = 0; m < M; ++m) s += G[m * N1 + r[i]] * H[m * N2 + n];
+        C[r[i] * N2 + n] = s;
+      }
+  }
+}
+
+XPE_MULTIVERSION(nt_f32, (const float* a, const float* w, const float* b, float* c, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1),
+                 (a, w, b, c, M, N, K, n0, n1), nt_range)
+XPE_MULTIVERSION(nn_f32, (const float* a, const float* b, float* c, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1),
+                 (a, b, c, M, N, K, n0, n1), nn_range)
+XPE_MULTIVERSION(tn_f32, (const float* g, const float* h, float* c, int64_t M, int64_t N1, int64_t N2, int64_t r0, int64_t r1),
+                 (g, h, c, M, N1, N2, r0, r1), tn_range)
+
+// Column (or row) ranges for the threads, in multiples of `step`, about `work` FLOPs each.
+int64_t grain(int64_t step, int64_t flops_per_unit) {
+  const int64_t units = std::max<int64_t>(1, (1 << 19) / std::max<int64_t>(1, flops_per_unit));
+  return (units + step - 1) / step * step;
+}
+
+void check2d(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.is_contiguous() && t.scalar_type() == at::kFloat &&
+                        t.device().is_cpu(),
+                    "skinny_gemm: ", name, " must be a contiguous 2-D float32 CPU tensor");
+}
+
+}  // namespace
+
+at::Tensor skinny_gemm_nt(const at::Tensor& a, const at::Tensor& w,
+                          const c10::optional<at::Tensor>& bias_) {
+  const at::Tensor bias = bias_.has_value() ? *bias_ : at::Tensor();
+  check2d(a, "A");
+  check2d(w, "W");
+  const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
+  TORCH_CHECK_VALUE(w.size(1) == K, "skinny_gemm: inner sizes differ");
+  TORCH_CHECK_VALUE(!bias.defined() || (bias.numel() == N && bias.is_contiguous() &&
+                                        bias.scalar_type() == at::kFloat),
+                    "skinny_gemm: bias must be [N] float32");
+  auto c = at::empty({M, N}, a.options());
+  if (M == 0 || N == 0) return c;
+  const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  at::parallel_for(0, (N + 3) / 4, grain(1, 8 * M * K), [&](int64_t s, int64_t e) {
+    nt_f32(a.data_ptr<float>(), w.data_ptr<float>(), b, c.data_ptr<float>(), M, N, K, s * 4,
+           std::min(e * 4, N));
+  });
+  return c;
+}
+
+at::Tensor skinny_gemm_nn(const at::Tensor& a, const at::Tensor& b) {
+  check2d(a, "A");
+  check2d(b, "B");
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  TORCH_CHECK_VALUE(b.size(0) == K, "skinny_gemm: inner sizes differ");
+  auto c = at::empty({M, N}, a.options());
+  if (M == 0 || N == 0) return c;
+  // Thread ranges in whole 64-column blocks.
+  at::parallel_for(0, (N + 4 * W - 1) / (4 * W), grain(1, 2 * 4 * W * M * K), [&](int64_t s, int64_t e) {
+    nn_f32(a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), M, N, K, s * 4 * W,
+           std::min(e * 4 * W, N));
+  });
+  return c;
+}
+
+at::Tensor skinny_gemm_tn(const at::Tensor& g, const at::Tensor& h) {
+  check2d(g, "G");
+  check2d(h, "H");
+  const int64_t M = g.size(0), N1 = g.size(1), N2 = h.size(1);
+  TORCH_CHECK_VALUE(h.size(0) == M, "skinny_gemm: inner sizes differ");
+  auto c = at::empty({N1, N2}, g.options());
+  if (N1 == 0 || N2 == 0) return c;
+  if (M == 0) return c.zero_();
+  at::parallel_for(0, (N1 + 3) / 4, grain(1, 8 * M * N2), [&](int64_t s, int64_t e) {
+    tn_f32(g.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(), M, N1, N2, s * 4,
+           std::min(e * 4, N1));
+  });
+  return c;
+}
+
+}  // namespace xpe_cpu
