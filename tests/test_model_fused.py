@@ -175,3 +175,18 @@ def test_a_backbone_wrapped_twice_still_restores_the_reference_route():
     assert backbone.config._attn_implementation == fast_dropout.ATTN_IMPLEMENTATION
     second.set_backend("reference")
     assert backbone.config._attn_implementation == "sdpa"
+
+
+def test_evaluation_draws_nothing_from_the_generator():
+    # Building the fused QKV layer must not initialize weights randomly: that would shift
+    # every later dropout mask of a seeded run that evaluates first.
+    backbone = tiny_backbone("xlmr", dropout=0.1)
+    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
+                                                 encoder_hidden_size=8, backend="cpu").eval()
+    ids, mask = padded_ids(3, 11, backbone.config.vocab_size)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        m(ids, mask)
+    after_eval = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after_eval, torch.rand(4))

@@ -136,7 +136,10 @@ def _fused_qkv(sa: nn.Module) -> nn.Linear:
 def _build_fused_qkv(sa, parts, key) -> nn.Linear:
     with torch.no_grad():
         w = torch.cat([m.weight.detach() for m in parts])
-        lin = nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+        # skip_init: no random initialization, which would draw from torch's generator and
+        # shift every later dropout mask of a seeded run
+        lin = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], device=w.device,
+                                       dtype=w.dtype)
         lin.weight.copy_(w)
         lin.bias.copy_(torch.cat([m.bias.detach() for m in parts]))
     lin.requires_grad_(False)
