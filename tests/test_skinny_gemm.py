@@ -9,7 +9,8 @@ pytestmark = pytest.mark.skipif(_extension._C is None, reason="the C++ extension
 
 # M up to 64 (the MLP's rows); K and N around the 16-wide vectors and 64-column blocks.
 SIZES = [(1, 1, 1), (3, 5, 7), (4, 16, 16), (20, 1024, 256), (20, 256, 1024), (7, 203, 145),
-         (13, 64, 65), (64, 33, 130), (5, 0, 9), (17, 31, 1)]
+         (13, 64, 65), (64, 33, 130), (5, 0, 9), (17, 31, 1),
+         (21, 7, 2048)]  # tn with rows 4 KB apart: the packed variant
 
 
 def close(out, exact, K):
