@@ -23,8 +23,8 @@
 #include "xpe_fast/checks.h"
 #include "xpe_fast/kernel_math.h"
 #include "cpu/clones.h"
+#include "cpu/vec16.h"
 
-#pragma GCC diagnostic ignored "-Wpsabi"
 // Multiply-adds as FMAs here (the build's -ffp-contract=off keeps the other kernels rounding
 // as their eager references do; this one is checked with tolerances, and FMAs are half of
 // its instructions).
@@ -35,20 +35,7 @@ namespace {
 
 using xpe::bf16_t;
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-constexpr int64_t W = 16;
-
-#define XPE_INLINE inline __attribute__((always_inline))
-
-XPE_INLINE v16 vload(const float* p) {
-  v16 v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-XPE_INLINE void vstore(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
-XPE_INLINE v16 vsplat(float x) { return v16{} + x; }
-XPE_INLINE v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
+constexpr int64_t W = kLanes;
 
 // exp(x) for x <= 0 (scores minus their row maximum): Cody-Waite reduction to
 // r in [-ln2/2, ln2/2], a degree-7 Taylor polynomial (relative error < 1e-7), times 2^n;
@@ -77,11 +64,6 @@ XPE_INLINE float hmax(v16 v) {
   float m = v[0];
   for (int i = 1; i < W; ++i) m = v[i] > m ? v[i] : m;
   return m;
-}
-XPE_INLINE float hsum(v16 v) {
-  float s = 0.0f;
-  for (int i = 0; i < W; ++i) s += v[i];
-  return s;
 }
 
 struct Geometry {

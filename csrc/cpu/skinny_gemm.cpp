@@ -17,28 +17,14 @@
 
 #include "cpu/clones.h"
 #include "cpu/skinny_gemm.h"
+#include "cpu/vec16.h"
 
-#pragma GCC diagnostic ignored "-Wpsabi"
 #pragma GCC optimize("fp-contract=fast")  // multiply-adds as FMAs (tests use tolerances)
 
 namespace xpe_cpu {
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-constexpr int64_t W = 16;
-#define XPE_INLINE inline __attribute__((always_inline))
-
-XPE_INLINE v16 vload(const float* p) {
-  v16 v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-XPE_INLINE void vstore(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
-XPE_INLINE float hsum(v16 v) {
-  float s = 0.0f;
-  for (int i = 0; i < W; ++i) s += v[i];
-  return s;
-}
+constexpr int64_t W = kLanes;
 
 // The 16 lane-sums of v[0..15] as one vector (lane l = sum of v[l]): four levels of
 // shuffle + add (45 operations instead of 16 horizontal sums of 15 adds each).

@@ -1,0 +1,67 @@
+// 16 floats as one GCC vector: one AVX-512 register, two AVX2 or four SSE registers,
+// depending on the target the XPE_MULTIVERSION variant is compiled for. Every function here
+// is always_inline, so it takes the target of the kernel it is inlined into.
+#pragma once
+
+#include <cstdint>
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // vectors never cross a non-inlined call
+
+namespace xpe_cpu {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+constexpr int64_t kLanes = 16;
+
+#define XPE_INLINE inline __attribute__((always_inline))
+
+XPE_INLINE v16 vload(const float* p) {
+  v16 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+XPE_INLINE void vstore(float* p, v16 v) { __builtin_memcpy(p, &v, sizeof(v)); }
+XPE_INLINE v16 vsplat(float x) { return v16{} + x; }
+XPE_INLINE v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
+
+// Sum of the 16 lanes by halving (log-depth shuffles, not 15 dependent scalar adds).
+XPE_INLINE float hsum(v16 v) {
+  const v16 a = v + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4,
+                                            5, 6, 7);
+  const v16 b = a + __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2,
+                                            3);
+  const v16 c = b + __builtin_shufflevector(b, b, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0,
+                                            1);
+  return c[0] + c[1];
+}
+
+// sum_k x[k] and sum_k (x[k] - mean)^2 over a row: four independent vector accumulators.
+XPE_INLINE float row_sum(const float* x, int64_t n) {
+  v16 acc[4] = {};
+  int64_t k = 0;
+  for (; k + 4 * kLanes <= n; k += 4 * kLanes)
+    for (int j = 0; j < 4; ++j) acc[j] += vload(x + k + j * kLanes);
+  for (; k + kLanes <= n; k += kLanes) acc[0] += vload(x + k);
+  float s = hsum((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  for (; k < n; ++k) s += x[k];
+  return s;
+}
+XPE_INLINE float row_sq_dev(const float* x, float mean, int64_t n) {
+  v16 acc[4] = {};
+  const v16 m = vsplat(mean);
+  int64_t k = 0;
+  for (; k + 4 * kLanes <= n; k += 4 * kLanes)
+    for (int j = 0; j < 4; ++j) {
+      const v16 c = vload(x + k + j * kLanes) - m;
+      acc[j] += c * c;
+    }
+  for (; k + kLanes <= n; k += kLanes) {
+    const v16 c = vload(x + k) - m;
+    acc[0] += c * c;
+  }
+  float s = hsum((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  for (; k < n; ++k) s += (x[k] - mean) * (x[k] - mean);
+  return s;
+}
+
+}  // namespace xpe_cpu
