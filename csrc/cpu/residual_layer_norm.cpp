@@ -17,6 +17,7 @@
 #include "xpe_fast/checks.h"
 #include "xpe_fast/kernel_math.h"
 #include "cpu/clones.h"
+#include "cpu/vec16.h"
 
 namespace xpe_cpu {
 namespace {
@@ -35,21 +36,11 @@ XPE_HD void rows(const TX* x, const TY* res, const float* w, const float* b, TY*
   for (int64_t r = begin; r < end; ++r) {
     const TX* xr = x + r * d;
     const TY* rr = res + r * d;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t k = 0; k < d; ++k) {
-      const float v = round_as(xpe::load(xr, k) + xpe::load(rr, k), rr);
-      buf[k] = v;
-      sum += v;
-    }
-    const float mean = sum / float(d);
-    float var = 0.0f;
-#pragma omp simd reduction(+ : var)
-    for (int64_t k = 0; k < d; ++k) {
-      const float c = buf[k] - mean;
-      var += c * c;
-    }
-    const float rstd = xpe::rsqrt_acc(var / float(d) + eps);
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) buf[k] = round_as(xpe::load(xr, k) + xpe::load(rr, k), rr);
+    // vector accumulators (vec16.h), not an omp simd reduction's scalar epilogue
+    const float mean = row_sum(buf, d) / float(d);
+    const float rstd = xpe::rsqrt_acc(row_sq_dev(buf, mean, d) / float(d) + eps);
     TY* yr = y + r * d;
     if (y16) {
       bf16_t* y16r = y16 + r * d;
