@@ -15,6 +15,14 @@ constexpr int64_t kLanes = 16;
 
 #define XPE_INLINE inline __attribute__((always_inline))
 
+// Lane shuffle of two vectors (indices 0-31 into their concatenation): GCC before 12 has
+// only __builtin_shuffle with a mask vector.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define XPE_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define XPE_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, ::xpe_cpu::v16i{__VA_ARGS__})
+#endif
+
 XPE_INLINE v16 vload(const float* p) {
   v16 v;
   __builtin_memcpy(&v, p, sizeof(v));
@@ -26,11 +34,11 @@ XPE_INLINE v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
 
 // Sum of the 16 lanes by halving (log-depth shuffles, not 15 dependent scalar adds).
 XPE_INLINE float hsum(v16 v) {
-  const v16 a = v + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4,
+  const v16 a = v + XPE_SHUFFLE(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4,
                                             5, 6, 7);
-  const v16 b = a + __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2,
+  const v16 b = a + XPE_SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2,
                                             3);
-  const v16 c = b + __builtin_shufflevector(b, b, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0,
+  const v16 c = b + XPE_SHUFFLE(b, b, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0,
                                             1);
   return c[0] + c[1];
 }
