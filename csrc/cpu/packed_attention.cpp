@@ -67,7 +67,7 @@ XPE_INLINE float hmax(v16 v) {
 }
 
 struct Geometry {
-  int64_t S, S32, H, hd, row;  // row: elements per qkv row (3 * H * hd)
+  int64_t S, S16, H, hd, row;  // S16: S rounded up to 16; row: elements per qkv row
 };
 
 // One (sample, head): keys, values and scores in `buf`; hd = 16 * DV, R query rows a block.
@@ -75,26 +75,26 @@ template <typename T, int DV, int R>
 XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geometry& g,
                             int64_t head, float scale, float* buf) {
   constexpr int64_t hd = W * DV;
-  const int64_t S = g.S, S32 = g.S32, ostride = g.H * hd;
-  float* kt = buf;                 // [hd, S32]: keys transposed, zero beyond S
-  float* vv = kt + hd * S32;       // [S, hd]
-  float* mk = vv + S * hd;         // [S32]: additive mask, -inf beyond S
-  float* sc = mk + S32;            // [R, S32]: scores, then probabilities
-  float* qf = sc + R * S32;        // [R, hd]: scaled queries
+  const int64_t S = g.S, S16 = g.S16, ostride = g.H * hd;
+  float* kt = buf;                 // [hd, S16]: keys transposed, zero beyond S
+  float* vv = kt + hd * S16;       // [S, hd]
+  float* mk = vv + S * hd;         // [S16]: additive mask, -inf beyond S
+  float* sc = mk + S16;            // [R, S16]: scores, then probabilities
+  float* qf = sc + R * S16;        // [R, hd]: scaled queries
   const T* q0 = qkv + head * hd;
   const T* k0 = qkv + (g.H + head) * hd;
   const T* v0 = qkv + (2 * g.H + head) * hd;
 
   for (int64_t j = 0; j < S; ++j) {
     const T* kr = k0 + j * g.row;
-    for (int64_t d = 0; d < hd; ++d) kt[d * S32 + j] = xpe::load(kr, d);
+    for (int64_t d = 0; d < hd; ++d) kt[d * S16 + j] = xpe::load(kr, d);
     const T* vr = v0 + j * g.row;
 #pragma omp simd
     for (int64_t d = 0; d < hd; ++d) vv[j * hd + d] = xpe::load(vr, d);
   }
   for (int64_t d = 0; d < hd; ++d)
-    for (int64_t j = S; j < S32; ++j) kt[d * S32 + j] = 0.0f;
-  for (int64_t j = 0; j < S32; ++j)
+    for (int64_t j = S; j < S16; ++j) kt[d * S16 + j] = 0.0f;
+  for (int64_t j = 0; j < S16; ++j)
     mk[j] = j < S ? (mask ? mask[j] : 0.0f) : -__builtin_inff();
 
   for (int64_t i0 = 0; i0 < S; i0 += R) {
@@ -105,15 +105,16 @@ XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geome
 #pragma omp simd
       for (int64_t d = 0; d < hd; ++d) qf[r * hd + d] = xpe::load(qr, d) * scale;
     }
-    // Scores: two 16-key chunks per pass, R * 2 independent accumulators.
-    for (int64_t jc = 0; jc < S32; jc += 2 * W) {
+    // Scores: two 16-key chunks per pass (R * 2 independent accumulators), then an odd one.
+    int64_t jc = 0;
+    for (; jc + 2 * W <= S16; jc += 2 * W) {
       v16 acc[R][2];
       for (int r = 0; r < R; ++r) {
         acc[r][0] = vload(mk + jc);
         acc[r][1] = vload(mk + jc + W);
       }
       for (int64_t d = 0; d < hd; ++d) {
-        const v16 ka = vload(kt + d * S32 + jc), kb = vload(kt + d * S32 + jc + W);
+        const v16 ka = vload(kt + d * S16 + jc), kb = vload(kt + d * S16 + jc + W);
         for (int r = 0; r < R; ++r) {
           const float qd = qf[r * hd + d];
           acc[r][0] += qd * ka;
@@ -121,24 +122,33 @@ XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geome
         }
       }
       for (int r = 0; r < R; ++r) {
-        vstore(sc + r * S32 + jc, acc[r][0]);
-        vstore(sc + r * S32 + jc + W, acc[r][1]);
+        vstore(sc + r * S16 + jc, acc[r][0]);
+        vstore(sc + r * S16 + jc + W, acc[r][1]);
       }
+    }
+    if (jc < S16) {
+      v16 acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = vload(mk + jc);
+      for (int64_t d = 0; d < hd; ++d) {
+        const v16 ka = vload(kt + d * S16 + jc);
+        for (int r = 0; r < R; ++r) acc[r] += qf[r * hd + d] * ka;
+      }
+      for (int r = 0; r < R; ++r) vstore(sc + r * S16 + jc, acc[r]);
     }
     // Softmax numerators in place; 1 / row sum kept for the end.
     float inv[R];
     for (int r = 0; r < R; ++r) {
-      float* s = sc + r * S32;
+      float* s = sc + r * S16;
       v16 m = vload(s);
-      for (int64_t jc = W; jc < S32; jc += W) m = vmax(m, vload(s + jc));
+      for (int64_t jc = W; jc < S16; jc += W) m = vmax(m, vload(s + jc));
       const float mx = hmax(m);
       if (mx == -__builtin_inff()) {  // every key masked: zeros
-        for (int64_t j = 0; j < S32; ++j) s[j] = 0.0f;
+        for (int64_t j = 0; j < S16; ++j) s[j] = 0.0f;
         inv[r] = 0.0f;
         continue;
       }
       v16 sum{};
-      for (int64_t jc = 0; jc < S32; jc += W) {
+      for (int64_t jc = 0; jc < S16; jc += W) {
         const v16 e = vexp_nonpos(vload(s + jc) - mx);
         vstore(s + jc, e);
         sum += e;
@@ -153,7 +163,7 @@ XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geome
       v16 vj[DV];
       for (int c = 0; c < DV; ++c) vj[c] = vload(vv + j * hd + c * W);
       for (int r = 0; r < R; ++r) {
-        const float p = sc[r * S32 + j];
+        const float p = sc[r * S16 + j];
         for (int c = 0; c < DV; ++c) o[r][c] += p * vj[c];
       }
     }
@@ -233,9 +243,9 @@ at::Tensor packed_attention_forward(const at::Tensor& qkv_, const c10::optional<
   }
   const at::Tensor qkv = qkv_.contiguous();
   auto out = at::empty({B, S, num_heads * hd}, qkv.options());
-  const Geometry g{S, (S + 2 * W - 1) / (2 * W) * (2 * W), num_heads, hd, row};
+  const Geometry g{S, (S + W - 1) / W * W, num_heads, hd, row};
   const int R = hd <= 32 ? 8 : hd == 64 ? 4 : 2;
-  const int64_t buf_floats = hd * g.S32 + S * hd + g.S32 + R * g.S32 + R * hd + W;
+  const int64_t buf_floats = hd * g.S16 + S * hd + g.S16 + R * g.S16 + R * hd + W;
   const float* m = mask.defined() ? mask.data_ptr<float>() : nullptr;
   const float s = static_cast<float>(scale);
   at::parallel_for(0, B * num_heads, 1, [&](int64_t b, int64_t e) {
