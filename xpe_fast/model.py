@@ -13,8 +13,10 @@ model with `inputs_embeds`, which is what PEFT does.
 Other than that route, the frozen backbone is prepared once for speed, without changing its
 function: its linear layers run on oneDNN with no weight gradients (frozen_linear.py), its
 dropouts draw counter-based masks and its attention takes a key-padding mask
-(fast_dropout.py), inference runs query/key/value as one GEMM with the GELU fused into the
-feed-forward GEMM (inference_layer), and the last layer runs for slot 0 only.
+(fast_dropout.py), inference runs query/key/value as one GEMM read directly by the attention
+kernel, each residual add + LayerNorm in one pass and the GELU fused into the feed-forward
+GEMM (inference_layer, ops.packed_attention, ops.residual_layer_norm), and the last layer
+runs for slot 0 only.
 """
 from __future__ import annotations
 
