@@ -136,77 +136,49 @@ XPE_INLINE void nn_range(const float* A, const float* B, float* C, int64_t M, in
   }
 }
 
-// C[r, :] = sum_m G[m, r] H[m, :] for r in [r0, r1): 4 rows x 4 vectors of C per block.
-XPE_INLINE void tn_range(const float* G, const float* H, float* C, int64_t M, int64_t N1,
-                         int64_t N2, int64_t r0, int64_t r1) {
-  for (int64_t rb = r0; rb < r1; rb += 4) {
-    int64_t r[4];
-    for (int i = 0; i < 4; ++i) r[i] = std::min(rb + i, r1 - 1);
-    int64_t n = 0;
-    for (; n + 4 * W <= N2; n += 4 * W) {
-      v16 acc[4][4];
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = v16{};
-      for (int64_t m = 0; m < M; ++m) {
-        v16 hv[4];
-        for (int j = 0; j < 4; ++j) hv[j] = vload(H + m * N2 + n + j * W);
-        for (int i = 0; i < 4; ++i) {
-          const float s = G[m * N1 + r[i]];
-          for (int j = 0; j < 4; ++j) acc[i][j] += s * hv[j];
-        }
-      }
-      for (int i = 0; i < 4 && rb + i < r1; ++i)
-        for (int j = 0; j < 4; ++j) vstore(C + r[i] * N2 + n + j * W, acc[i][j]);
+// Rows rb..rb+3 (clamped to r1 - 1) x 64 columns from n of C = G^T H, where Hs points at
+// H[0, n] with rows hstride floats apart: 4 x 4 vectors summed over the M rows.
+XPE_INLINE void tn_block(const float* G, const float* Hs, int64_t hstride, float* C, int64_t M,
+                         int64_t N1, int64_t N2, int64_t rb, int64_t r1, int64_t n) {
+  int64_t r[4];
+  for (int i = 0; i < 4; ++i) r[i] = std::min(rb + i, r1 - 1);
+  v16 acc[4][4];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) acc[i][j] = v16{};
+  for (int64_t m = 0; m < M; ++m) {
+    v16 hv[4];
+    for (int j = 0; j < 4; ++j) hv[j] = vload(Hs + m * hstride + j * W);
+    for (int i = 0; i < 4; ++i) {
+      const float s = G[m * N1 + r[i]];
+      for (int j = 0; j < 4; ++j) acc[i][j] += s * hv[j];
     }
-    for (; n + W <= N2; n += W) {
-      v16 acc[4] = {};
-      for (int64_t m = 0; m < M; ++m) {
-        const v16 hv = vload(H + m * N2 + n);
-        for (int i = 0; i < 4; ++i) acc[i] += G[m * N1 + r[i]] * hv;
-      }
-      for (int i = 0; i < 4 && rb + i < r1; ++i) vstore(C + r[i] * N2 + n, acc[i]);
-    }
-    for (; n < N2; ++n)
-      for (int i = 0; i < 4 && rb + i < r1; ++i) {
-        float s = 0.0f;
-        for (int64_t m = 0; m < M; ++m) s += G[m * N1 + r[i]] * H[m * N2 + n];
-        C[r[i] * N2 + n] = s;
-      }
   }
+  for (int i = 0; i < 4 && rb + i < r1; ++i)
+    for (int j = 0; j < 4; ++j) vstore(C + r[i] * N2 + n + j * W, acc[i][j]);
 }
 
-// tn_range for rows of H a multiple of 4 KB apart: those all map to the same L1 sets, so
-// the block of H (M x 64 floats) is first copied to a contiguous buffer, with column blocks
-// outer (x^T-shaped products at d = 1024: 56 -> 45 us; at other widths the copy costs more
-// than it saves).
-XPE_INLINE void tn_range_packed(const float* G, const float* H, float* C, int64_t M, int64_t N1,
+// C[r, :] = sum_m G[m, r] H[m, :] for r in [r0, r1), in 4 x 64 blocks (tn_block), then the
+// columns past the last multiple of 64. With `pack` (M x 64 floats), column blocks go outer
+// and each block of H is first copied there: for rows of H a multiple of 4 KB apart, which
+// all map to the same L1 sets (x^T-shaped products at d = 1024: 56 -> 45 us; at other widths
+// the copy costs more than it saves).
+XPE_INLINE void tn_range(const float* G, const float* H, float* C, int64_t M, int64_t N1,
                          int64_t N2, int64_t r0, int64_t r1, float* pack) {
-  int64_t n = 0;
-  for (; n + 4 * W <= N2; n += 4 * W) {
-    for (int64_t m = 0; m < M; ++m)
-      for (int j = 0; j < 4; ++j) vstore(pack + m * 4 * W + j * W, vload(H + m * N2 + n + j * W));
-    for (int64_t rb = r0; rb < r1; rb += 4) {
-      int64_t r[4];
-      for (int i = 0; i < 4; ++i) r[i] = std::min(rb + i, r1 - 1);
-      v16 acc[4][4];
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = v16{};
-      for (int64_t m = 0; m < M; ++m) {
-        v16 hv[4];
-        for (int j = 0; j < 4; ++j) hv[j] = vload(pack + m * 4 * W + j * W);
-        for (int i = 0; i < 4; ++i) {
-          const float s = G[m * N1 + r[i]];
-          for (int j = 0; j < 4; ++j) acc[i][j] += s * hv[j];
-        }
-      }
-      for (int i = 0; i < 4 && rb + i < r1; ++i)
-        for (int j = 0; j < 4; ++j) vstore(C + r[i] * N2 + n + j * W, acc[i][j]);
+  const int64_t nfull = N2 / (4 * W) * (4 * W);
+  if (pack) {
+    for (int64_t n = 0; n < nfull; n += 4 * W) {
+      for (int64_t m = 0; m < M; ++m)
+        for (int j = 0; j < 4; ++j) vstore(pack + m * 4 * W + j * W, vload(H + m * N2 + n + j * W));
+      for (int64_t rb = r0; rb < r1; rb += 4) tn_block(G, pack, 4 * W, C, M, N1, N2, rb, r1, n);
     }
+  } else {
+    for (int64_t rb = r0; rb < r1; rb += 4)
+      for (int64_t n = 0; n < nfull; n += 4 * W) tn_block(G, H + n, N2, C, M, N1, N2, rb, r1, n);
   }
   for (int64_t rb = r0; rb < r1; rb += 4) {
     int64_t r[4];
     for (int i = 0; i < 4; ++i) r[i] = std::min(rb + i, r1 - 1);
-    int64_t nt = n;
+    int64_t nt = nfull;
     for (; nt + W <= N2; nt += W) {
       v16 acc[4] = {};
       for (int64_t m = 0; m < M; ++m) {
@@ -228,10 +200,8 @@ XPE_MULTIVERSION(nt_f32, (const float* a, const float* w, const float* b, float*
                  (a, w, b, c, M, N, K, n0, n1), nt_range)
 XPE_MULTIVERSION(nn_f32, (const float* a, const float* b, float* c, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1),
                  (a, b, c, M, N, K, n0, n1), nn_range)
-XPE_MULTIVERSION(tn_f32, (const float* g, const float* h, float* c, int64_t M, int64_t N1, int64_t N2, int64_t r0, int64_t r1),
-                 (g, h, c, M, N1, N2, r0, r1), tn_range)
-XPE_MULTIVERSION(tn_packed_f32, (const float* g, const float* h, float* c, int64_t M, int64_t N1, int64_t N2, int64_t r0, int64_t r1, float* p),
-                 (g, h, c, M, N1, N2, r0, r1, p), tn_range_packed)
+XPE_MULTIVERSION(tn_f32, (const float* g, const float* h, float* c, int64_t M, int64_t N1, int64_t N2, int64_t r0, int64_t r1, float* p),
+                 (g, h, c, M, N1, N2, r0, r1, p), tn_range)
 
 // Column (or row) ranges for the threads, in multiples of `step`, about `work` FLOPs each.
 int64_t grain(int64_t step, int64_t flops_per_unit) {
@@ -291,14 +261,9 @@ at::Tensor skinny_gemm_tn(const at::Tensor& g, const at::Tensor& h) {
   if (N1 == 0 || N2 == 0) return c;
   if (M == 0) return c.zero_();
   at::parallel_for(0, (N1 + 3) / 4, grain(1, 8 * M * N2), [&](int64_t s, int64_t e) {
-    if (N2 % 1024 == 0) {
-      std::vector<float> pack(M * 4 * W);
-      tn_packed_f32(g.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(), M, N1, N2,
-                    s * 4, std::min(e * 4, N1), pack.data());
-    } else {
-      tn_f32(g.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(), M, N1, N2, s * 4,
-             std::min(e * 4, N1));
-    }
+    std::vector<float> pack(N2 % 1024 == 0 ? M * 4 * W : 0);  // rows 4 KB apart: copy
+    tn_f32(g.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(), M, N1, N2, s * 4,
+           std::min(e * 4, N1), pack.empty() ? nullptr : pack.data());
   });
   return c;
 }
