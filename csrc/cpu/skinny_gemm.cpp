@@ -203,10 +203,10 @@ XPE_MULTIVERSION(nn_f32, (const float* a, const float* b, float* c, int64_t M, i
 XPE_MULTIVERSION(tn_f32, (const float* g, const float* h, float* c, int64_t M, int64_t N1, int64_t N2, int64_t r0, int64_t r1, float* p),
                  (g, h, c, M, N1, N2, r0, r1, p), tn_range)
 
-// Column (or row) ranges for the threads, in multiples of `step`, about `work` FLOPs each.
-int64_t grain(int64_t step, int64_t flops_per_unit) {
-  const int64_t units = std::max<int64_t>(1, (1 << 19) / std::max<int64_t>(1, flops_per_unit));
-  return (units + step - 1) / step * step;
+// Work units (blocks of C) per thread task: about 2^19 FLOPs, so small GEMMs stay on one
+// thread.
+int64_t grain(int64_t flops_per_unit) {
+  return std::max<int64_t>(1, (1 << 19) / std::max<int64_t>(1, flops_per_unit));
 }
 
 void check2d(const at::Tensor& t, const char* name) {
@@ -230,7 +230,7 @@ at::Tensor skinny_gemm_nt(const at::Tensor& a, const at::Tensor& w,
   auto c = at::empty({M, N}, a.options());
   if (M == 0 || N == 0) return c;
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  at::parallel_for(0, (N + 3) / 4, grain(1, 8 * M * K), [&](int64_t s, int64_t e) {
+  at::parallel_for(0, (N + 3) / 4, grain(8 * M * K), [&](int64_t s, int64_t e) {
     nt_f32(a.data_ptr<float>(), w.data_ptr<float>(), b, c.data_ptr<float>(), M, N, K, s * 4,
            std::min(e * 4, N));
   });
@@ -245,7 +245,7 @@ at::Tensor skinny_gemm_nn(const at::Tensor& a, const at::Tensor& b) {
   auto c = at::empty({M, N}, a.options());
   if (M == 0 || N == 0) return c;
   // Thread ranges in whole 64-column blocks.
-  at::parallel_for(0, (N + 4 * W - 1) / (4 * W), grain(1, 2 * 4 * W * M * K), [&](int64_t s, int64_t e) {
+  at::parallel_for(0, (N + 4 * W - 1) / (4 * W), grain(2 * 4 * W * M * K), [&](int64_t s, int64_t e) {
     nn_f32(a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), M, N, K, s * 4 * W,
            std::min(e * 4 * W, N));
   });
@@ -260,7 +260,7 @@ at::Tensor skinny_gemm_tn(const at::Tensor& g, const at::Tensor& h) {
   auto c = at::empty({N1, N2}, g.options());
   if (N1 == 0 || N2 == 0) return c;
   if (M == 0) return c.zero_();
-  at::parallel_for(0, (N1 + 3) / 4, grain(1, 8 * M * N2), [&](int64_t s, int64_t e) {
+  at::parallel_for(0, (N1 + 3) / 4, grain(8 * M * N2), [&](int64_t s, int64_t e) {
     std::vector<float> pack(N2 % 1024 == 0 ? M * 4 * W : 0);  // rows 4 KB apart: copy
     tn_f32(g.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(), M, N1, N2, s * 4,
            std::min(e * 4, N1), pack.empty() ? nullptr : pack.data());
