@@ -27,11 +27,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("key_mask") = py::none(), py::arg("num_heads"), py::arg("scale"));
   m.def("packed_attention_supports_head_size", &xpe_cpu::packed_attention_supports_head_size,
         py::arg("head_size"));
-  // The MLP's few-row fp32 GEMMs, bound for tests and microbenchmarks.
+  // The MLP's few-row GEMMs (fp32, and bf16 with AVX512-BF16), bound for tests and
+  // microbenchmarks.
   m.def("skinny_gemm_nt", &xpe_cpu::skinny_gemm_nt, py::arg("a"), py::arg("w"),
         py::arg("bias") = py::none());
   m.def("skinny_gemm_nn", &xpe_cpu::skinny_gemm_nn, py::arg("a"), py::arg("b"));
   m.def("skinny_gemm_tn", &xpe_cpu::skinny_gemm_tn, py::arg("g"), py::arg("h"));
+  m.def("cpu_isa_level", &xpe_cpu::active_isa_level,
+        "ISA level of the CPU kernels: 3 AVX-512 + AVX512-BF16, 2 AVX-512, 1 AVX2, 0 baseline");
   m.def("residual_layer_norm_forward", &xpe_cpu::residual_layer_norm_forward, py::arg("x"),
         py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
         py::arg("bf16_copy") = false);

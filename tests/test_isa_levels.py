@@ -1,4 +1,5 @@
-"""Every compiled variant of the CPU kernels (AVX-512, AVX2, baseline: csrc/cpu/clones.h)
+"""Every compiled variant of the CPU kernels (AVX-512 with and without the bf16 GEMMs, AVX2,
+baseline: csrc/cpu/clones.h)
 against the eager reference. The variant is chosen once per process, so each level runs in a
 subprocess with XPE_FAST_CPU_ISA set; levels the CPU lacks fall back to the best it has."""
 import os
@@ -65,14 +66,21 @@ SCRIPT = textwrap.dedent("""
         for out, ref in ((C.skinny_gemm_nt(a, w), a @ w.t()), (C.skinny_gemm_nn(a, w.t().contiguous()), a @ w.t()),
                          (C.skinny_gemm_tn(a, h), a.t() @ h)):
             torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    print("ok")
+        a, w, h = a.bfloat16(), w.bfloat16(), h.bfloat16()
+        A, Wd, Hd = a.double(), w.double(), h.double()
+        for out, ref in ((C.skinny_gemm_nt(a, w), A @ Wd.t()), (C.skinny_gemm_nn(a, w.t().contiguous()), A @ Wd.t()),
+                         (C.skinny_gemm_tn(a, h), A.t() @ Hd)):
+            torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+    print("ok", C.cpu_isa_level())
 """)
 
 
 @pytest.mark.skipif(_extension._C is None, reason="the C++ extension is not built")
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+@pytest.mark.parametrize("isa", ["avx512bf16", "avx512", "avx2", "baseline"])
 def test_every_isa_variant_matches_the_reference(isa):
     env = {**os.environ, "XPE_FAST_CPU_ISA": isa, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+    assert r.returncode == 0 and r.stdout.strip().split()[-2] == "ok", r.stderr[-3000:]
+    level = int(r.stdout.split()[-1])
+    assert level <= {"avx512bf16": 3, "avx512": 2, "avx2": 1, "baseline": 0}[isa]

@@ -1,5 +1,9 @@
-"""The few-row float32 GEMMs of the prompt-encoder MLP (csrc/cpu/skinny_gemm.cpp) against
-torch.mm in float64, over sizes that hit every block and tail of the loops."""
+"""The few-row GEMMs of the prompt-encoder MLP against torch.mm in float64, over sizes that hit
+every block and tail of the loops: float32 (csrc/cpu/skinny_gemm.cpp) and bfloat16
+(csrc/cpu/skinny_gemm_bf16.cpp, on CPUs with AVX512-BF16; elsewhere bf16 goes to ATen)."""
+import os
+import re
+
 import pytest
 import torch
 
@@ -10,7 +14,8 @@ pytestmark = pytest.mark.skipif(_extension._C is None, reason="the C++ extension
 # M up to 64 (the MLP's rows); K and N around the 16-wide vectors and 64-column blocks.
 SIZES = [(1, 1, 1), (3, 5, 7), (4, 16, 16), (20, 1024, 256), (20, 256, 1024), (7, 203, 145),
          (13, 64, 65), (64, 33, 130), (5, 0, 9), (17, 31, 1),
-         (21, 7, 2048)]  # tn with rows 4 KB apart: the packed variant
+         (21, 7, 2048),  # tn with rows 4 KB apart: the packed variant
+         (20, 256, 1024), (2, 129, 97), (9, 2, 31)]  # bf16: odd K (a lone last pair), column tails
 
 
 def close(out, exact, K):
@@ -37,6 +42,41 @@ def test_nt_nn_tn_match_float64(M, K, N):
     close(C.skinny_gemm_tn(a, h), a.double().t() @ h.double(), M)
 
 
+def close_bf16(out, exact, K):
+    # One rounding to bf16 (half an ulp, 2^-9 relative) of a float32 sum, whose own error can
+    # move a value across a rounding boundary: allow one ulp, plus the float32 error.
+    assert out.shape == exact.shape and out.dtype == torch.bfloat16
+    if exact.numel() == 0:
+        return
+    tol = 2.0 ** -8 * exact.abs() + 1e-6 * max(1.0, K) ** 0.5 * max(1.0, exact.abs().max().item())
+    err = (out.double() - exact).abs()
+    assert (err <= tol).all(), f"max error {err.max().item()} (at {err.argmax().item()})"
+
+
+@pytest.mark.parametrize("M,K,N", SIZES)
+def test_bf16_nt_nn_tn_match_float64(M, K, N):
+    C = _extension._C
+    g = torch.Generator().manual_seed(M * 10000 + K * 100 + N + 1)
+    a, w, b, h = (torch.randn(*s, generator=g).bfloat16() for s in [(M, K), (N, K), (K, N), (M, N)])
+    bias = torch.randn(N, generator=g).bfloat16()
+    A, Wd, B, H, bd = (t.double() for t in (a, w, b, h, bias))
+    close_bf16(C.skinny_gemm_nt(a, w, bias), torch.addmm(bd, A, Wd.t()), K)
+    close_bf16(C.skinny_gemm_nt(a, w), A @ Wd.t(), K)
+    close_bf16(C.skinny_gemm_nn(a, b), A @ B, K)
+    close_bf16(C.skinny_gemm_tn(a, h), A.t() @ H, M)
+
+
+def test_bf16_kernels_are_the_ones_tested_here():
+    """Where the CPU has AVX512-BF16 the bf16 test above exercises the hand-written loops (level
+    3), not ATen's fallback; say so when it does not."""
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if not re.search(r"\bavx512_bf16\b", flags):
+        pytest.skip("this CPU has no AVX512-BF16: bf16 GEMMs run ATen's mm")
+    if os.environ.get("XPE_FAST_CPU_ISA"):
+        pytest.skip("XPE_FAST_CPU_ISA limits the level")
+    assert _extension._C.cpu_isa_level() == 3
+
+
 def test_bad_inputs_raise():
     C = _extension._C
     a = torch.randn(4, 8)
@@ -52,3 +92,9 @@ def test_bad_inputs_raise():
         C.skinny_gemm_tn(a, torch.randn(5, 3))
     with pytest.raises(ValueError, match="bias must be"):
         C.skinny_gemm_nt(a, torch.randn(3, 8), torch.randn(4))
+    with pytest.raises(ValueError, match="bias must be"):
+        C.skinny_gemm_nt(a, torch.randn(3, 8), torch.randn(3).bfloat16())
+    with pytest.raises(TypeError, match="first operand"):
+        C.skinny_gemm_nn(a.bfloat16(), torch.randn(8, 3))
+    with pytest.raises(TypeError, match="first operand"):
+        C.skinny_gemm_tn(a, torch.randn(4, 3).bfloat16())

@@ -1,11 +1,13 @@
 // Multi-versioned CPU kernels: XPE_MULTIVERSION compiles a kernel three times (AVX-512 with
 // BW/VL for 16-bit bf16 lanes, AVX2 + FMA, baseline) and picks one at first call, so the
-// wheel needs no -march flag.
+// wheel needs no -march flag. Level 3 (AVX-512 plus AVX512-BF16) runs the AVX-512 variant
+// and, besides, the bf16 GEMMs of skinny_gemm_bf16.cpp.
 //
 // Dispatch is by ISA feature (__builtin_cpu_supports). GCC's target_clones("arch=...")
 // dispatches on the CPU model instead, so an AMD processor with AVX-512 got the baseline
 // (SSE2) copy, 7-15x slower; and target_clones cannot name avx512bw.
-// XPE_FAST_CPU_ISA=avx512|avx2|baseline forces a level (tests run every level this way).
+// XPE_FAST_CPU_ISA=avx512bf16|avx512|avx2|baseline forces a level (tests run every level
+// this way).
 #pragma once
 
 #include <cstdlib>
@@ -13,7 +15,7 @@
 
 namespace xpe_cpu {
 
-// 2 = AVX-512 (F, BW, VL, DQ), 1 = AVX2 + FMA, 0 = baseline.
+// 3 = AVX-512 with AVX512-BF16, 2 = AVX-512 (F, BW, VL, DQ), 1 = AVX2 + FMA, 0 = baseline.
 inline int isa_level() {
   int best = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -22,9 +24,13 @@ inline int isa_level() {
   if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
     best = 2;
+  if (best == 2 && __builtin_cpu_supports("avx512bf16")) best = 3;
 #endif
   if (const char* env = std::getenv("XPE_FAST_CPU_ISA")) {
-    const int want = !std::strcmp(env, "avx512") ? 2 : !std::strcmp(env, "avx2") ? 1 : 0;
+    const int want = !std::strcmp(env, "avx512bf16") ? 3
+                     : !std::strcmp(env, "avx512") ? 2
+                     : !std::strcmp(env, "avx2")   ? 1
+                                                   : 0;
     return want < best ? want : best;  // never above what the CPU has
   }
   return best;
@@ -39,7 +45,7 @@ inline int active_isa_level() {
 template <typename F>
 F pick_isa(F avx512, F avx2, F base) {
   const int level = active_isa_level();
-  return level == 2 ? avx512 : level == 1 ? avx2 : base;
+  return level >= 2 ? avx512 : level == 1 ? avx2 : base;
 }
 
 }  // namespace xpe_cpu

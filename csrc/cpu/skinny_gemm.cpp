@@ -26,31 +26,6 @@ namespace {
 
 constexpr int64_t W = kLanes;
 
-// The 16 lane-sums of v[0..15] as one vector (lane l = sum of v[l]): four levels of
-// shuffle + add (45 operations instead of 16 horizontal sums of 15 adds each).
-XPE_INLINE v16 reduce16(const v16* v) {
-  v16 s[8], t[4], u[2];
-  for (int p = 0; p < 8; ++p)
-    s[p] = XPE_SHUFFLE(v[2 * p], v[2 * p + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
-                                   19, 20, 21, 22, 23) +
-           XPE_SHUFFLE(v[2 * p], v[2 * p + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25,
-                                   26, 27, 28, 29, 30, 31);
-  for (int q = 0; q < 4; ++q)
-    t[q] = XPE_SHUFFLE(s[2 * q], s[2 * q + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18,
-                                   19, 24, 25, 26, 27) +
-           XPE_SHUFFLE(s[2 * q], s[2 * q + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
-                                   22, 23, 28, 29, 30, 31);
-  for (int r = 0; r < 2; ++r)
-    u[r] = XPE_SHUFFLE(t[2 * r], t[2 * r + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20,
-                                   21, 24, 25, 28, 29) +
-           XPE_SHUFFLE(t[2 * r], t[2 * r + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19,
-                                   22, 23, 26, 27, 30, 31);
-  return XPE_SHUFFLE(u[0], u[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
-                                 28, 30) +
-         XPE_SHUFFLE(u[0], u[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
-                                 29, 31);
-}
-
 // C[m, n] for n in [n0, n1): 4 x 4 blocks of dot products along K. Blocks of W rows outer:
 // four rows of W stay in L1 while all of A (M rows, in L2) passes them.
 XPE_INLINE void nt_range(const float* A, const float* Wt, const float* bias, float* C, int64_t M,
@@ -209,10 +184,12 @@ int64_t grain(int64_t flops_per_unit) {
   return std::max<int64_t>(1, (1 << 19) / std::max<int64_t>(1, flops_per_unit));
 }
 
-void check2d(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 2 && t.is_contiguous() && t.scalar_type() == at::kFloat &&
-                        t.device().is_cpu(),
-                    "skinny_gemm: ", name, " must be a contiguous 2-D float32 CPU tensor");
+void check2d(const at::Tensor& t, const char* name, at::ScalarType dt) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.is_contiguous() && t.device().is_cpu() &&
+                        (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
+                    "skinny_gemm: ", name, " must be a contiguous 2-D float32 or bfloat16 CPU tensor");
+  TORCH_CHECK_TYPE(t.scalar_type() == dt, "skinny_gemm: ", name, " is ", t.scalar_type(),
+                   " but the first operand is ", dt);
 }
 
 }  // namespace
@@ -220,13 +197,18 @@ void check2d(const at::Tensor& t, const char* name) {
 at::Tensor skinny_gemm_nt(const at::Tensor& a, const at::Tensor& w,
                           const c10::optional<at::Tensor>& bias_) {
   const at::Tensor bias = bias_.has_value() ? *bias_ : at::Tensor();
-  check2d(a, "A");
-  check2d(w, "W");
+  check2d(a, "A", a.scalar_type());
+  check2d(w, "W", a.scalar_type());
   const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
   TORCH_CHECK_VALUE(w.size(1) == K, "skinny_gemm: inner sizes differ");
-  TORCH_CHECK_VALUE(!bias.defined() || (bias.numel() == N && bias.is_contiguous() &&
-                                        bias.scalar_type() == at::kFloat),
-                    "skinny_gemm: bias must be [N] float32");
+  TORCH_CHECK_VALUE(!bias.defined() || (bias.dim() == 1 && bias.numel() == N &&
+                                        bias.is_contiguous() && bias.device().is_cpu() &&
+                                        bias.scalar_type() == a.scalar_type()),
+                    "skinny_gemm: bias must be [N] of A's dtype");
+  if (a.scalar_type() == at::kBFloat16) {
+    if (have_bf16_gemm_kernels()) return skinny_gemm_nt_bf16(a, w, bias);
+    return bias.defined() ? at::addmm(bias, a, w.t()) : a.mm(w.t());
+  }
   auto c = at::empty({M, N}, a.options());
   if (M == 0 || N == 0) return c;
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
@@ -238,10 +220,12 @@ at::Tensor skinny_gemm_nt(const at::Tensor& a, const at::Tensor& w,
 }
 
 at::Tensor skinny_gemm_nn(const at::Tensor& a, const at::Tensor& b) {
-  check2d(a, "A");
-  check2d(b, "B");
+  check2d(a, "A", a.scalar_type());
+  check2d(b, "B", a.scalar_type());
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   TORCH_CHECK_VALUE(b.size(0) == K, "skinny_gemm: inner sizes differ");
+  if (a.scalar_type() == at::kBFloat16)
+    return have_bf16_gemm_kernels() ? skinny_gemm_nn_bf16(a, b) : a.mm(b);
   auto c = at::empty({M, N}, a.options());
   if (M == 0 || N == 0) return c;
   // Thread ranges in whole 64-column blocks.
@@ -253,10 +237,12 @@ at::Tensor skinny_gemm_nn(const at::Tensor& a, const at::Tensor& b) {
 }
 
 at::Tensor skinny_gemm_tn(const at::Tensor& g, const at::Tensor& h) {
-  check2d(g, "G");
-  check2d(h, "H");
+  check2d(g, "G", g.scalar_type());
+  check2d(h, "H", g.scalar_type());
   const int64_t M = g.size(0), N1 = g.size(1), N2 = h.size(1);
   TORCH_CHECK_VALUE(h.size(0) == M, "skinny_gemm: inner sizes differ");
+  if (g.scalar_type() == at::kBFloat16)
+    return have_bf16_gemm_kernels() ? skinny_gemm_tn_bf16(g, h) : g.t().mm(h);
   auto c = at::empty({N1, N2}, g.options());
   if (N1 == 0 || N2 == 0) return c;
   if (M == 0) return c.zero_();
