@@ -26,6 +26,13 @@ std::vector<at::Tensor> prompt_encoder_mlp_forward(
     const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
     const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2);
 
+// Forward with autograd attached (backward: prompt_encoder_mlp_backward); masks saved.
+at::Tensor prompt_encoder_mlp_autograd(const at::Tensor& x, const at::Tensor& w1,
+                                       const at::Tensor& b1, const at::Tensor& w2,
+                                       const at::Tensor& b2, const at::Tensor& w3,
+                                       const at::Tensor& b3,
+                                       const c10::optional<at::Tensor>& mask1,
+                                       const c10::optional<at::Tensor>& mask2);
 std::vector<at::Tensor> prompt_encoder_mlp_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
     const at::Tensor& w3, const at::Tensor& h1, const at::Tensor& h2,

@@ -104,8 +104,12 @@ XPE_TARGET_BF16 void nt_range(const u16* A, const u16* Wt, const u16* bias, u16*
       u16 out[16];
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
                           (__m256i)_mm512_cvtneps_pbh(reduce16(acc) + bv));
-      for (int i = 0; i < 4 && m0 + i < M; ++i)
-        std::memcpy(C + (m0 + i) * N + nb, out + 4 * i, cols * sizeof(u16));
+      for (int i = 0; i < 4 && m0 + i < M; ++i) {
+        if (cols == 4)  // a fixed size: an 8-byte move, not a call to memcpy
+          std::memcpy(C + (m0 + i) * N + nb, out + 4 * i, 4 * sizeof(u16));
+        else
+          for (int64_t j = 0; j < cols; ++j) C[(m0 + i) * N + nb + j] = out[4 * i + j];
+      }
     }
   }
 }

@@ -1,7 +1,8 @@
 """prompt_encoder_mlp: Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear over x [N, d_in].
 
 A torch.library custom op (fake implementation for torch.compile) whose forward and backward
-are each one call into the chosen backend. Dropout masks are drawn in Python through
+are each one call into the chosen backend; in eager mode on the CPU backend, the autograd
+Function itself is C++ (csrc/cpu/prompt_encoder_mlp.cpp, MlpFunction). Dropout masks are drawn in Python through
 `reference.dropout_masks`, so every backend and the eager reference use the same masks under
 the same seed, and backward reuses the forward's masks.
 """
@@ -120,4 +121,6 @@ def prompt_encoder_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: 
                                             masks=masks if masks[0] is not None else None)
     if torch.compiler.is_compiling():  # the custom op (with its fake) is what compile traces
         return _mlp_op(x, w1, b1, w2, b2, w3, b3, masks[0], masks[1], backend)[0]
+    if backend == "cpu":  # the same Function in C++: Python's apply costs ~10 us a call
+        return _extension._C.prompt_encoder_mlp_autograd(x, w1, b1, w2, b2, w3, b3, *masks)
     return _MLPFunction.apply(x, w1, b1, w2, b2, w3, b3, masks[0], masks[1], backend)
