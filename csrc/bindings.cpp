@@ -36,6 +36,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bias") = py::none());
   m.def("skinny_gemm_nn", &xpe_cpu::skinny_gemm_nn, py::arg("a"), py::arg("b"));
   m.def("skinny_gemm_tn", &xpe_cpu::skinny_gemm_tn, py::arg("g"), py::arg("h"));
+  m.def("skinny_gemm_tn_nn", &xpe_cpu::skinny_gemm_tn_nn, py::arg("g"), py::arg("h"),
+        py::arg("b"));
   m.def("cpu_isa_level", &xpe_cpu::active_isa_level,
         "ISA level of the CPU kernels: 3 AVX-512 + AVX512-BF16, 2 AVX-512, 1 AVX2, 0 baseline");
   m.def("residual_layer_norm_forward", &xpe_cpu::residual_layer_norm_forward, py::arg("x"),

@@ -66,6 +66,29 @@ def test_bf16_nt_nn_tn_match_float64(M, K, N):
     close_bf16(C.skinny_gemm_tn(a, h), A.t() @ H, M)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M,N1,N2,N", [(20, 1024, 256, 1024), (20, 256, 1024, 256), (7, 5, 3, 130),
+                                       (1, 1, 1, 1), (13, 67, 129, 65), (4, 0, 3, 5)])
+def test_tn_nn_together_match_float64(M, N1, N2, N, dtype, threads):
+    """The backward's two GEMMs in one parallel region (blocks of both split among threads by
+    FLOPs): the same results as apart, at every split."""
+    C = _extension._C
+    g = torch.Generator().manual_seed(M + N1 + N2 + N)
+    a, h, b = (torch.randn(*s, generator=g).to(dtype) for s in [(M, N1), (M, N2), (N1, N)])
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        c1, c2 = C.skinny_gemm_tn_nn(a, h, b)
+    finally:
+        torch.set_num_threads(old)
+    check = close if dtype == torch.float32 else close_bf16
+    check(c1, a.double().t() @ h.double(), M)
+    check(c2, a.double() @ b.double(), N1)
+    with pytest.raises(ValueError, match="inner sizes differ"):
+        C.skinny_gemm_tn_nn(a, h, torch.randn(N1 + 1, N).to(dtype))
+
+
 def test_bf16_kernels_are_the_ones_tested_here():
     """Where the CPU has AVX512-BF16 the bf16 test above exercises the hand-written loops (level
     3), not ATen's fallback; say so when it does not."""

@@ -159,21 +159,16 @@ std::vector<at::Tensor> prompt_encoder_mlp_backward(
   const at::Tensor m2 = check_mask(mask2, "mask2", N, h, dt, "cpu");
 
   const bool skinny = use_skinny_gemm(x);
-  auto tn = [skinny](const at::Tensor& a, const at::Tensor& b) {  // a^T b
-    return skinny ? skinny_gemm_tn(a, b) : a.t().mm(b);
+  // One layer's weight gradient a^T h and input gradient a w, together.
+  auto tn_nn = [skinny](const at::Tensor& a, const at::Tensor& h, const at::Tensor& w) {
+    return skinny ? skinny_gemm_tn_nn(a, h, w) : std::make_pair(a.t().mm(h), a.mm(w));
   };
-  auto nn = [skinny](const at::Tensor& a, const at::Tensor& b) {  // a b
-    return skinny ? skinny_gemm_nn(a, b) : a.mm(b);
-  };
-  at::Tensor gw3 = tn(g, h2);
   at::Tensor gb3 = relu_dropout_grad_(g, at::Tensor(), at::Tensor());  // column sums only
-  at::Tensor g2 = nn(g, w3);
+  auto [gw3, g2] = tn_nn(g, h2, w3);
   at::Tensor gb2 = relu_dropout_grad_(g2, h2, m2);
-  at::Tensor gw2 = tn(g2, h1);
-  at::Tensor g1 = nn(g2, w2);
+  auto [gw2, g1] = tn_nn(g2, h1, w2);
   at::Tensor gb1 = relu_dropout_grad_(g1, h1, m1);
-  at::Tensor gw1 = tn(g1, x);
-  at::Tensor gx = nn(g1, w1);
+  auto [gw1, gx] = tn_nn(g1, x, w1);
   return {gx, gw1, gb1, gw2, gb2, gw3, gb3};
 }
 

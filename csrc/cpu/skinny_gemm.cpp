@@ -219,6 +219,36 @@ at::Tensor skinny_gemm_nt(const at::Tensor& a, const at::Tensor& w,
   return c;
 }
 
+namespace {
+
+// Each GEMM as a range of blocks (see parallel_two in skinny_gemm.h).
+struct NnF32 {
+  const float* a;
+  const float* b;
+  float* c;
+  int64_t M, K, N;
+  int64_t units() const { return (N + 4 * W - 1) / (4 * W); }  // 64-column blocks
+  int64_t cost() const { return 2 * 4 * W * M * K; }
+  void run(int64_t s, int64_t e) const {
+    nn_f32(a, b, c, M, N, K, s * 4 * W, std::min(e * 4 * W, N));
+  }
+};
+
+struct TnF32 {
+  const float* g;
+  const float* h;
+  float* c;
+  int64_t M, N1, N2;
+  int64_t units() const { return (N1 + 3) / 4; }
+  int64_t cost() const { return 8 * M * N2; }
+  void run(int64_t s, int64_t e) const {
+    std::vector<float> pack(N2 % 1024 == 0 ? M * 4 * W : 0);  // rows 4 KB apart: copy
+    tn_f32(g, h, c, M, N1, N2, s * 4, std::min(e * 4, N1), pack.empty() ? nullptr : pack.data());
+  }
+};
+
+}  // namespace
+
 at::Tensor skinny_gemm_nn(const at::Tensor& a, const at::Tensor& b) {
   check2d(a, "A", a.scalar_type());
   check2d(b, "B", a.scalar_type());
@@ -228,11 +258,8 @@ at::Tensor skinny_gemm_nn(const at::Tensor& a, const at::Tensor& b) {
     return have_bf16_gemm_kernels() ? skinny_gemm_nn_bf16(a, b) : a.mm(b);
   auto c = at::empty({M, N}, a.options());
   if (M == 0 || N == 0) return c;
-  // Thread ranges in whole 64-column blocks.
-  at::parallel_for(0, (N + 4 * W - 1) / (4 * W), grain(2 * 4 * W * M * K), [&](int64_t s, int64_t e) {
-    nn_f32(a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), M, N, K, s * 4 * W,
-           std::min(e * 4 * W, N));
-  });
+  const NnF32 nn{a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), M, K, N};
+  at::parallel_for(0, nn.units(), grain(nn.cost()), [&](int64_t s, int64_t e) { nn.run(s, e); });
   return c;
 }
 
@@ -246,12 +273,29 @@ at::Tensor skinny_gemm_tn(const at::Tensor& g, const at::Tensor& h) {
   auto c = at::empty({N1, N2}, g.options());
   if (N1 == 0 || N2 == 0) return c;
   if (M == 0) return c.zero_();
-  at::parallel_for(0, (N1 + 3) / 4, grain(8 * M * N2), [&](int64_t s, int64_t e) {
-    std::vector<float> pack(N2 % 1024 == 0 ? M * 4 * W : 0);  // rows 4 KB apart: copy
-    tn_f32(g.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(), M, N1, N2, s * 4,
-           std::min(e * 4, N1), pack.empty() ? nullptr : pack.data());
-  });
+  const TnF32 tn{g.data_ptr<float>(), h.data_ptr<float>(), c.data_ptr<float>(), M, N1, N2};
+  at::parallel_for(0, tn.units(), grain(tn.cost()), [&](int64_t s, int64_t e) { tn.run(s, e); });
   return c;
+}
+
+std::pair<at::Tensor, at::Tensor> skinny_gemm_tn_nn(const at::Tensor& g, const at::Tensor& h,
+                                                    const at::Tensor& b) {
+  check2d(g, "G", g.scalar_type());
+  check2d(h, "H", g.scalar_type());
+  check2d(b, "B", g.scalar_type());
+  const int64_t M = g.size(0), N1 = g.size(1), N2 = h.size(1), N = b.size(1);
+  TORCH_CHECK_VALUE(h.size(0) == M && b.size(0) == N1, "skinny_gemm: inner sizes differ");
+  if (M == 0 || N1 == 0 || N2 == 0 || N == 0)
+    return {skinny_gemm_tn(g, h), skinny_gemm_nn(g, b)};
+  if (g.scalar_type() == at::kBFloat16) {
+    if (have_bf16_gemm_kernels()) return skinny_gemm_tn_nn_bf16(g, h, b);
+    return {g.t().mm(h), g.mm(b)};
+  }
+  auto c1 = at::empty({N1, N2}, g.options());
+  auto c2 = at::empty({M, N}, g.options());
+  parallel_two(TnF32{g.data_ptr<float>(), h.data_ptr<float>(), c1.data_ptr<float>(), M, N1, N2},
+               NnF32{g.data_ptr<float>(), b.data_ptr<float>(), c2.data_ptr<float>(), M, N1, N});
+  return {c1, c2};
 }
 
 }  // namespace xpe_cpu

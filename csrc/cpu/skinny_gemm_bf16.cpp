@@ -237,6 +237,10 @@ XPE_TARGET_BF16 void tn_range(const uint32_t* Gp, const uint32_t* Hp, u16* C, in
 
 constexpr int kTnRows = 4;  // 5 or 6 rows measured no faster
 
+// Rows of A per block in nn: 5 load and interleave B a fifth less often than 4 (K = 256:
+// 420 -> 460 GFLOP/s at M = 20); 4 where that wastes fewer rows (M = 16: 16 vs 20).
+int rows_per_block(int64_t M) { return (M + 3) / 4 * 4 < (M + 4) / 5 * 5 ? 4 : 5; }
+
 int64_t grain(int64_t flops_per_unit) {  // about 2^20 FLOPs per thread task
   return std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(1, flops_per_unit));
 }
@@ -269,21 +273,55 @@ at::Tensor skinny_gemm_nt_bf16(const at::Tensor& a, const at::Tensor& w, const a
   return c;
 }
 
+#ifdef XPE_HAVE_BF16_KERNELS
+namespace {
+
+// Each GEMM as a range of blocks [0, units()) of about cost() FLOPs each, any part of which
+// a thread can run: alone (parallel_for) or beside another GEMM (parallel_two).
+struct NnBf16 {
+  const u16* a;
+  const u16* b;
+  u16* c;
+  int64_t M, K, N;
+  int64_t units() const { return (N + 63) / 64; }
+  int64_t cost() const { return 2 * 64 * M * K; }
+  void run(int64_t s, int64_t e) const {
+    std::vector<float> acc(M * 64);
+    if (rows_per_block(M) == 4)
+      nn_range<4>(a, b, c, M, N, K, s * 64, std::min(e * 64, N), acc.data());
+    else
+      nn_range<5>(a, b, c, M, N, K, s * 64, std::min(e * 64, N), acc.data());
+  }
+};
+
+struct TnBf16 {
+  u16* c;
+  int64_t M, N1, N2, Mh;
+  std::vector<uint32_t> gp, hp;  // g and h with rows paired (pair_rows)
+  TnBf16(const u16* g, const u16* h, u16* c_, int64_t M_, int64_t N1_, int64_t N2_)
+      : c(c_), M(M_), N1(N1_), N2(N2_), Mh((M_ + 1) / 2), gp(Mh * N1_), hp(Mh * N2_) {
+    pair_rows(g, M, N1, gp.data());
+    pair_rows(h, M, N2, hp.data());
+  }
+  int64_t units() const { return (N1 + kTnRows - 1) / kTnRows; }
+  int64_t cost() const { return 2 * kTnRows * M * N2; }
+  void run(int64_t s, int64_t e) const {
+    tn_range<kTnRows>(gp.data(), hp.data(), c, Mh, N1, N2, s * kTnRows,
+                      std::min(e * kTnRows, N1));
+  }
+};
+
+}  // namespace
+#endif
+
 at::Tensor skinny_gemm_nn_bf16(const at::Tensor& a, const at::Tensor& b) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   auto c = at::empty({M, N}, a.options());
 #ifdef XPE_HAVE_BF16_KERNELS
   if (M == 0 || N == 0) return c;
   if (K == 0) return c.zero_();
-  at::parallel_for(0, (N + 63) / 64, grain(2 * 64 * M * K), [&](int64_t s, int64_t e) {
-    std::vector<float> acc(M * 64);
-    // Blocks of 5 rows load and interleave B a fifth less often than blocks of 4 (K = 256:
-    // 420 -> 460 GFLOP/s at M = 20); 4 where that wastes fewer rows (M = 16: 16 vs 20).
-    if ((M + 3) / 4 * 4 < (M + 4) / 5 * 5)
-      nn_range<4>(bits(a), bits(b), bits_mut(c), M, N, K, s * 64, std::min(e * 64, N), acc.data());
-    else
-      nn_range<5>(bits(a), bits(b), bits_mut(c), M, N, K, s * 64, std::min(e * 64, N), acc.data());
-  });
+  const NnBf16 nn{bits(a), bits(b), bits_mut(c), M, K, N};
+  at::parallel_for(0, nn.units(), grain(nn.cost()), [&](int64_t s, int64_t e) { nn.run(s, e); });
 #endif
   return c;
 }
@@ -294,16 +332,25 @@ at::Tensor skinny_gemm_tn_bf16(const at::Tensor& g, const at::Tensor& h) {
 #ifdef XPE_HAVE_BF16_KERNELS
   if (N1 == 0 || N2 == 0) return c;
   if (M == 0) return c.zero_();
-  const int64_t Mh = (M + 1) / 2;
-  std::vector<uint32_t> gp(Mh * N1), hp(Mh * N2);
-  pair_rows(bits(g), M, N1, gp.data());
-  pair_rows(bits(h), M, N2, hp.data());
-  at::parallel_for(0, (N1 + kTnRows - 1) / kTnRows, grain(2 * kTnRows * M * N2), [&](int64_t s, int64_t e) {
-    tn_range<kTnRows>(gp.data(), hp.data(), bits_mut(c), Mh, N1, N2, s * kTnRows,
-                      std::min(e * kTnRows, N1));
-  });
+  const TnBf16 tn(bits(g), bits(h), bits_mut(c), M, N1, N2);
+  at::parallel_for(0, tn.units(), grain(tn.cost()), [&](int64_t s, int64_t e) { tn.run(s, e); });
 #endif
   return c;
+}
+
+std::pair<at::Tensor, at::Tensor> skinny_gemm_tn_nn_bf16(const at::Tensor& g, const at::Tensor& h,
+                                                         const at::Tensor& w) {
+  const int64_t M = g.size(0), N1 = g.size(1), N2 = h.size(1), N = w.size(1);
+  if (M == 0 || N1 == 0 || N2 == 0 || N == 0)
+    return {skinny_gemm_tn_bf16(g, h), skinny_gemm_nn_bf16(g, w)};
+  auto c1 = at::empty({N1, N2}, g.options());
+  auto c2 = at::empty({M, N}, g.options());
+#ifdef XPE_HAVE_BF16_KERNELS
+  const TnBf16 tn(bits(g), bits(h), bits_mut(c1), M, N1, N2);
+  const NnBf16 nn{bits(g), bits(w), bits_mut(c2), M, N1, N};
+  parallel_two(tn, nn);
+#endif
+  return {c1, c2};
 }
 
 }  // namespace xpe_cpu
