@@ -58,33 +58,34 @@ XPE_INLINE void nt_range(const float* A, const float* Wt, const float* bias, flo
   }
 }
 
-// C[:, n0:n1] = A B[:, n0:n1]: 4 rows x 4 vectors of C in registers. K runs in chunks so
+// C[:, n0:n1] = A B[:, n0:n1]: R rows x 4 vectors of C in registers. K runs in chunks so
 // that the chunk of B (kKc x 64 floats) stays in L1 for every block of rows; C is the
 // accumulator between chunks.
 constexpr int64_t kKc = 64;
 
+template <int R>
 XPE_INLINE void nn_range(const float* A, const float* B, float* C, int64_t M, int64_t N,
                          int64_t K, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 4 * W <= n1; n += 4 * W) {
     for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kKc) {
       const int64_t k1 = std::min(k0 + kKc, K);
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const float* a[4];
-        for (int i = 0; i < 4; ++i) a[i] = A + std::min(m0 + i, M - 1) * K;
-        v16 acc[4][4];
-        for (int i = 0; i < 4; ++i)
+      for (int64_t m0 = 0; m0 < M; m0 += R) {
+        const float* a[R];
+        for (int i = 0; i < R; ++i) a[i] = A + std::min(m0 + i, M - 1) * K;
+        v16 acc[R][4];
+        for (int i = 0; i < R; ++i)
           for (int j = 0; j < 4; ++j)
             acc[i][j] = k0 == 0 ? v16{} : vload(C + std::min(m0 + i, M - 1) * N + n + j * W);
         for (int64_t k = k0; k < k1; ++k) {
           v16 bv[4];
           for (int j = 0; j < 4; ++j) bv[j] = vload(B + k * N + n + j * W);
-          for (int i = 0; i < 4; ++i) {
+          for (int i = 0; i < R; ++i) {
             const float s = a[i][k];
             for (int j = 0; j < 4; ++j) acc[i][j] += s * bv[j];
           }
         }
-        for (int i = 0; i < 4 && m0 + i < M; ++i)
+        for (int i = 0; i < R && m0 + i < M; ++i)
           for (int j = 0; j < 4; ++j) vstore(C + (m0 + i) * N + n + j * W, acc[i][j]);
       }
       if (K == 0) break;
@@ -173,8 +174,10 @@ XPE_INLINE void tn_range(const float* G, const float* H, float* C, int64_t M, in
 
 XPE_MULTIVERSION(nt_f32, (const float* a, const float* w, const float* b, float* c, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1),
                  (a, w, b, c, M, N, K, n0, n1), nt_range)
-XPE_MULTIVERSION(nn_f32, (const float* a, const float* b, float* c, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1),
-                 (a, b, c, M, N, K, n0, n1), nn_range)
+XPE_MULTIVERSION(nn4_f32, (const float* a, const float* b, float* c, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1),
+                 (a, b, c, M, N, K, n0, n1), nn_range<4>)
+XPE_MULTIVERSION(nn5_f32, (const float* a, const float* b, float* c, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1),
+                 (a, b, c, M, N, K, n0, n1), nn_range<5>)
 XPE_MULTIVERSION(tn_f32, (const float* g, const float* h, float* c, int64_t M, int64_t N1, int64_t N2, int64_t r0, int64_t r1, float* p),
                  (g, h, c, M, N1, N2, r0, r1, p), tn_range)
 
@@ -230,7 +233,10 @@ struct NnF32 {
   int64_t units() const { return (N + 4 * W - 1) / (4 * W); }  // 64-column blocks
   int64_t cost() const { return 2 * 4 * W * M * K; }
   void run(int64_t s, int64_t e) const {
-    nn_f32(a, b, c, M, N, K, s * 4 * W, std::min(e * 4 * W, N));
+    if (nn_rows_per_block(M) == 4)
+      nn4_f32(a, b, c, M, N, K, s * 4 * W, std::min(e * 4 * W, N));
+    else
+      nn5_f32(a, b, c, M, N, K, s * 4 * W, std::min(e * 4 * W, N));
   }
 };
 

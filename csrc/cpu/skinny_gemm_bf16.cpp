@@ -237,9 +237,6 @@ XPE_TARGET_BF16 void tn_range(const uint32_t* Gp, const uint32_t* Hp, u16* C, in
 
 constexpr int kTnRows = 4;  // 5 or 6 rows measured no faster
 
-// Rows of A per block in nn: 5 load and interleave B a fifth less often than 4 (K = 256:
-// 420 -> 460 GFLOP/s at M = 20); 4 where that wastes fewer rows (M = 16: 16 vs 20).
-int rows_per_block(int64_t M) { return (M + 3) / 4 * 4 < (M + 4) / 5 * 5 ? 4 : 5; }
 
 int64_t grain(int64_t flops_per_unit) {  // about 2^20 FLOPs per thread task
   return std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(1, flops_per_unit));
@@ -287,7 +284,7 @@ struct NnBf16 {
   int64_t cost() const { return 2 * 64 * M * K; }
   void run(int64_t s, int64_t e) const {
     std::vector<float> acc(M * 64);
-    if (rows_per_block(M) == 4)
+    if (nn_rows_per_block(M) == 4)
       nn_range<4>(a, b, c, M, N, K, s * 64, std::min(e * 64, N), acc.data());
     else
       nn_range<5>(a, b, c, M, N, K, s * 64, std::min(e * 64, N), acc.data());
