@@ -10,7 +10,10 @@
   transposes it needs, by sequence length (the matmul + softmax figures swing 2-4x with the
   allocator's state, i.e. with what ran before in the process; profile_model.py compares the
   routes inside the evaluation pass);
-- residual add + LayerNorm + bf16 copy (ops.residual_layer_norm) against eager.
+- residual add + LayerNorm + bf16 copy (ops.residual_layer_norm) against eager;
+- the prompt-encoder MLP's few-row GEMMs (`_C.skinny_gemm_nt/nn/tn`: fp32 AVX-512 loops,
+  bf16 AVX512-BF16 loops) against torch's (MKL for fp32, oneDNN for bf16), at the paper's
+  MLP shapes (N = 20 rows, d = 1024, h = 256).
 
     python benchmarks/microbench.py [--threads 1]
 """
@@ -146,6 +149,23 @@ def isa_rows():
               " | |")
 
 
+def skinny_gemm_rows(C):
+    M = 20
+    for K, N in ((1024, 256), (256, 1024)):
+        for dt in (torch.float32, torch.bfloat16):
+            a, w = torch.randn(M, K).to(dt), torch.randn(N, K).to(dt)
+            b, h = torch.randn(K, N).to(dt), torch.randn(M, N).to(dt)
+            fl = 2 * M * K * N / 1e6  # MFLOP: / ms = GFLOP/s
+            ours = [fl / median_ms(f, rounds=51) for f in (
+                lambda: C.skinny_gemm_nt(a, w), lambda: C.skinny_gemm_nn(a, b),
+                lambda: C.skinny_gemm_tn(a, h))]
+            ref = [fl / median_ms(f, rounds=51) for f in (
+                lambda: a @ w.t(), lambda: a @ b, lambda: a.t() @ h)]
+            print(f"| MLP GEMMs, M={M} K={K} N={N} {str(dt)[6:]}: x W^T, g W, g^T h | "
+                  f"{ours[0]:.0f}, {ours[1]:.0f}, {ours[2]:.0f} GFLOP/s | "
+                  f"torch {ref[0]:.0f}, {ref[1]:.0f}, {ref[2]:.0f} GFLOP/s |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
@@ -161,6 +181,7 @@ def main():
     gemm_rows()
     attention_rows(ops)
     residual_layer_norm_rows(ops)
+    skinny_gemm_rows(_extension._C)
 
 
 if __name__ == "__main__":

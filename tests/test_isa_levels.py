@@ -68,9 +68,11 @@ SCRIPT = textwrap.dedent("""
             torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
         a, w, h = a.bfloat16(), w.bfloat16(), h.bfloat16()
         A, Wd, Hd = a.double(), w.double(), h.double()
-        for out, ref in ((C.skinny_gemm_nt(a, w), A @ Wd.t()), (C.skinny_gemm_nn(a, w.t().contiguous()), A @ Wd.t()),
+        for out, ref in ((C.skinny_gemm_nt(a, w), A @ Wd.t()),
+                         (C.skinny_gemm_nn(a, w.t().contiguous()), A @ Wd.t()),
                          (C.skinny_gemm_tn(a, h), A.t() @ Hd)):
-            torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+            torch.testing.assert_close(out.double(), ref, rtol=1e-2,
+                                       atol=1e-2 * ref.abs().max().item())
     print("ok", C.cpu_isa_level())
 """)
 
