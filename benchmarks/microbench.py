@@ -3,7 +3,9 @@
 - dropout: the counter-based kernel (`_C.dropout_apply`) against torch's F.dropout;
 - the CPU kernels at each ISA level (XPE_FAST_CPU_ISA, one subprocess per level);
 - assemble_embeddings forward and forward+backward standalone, and forward with cold caches
-  for random ids against all-equal ids (what the scattered word-table gathers cost);
+  for random ids against all-equal ids (what the scattered word-table gathers cost); the
+  forward right after the eager reference's forward+backward (as in the interleaved
+  benchmark), with and without the batch's word rows gathered just before;
 - the frozen backbone's GEMM on MKL (torch.mm) against oneDNN, at an encoder shape;
 - attention: ops.packed_attention (from the packed QKV projection, context in the output
   projection's layout) against SDPA's CPU flash kernel and matmul + softmax, each with the
@@ -49,6 +51,7 @@ def dropout_rows(C):
 
 
 def assemble_rows(ops):
+    from xpe_fast.reference import assemble_embeddings_reference
     junk = torch.empty(64 * 2**20 // 4)  # 64 MB written between calls: cold caches
     for d, V in ((384, 250037), (1024, 250002)):
         for dt in (torch.float32, torch.bfloat16):
@@ -73,6 +76,20 @@ def assemble_rows(ops):
                 torch.autograd.grad(out, [prompt], gout)
 
             cold = lambda: junk.fill_(1.0)  # noqa: E731
+            # As in the interleaved benchmark: right after the eager reference's fwd+bwd; then
+            # the same with the batch's word rows gathered just before (what the cold word-row
+            # gathers cost), and right after another call of the op itself.
+            flat = ids.flatten()
+
+            def eager_fwd_bwd():
+                torch.autograd.grad(assemble_embeddings_reference(
+                    ids, prompt, word, pos, typ, w, b, 1e-5, 2), [prompt], gout)
+
+            after = [median_ms(lambda: fwd(ids), before=f) for f in (
+                eager_fwd_bwd, lambda: (eager_fwd_bwd(), word.index_select(0, flat)),
+                lambda: (eager_fwd_bwd(), fwd(ids)))]
+            print(f"| assemble d={d} {str(dt)[6:]} fwd after eager fwd+bwd | {after[0]:.3f} | "
+                  f"word rows gathered first {after[1]:.3f}, op run first {after[2]:.3f} |")
             print(f"| assemble d={d} {str(dt)[6:]} | fwd {median_ms(lambda: fwd(ids)):.3f}, "
                   f"fwd+bwd {median_ms(fwd_bwd):.3f} | cold fwd: random ids "
                   f"{median_ms(lambda: fwd(ids), before=cold):.3f}, equal ids "
