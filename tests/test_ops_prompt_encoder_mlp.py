@@ -48,7 +48,9 @@ def check(backend, N, d_in, h, d, dtype, p=0.0, training=False):
 
 
 # fp32 with N <= 64 runs csrc/cpu/skinny_gemm.cpp: widths below 16, 64-column blocks with
-# 16-column and scalar tails (145 = 2 * 64 + 16 + 1); N = 66 takes ATen's BLAS instead.
+# 16-column and scalar tails (145 = 2 * 64 + 16 + 1); bf16 with N <= 64 runs
+# skinny_gemm_bf16.cpp where the CPU has AVX512-BF16 (odd widths: masked tails and a lone
+# last pair); N = 66 takes ATen's BLAS instead.
 SHAPES = [(1, 1, 1, 1), (7, 3, 5, 3), (20, 127, 64, 127), (20, 384, 256, 384),
           (7, 1024, 256, 1024), (13, 64, 31, 1), (23, 203, 97, 145), (66, 40, 33, 20)]
 
