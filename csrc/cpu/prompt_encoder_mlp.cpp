@@ -60,7 +60,8 @@ XPE_HD void relu_dropout_grad_cols(T* g, const T* h, const T* m, T* gb, int64_t 
                                                        mrow ? A(xpe::load(mrow, k)) : A(1)));
       }
 #pragma omp simd
-      for (int64_t k = 0; k < n; ++k) acc[k] += A(xpe::load(grow, k));  // what was stored, as autograd sums
+      for (int64_t k = 0; k < n; ++k)
+        acc[k] += A(xpe::load(grow, k));  // what was stored, as autograd sums
     }
     for (int64_t k = 0; k < n; ++k) xpe::store(gb + c0, k, acc[k]);
   }
@@ -181,8 +182,8 @@ c10::optional<at::Tensor> maybe(const at::Tensor& t) {
 }
 
 // The op as a C++ autograd Function: the same forward and backward as the Python
-// _MLPFunction, without Python's per-call cost of apply and backward (about 10 us, 5 % of
-// the whole op at the paper's size).
+// _MLPFunction, without Python's per-call cost of apply and backward (about 4 us, 2 % of the
+// bf16 op at the paper's size).
 struct MlpFunction : public torch::autograd::Function<MlpFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
