@@ -5,7 +5,9 @@
 - assemble_embeddings forward and forward+backward standalone, and forward with cold caches
   for random ids against all-equal ids (what the scattered word-table gathers cost); the
   forward right after the eager reference's forward+backward (as in the interleaved
-  benchmark), with and without the batch's word rows gathered just before;
+  benchmark), with and without the batch's word rows gathered just before, and in the same
+  state the backward kernel alone and torch's index_select of the same word rows; the fixed
+  cost of a call (fwd+bwd through autograd on tiny inputs);
 - the frozen backbone's GEMM on MKL (torch.mm) against oneDNN, at an encoder shape;
 - attention: ops.packed_attention (from the packed QKV projection, context in the output
   projection's layout) against SDPA's CPU flash kernel and matmul + softmax, each with the
@@ -50,8 +52,31 @@ def dropout_rows(C):
         print(f"| dropout [32,12,84,84] {str(dt)[6:]} | {ours:.3f} | F.dropout {ref:.3f} |")
 
 
-def assemble_rows(ops):
+def assemble_call_overhead(ops, C):
+    """Fixed cost per call on tiny inputs: fwd+bwd through ops (autograd) against the two
+    kernels called directly."""
+    ids = torch.randint(3, 1000, (2, 7))
+    word, pos = torch.randn(1000, 384), torch.randn(514, 384)
+    typ, w, b = (torch.randn(384) for _ in range(3))
+    prompt = torch.randn(3, 384).requires_grad_()
+    pd, gout = prompt.detach(), torch.randn(2, 10, 384)
+
+    def through_ops():
+        torch.autograd.grad(ops.assemble_embeddings(ids, prompt, word, pos, typ, w, b, 1e-5, 2,
+                                                    backend="cpu"), [prompt], gout)
+
+    def direct():
+        C.assemble_embeddings_forward(ids, pd, word, pos, typ, w, b, 1e-5, 2)
+        C.assemble_embeddings_backward(gout, pd, pos, typ, w, 1e-5, 2, 7)
+
+    print(f"| assemble call overhead, fwd+bwd on tiny inputs (us) | "
+          f"{1e3 * median_ms(through_ops, rounds=301):.1f} through ops | "
+          f"kernels called directly {1e3 * median_ms(direct, rounds=301):.1f} |")
+
+
+def assemble_rows(ops, C):
     from xpe_fast.reference import assemble_embeddings_reference
+    assemble_call_overhead(ops, C)
     junk = torch.empty(64 * 2**20 // 4)  # 64 MB written between calls: cold caches
     for d, V in ((384, 250037), (1024, 250002)):
         for dt in (torch.float32, torch.bfloat16):
@@ -90,6 +115,16 @@ def assemble_rows(ops):
                 lambda: (eager_fwd_bwd(), fwd(ids)))]
             print(f"| assemble d={d} {str(dt)[6:]} fwd after eager fwd+bwd | {after[0]:.3f} | "
                   f"word rows gathered first {after[1]:.3f}, op run first {after[2]:.3f} |")
+            # What else runs cold there: the backward kernel alone, and torch's index_select
+            # of the same word rows (a floor for any forward that gathers them), beside the
+            # eager reference's own fwd+bwd.
+            pd = prompt.detach()
+            bwd_after = median_ms(lambda: C.assemble_embeddings_backward(
+                gout, pd, pos, typ, w, 1e-5, 2, L), before=eager_fwd_bwd)
+            isel_after = median_ms(lambda: word.index_select(0, flat), before=eager_fwd_bwd)
+            print(f"| assemble d={d} {str(dt)[6:]} after eager fwd+bwd "
+                  f"({median_ms(eager_fwd_bwd):.3f}): bwd kernel | {bwd_after:.3f} | "
+                  f"index_select of the word rows {isel_after:.3f} |")
             print(f"| assemble d={d} {str(dt)[6:]} | fwd {median_ms(lambda: fwd(ids)):.3f}, "
                   f"fwd+bwd {median_ms(fwd_bwd):.3f} | cold fwd: random ids "
                   f"{median_ms(lambda: fwd(ids), before=cold):.3f}, equal ids "
@@ -194,7 +229,7 @@ def main():
     print("| what | xpe_fast | other |\n|---|---|---|")
     dropout_rows(_extension._C)
     isa_rows()
-    assemble_rows(ops)
+    assemble_rows(ops, _extension._C)
     gemm_rows()
     attention_rows(ops)
     residual_layer_norm_rows(ops)

@@ -15,6 +15,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_out"), py::arg("prompt"), py::arg("position_embeddings"),
         py::arg("token_type_embedding"), py::arg("ln_weight"), py::arg("eps"),
         py::arg("position_offset"), py::arg("seq_len"));
+  m.def("assemble_embeddings_autograd", &xpe_cpu::assemble_embeddings_autograd,
+        py::arg("input_ids"), py::arg("prompt"), py::arg("word_embeddings"),
+        py::arg("position_embeddings"), py::arg("token_type_embedding"), py::arg("ln_weight"),
+        py::arg("ln_bias"), py::arg("eps"), py::arg("position_offset"));
   m.def("prompt_encoder_mlp_forward", &xpe_cpu::prompt_encoder_mlp_forward, py::arg("x"),
         py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"), py::arg("w3"), py::arg("b3"),
         py::arg("mask1") = py::none(), py::arg("mask2") = py::none());

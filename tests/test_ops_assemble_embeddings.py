@@ -53,6 +53,20 @@ def test_cpu_sweep(d, dtype):
             check_backend("cpu", B, L, N, d, dtype, shared)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("shared", [True, False])
+def test_cpu_thread_splits(threads, shared):
+    """Rows split among threads: backward's per-thread blocks of prompt slots start past 0."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in DTYPES:
+            check_backend("cpu", 7, 13, 20, 384, dtype, shared)
+            check_backend("cpu", 5, 9, 7, 1024, dtype, shared)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("offset", [0, 2])
 def test_cpu_bert_and_xlmr_offsets(offset):
     check_backend("cpu", 5, 13, 7, 127, torch.float32, True, offset=offset)

@@ -21,6 +21,14 @@ at::Tensor assemble_embeddings_backward(const at::Tensor& grad_out, const at::Te
                                         const at::Tensor& ln_weight, double eps,
                                         int64_t position_offset, int64_t seq_len);
 
+// Forward with autograd attached: the prompt's gradient by assemble_embeddings_backward.
+at::Tensor assemble_embeddings_autograd(const at::Tensor& input_ids, const at::Tensor& prompt,
+                                        const at::Tensor& word_embeddings,
+                                        const at::Tensor& position_embeddings,
+                                        const at::Tensor& token_type_embedding,
+                                        const at::Tensor& ln_weight, const at::Tensor& ln_bias,
+                                        double eps, int64_t position_offset);
+
 std::vector<at::Tensor> prompt_encoder_mlp_forward(
     const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
     const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
