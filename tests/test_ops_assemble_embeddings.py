@@ -105,6 +105,28 @@ def test_cpu_matches_an_independent_loop():
             torch.testing.assert_close(out[bi, j], torch.tensor(y, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
+@pytest.mark.parametrize("where", ["word rows", "ln_weight"])
+def test_cpu_nan_and_inf_propagate_as_in_eager(dtype, where):
+    """Rows with NaN/inf take the bf16 kernel's NaN-aware path; the pattern of NaNs and the
+    finite values match the eager reference."""
+    ids, prompt, word, pos, typ, w, b, eps, off = make_inputs(3, 11, 4, 37, dtype)
+    if where == "word rows":
+        word[ids[0, 0]] = float("nan")
+        word[ids[1, 2], 5] = float("inf")
+        word[ids[2, 1], 7] = float("-inf")
+    else:
+        w[3] = float("nan")
+        b[9] = float("inf")
+    ref = assemble_embeddings_reference(ids, prompt, word, pos, typ, w, b, eps, off)
+    out = ops.assemble_embeddings(ids, prompt, word, pos, typ, w, b, eps, off, backend="cpu")
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out.isinf(), ref.isinf())
+    assert out.isnan().any() and out.isfinite().any()
+    fin = ref.isfinite()
+    assert_close(out[fin], ref[fin], dtype)
+
+
 def test_noncontiguous_inputs_are_accepted():
     ids, prompt, word, pos, typ, w, b, eps, off = make_inputs(3, 9, 4, 16, torch.float32)
     ref = assemble_embeddings_reference(ids, prompt, word, pos, typ, w, b, eps, off)

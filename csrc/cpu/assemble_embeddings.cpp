@@ -134,12 +134,97 @@ XPE_HD void forward_rows(const int64_t* ids, const T* prompt, const T* word, con
   }
 }
 
+// bf16 rows, vectorised by hand: the generic loop above converts the type row, weight and
+// bias from bf16 in every row and rounds with a NaN-aware select. Here the three are
+// converted to fp32 once per chunk, the statistics are the same vec16 passes (so the same
+// results), and rows whose statistics are finite (with finite weight and bias every output
+// is then finite or +-inf) round without the NaN select; rows with NaN/inf fall back to
+// forward_row. The row is compute-bound (~95 ns at d = 384 even with its word row staged in
+// cache); this took the warm forward from 0.48 to 0.45 ms (microbench.py, d = 384 bf16).
+typedef uint16_t v16h __attribute__((vector_size(32)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+
+XPE_INLINE v16 load_bf16x16(const bf16_t* p) {
+  v16h h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  return (v16)(__builtin_convertvector(h, v16u) << 16);
+}
+// xpe::float_to_bf16_bits (round to nearest even) for values that are not NaN.
+XPE_INLINE void store_bf16x16_not_nan(bf16_t* p, v16 v) {
+  const v16u u = (v16u)v;
+  const v16h h = __builtin_convertvector((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, v16h);
+  __builtin_memcpy(p, &h, sizeof(h));
+}
+
+struct Bf16Consts {
+  const float *typ, *w, *b;  // fp32 copies
+  bool wb_finite;
+};
+
+XPE_INLINE void forward_row_bf16(const bf16_t* src, const bf16_t* pos, const bf16_t* typ16,
+                                 const bf16_t* w16, const bf16_t* b16, Bf16Consts c, bf16_t* out,
+                                 float* buf, int64_t d, float eps) {
+  const int64_t dv = d - d % kLanes;
+  for (int64_t k = 0; k < dv; k += kLanes)
+    vstore(buf + k, (load_bf16x16(src + k) + load_bf16x16(pos + k)) + vload(c.typ + k));
+  for (int64_t k = dv; k < d; ++k)
+    buf[k] = xpe::embed_sum<float>(xpe::load(src, k), xpe::load(pos, k), c.typ[k]);
+  const float mean = row_sum_acc(buf, d) / float(d);
+  const float rstd = xpe::rsqrt_acc(row_sq_dev_acc(buf, mean, d) / float(d) + eps);
+  if (!(c.wb_finite && __builtin_isfinite(mean) && __builtin_isfinite(rstd))) {
+    // NaN/inf inputs: the generic row (its store keeps NaN quiet) from the bf16 operands.
+    forward_row<bf16_t>(src, pos, typ16, w16, b16, out, buf, d, eps);
+    return;
+  }
+  const v16 m = vsplat(mean), r = vsplat(rstd);
+  for (int64_t k = 0; k < dv; k += kLanes)
+    store_bf16x16_not_nan(out + k, (vload(buf + k) - m) * r * vload(c.w + k) + vload(c.b + k));
+  for (int64_t k = dv; k < d; ++k)
+    xpe::store(out, k, xpe::ln_apply<float>(buf[k], mean, rstd, c.w[k], c.b[k]));
+}
+
+XPE_INLINE void forward_rows_bf16_impl(const int64_t* ids, const bf16_t* prompt,
+                                       const bf16_t* word, const bf16_t* pos, const bf16_t* typ,
+                                       const bf16_t* w, const bf16_t* b, bf16_t* out, float* buf,
+                                       Geometry g, float eps, int64_t begin, int64_t end) {
+  // buf holds 4 * d floats: the row, then the type row, weight and bias in fp32.
+  float* cf = buf + g.d;
+  bool finite = true;
+  for (int64_t k = 0; k < g.d; ++k) {
+    cf[k] = xpe::load(typ, k);
+    cf[g.d + k] = xpe::load(w, k);
+    cf[2 * g.d + k] = xpe::load(b, k);
+    finite &= __builtin_isfinite(cf[g.d + k]) && __builtin_isfinite(cf[2 * g.d + k]);
+  }
+  const Bf16Consts c{cf, cf + g.d, cf + 2 * g.d, finite};
+  const int64_t S = g.N + g.L;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t bi = r / S, j = r % S;
+    bf16_t* dst = out + r * g.d;
+    if (r + kPrefetchRows < end) {
+      const int64_t rp = r + kPrefetchRows, bp = rp / S, jp = rp % S;
+      if (jp >= g.N) prefetch_row(word + ids[bp * g.L + (jp - g.N)] * g.d, g.d);
+    }
+    if (j < g.N) {
+      if (g.shared && bi > 0) {
+        std::memcpy(dst, out + j * g.d, sizeof(bf16_t) * g.d);
+        continue;
+      }
+      forward_row_bf16(prompt + xpe::prompt_row(bi, j, g.N, g.shared) * g.d,
+                       pos + (g.offset + j) * g.d, typ, w, b, c, dst, buf, g.d, eps);
+    } else {
+      forward_row_bf16(word + ids[bi * g.L + (j - g.N)] * g.d, pos + (g.offset + j) * g.d, typ,
+                       w, b, c, dst, buf, g.d, eps);
+    }
+  }
+}
+
 XPE_MULTIVERSION(forward_rows_f32, (const int64_t* ids, const float* p, const float* wd, const float* ps, const float* t, const float* w, const float* b, float* o, float* buf, Geometry g, float eps, int64_t s, int64_t e),
                  (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows<float>)
 XPE_MULTIVERSION(forward_rows_f64, (const int64_t* ids, const double* p, const double* wd, const double* ps, const double* t, const double* w, const double* b, double* o, double* buf, Geometry g, double eps, int64_t s, int64_t e),
                  (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows<double>)
 XPE_MULTIVERSION(forward_rows_bf16, (const int64_t* ids, const bf16_t* p, const bf16_t* wd, const bf16_t* ps, const bf16_t* t, const bf16_t* w, const bf16_t* b, bf16_t* o, float* buf, Geometry g, float eps, int64_t s, int64_t e),
-                 (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows<bf16_t>)
+                 (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows_bf16_impl)
 
 // Gradient of prompt rows [begin, end) (rows of `grad_prompt`, which has B*N or N rows).
 // For a shared prompt, slots [begin, end) of one sample are contiguous in grad_out, so the
@@ -234,7 +319,7 @@ at::Tensor assemble_embeddings_forward(const at::Tensor& input_ids_, const at::T
                        ptr<float>(a.type), ptr<float>(a.ln_w), ptr<float>(a.ln_b),
                        mptr<float>(out), buf.data(), g, static_cast<float>(eps), begin, end);
     } else {
-      std::vector<float> buf(a.d);
+      std::vector<float> buf(4 * a.d);  // the row, then fp32 copies of type, weight, bias
       forward_rows_bf16(ids, ptr<bf16_t>(a.prompt), ptr<bf16_t>(a.word), ptr<bf16_t>(a.pos),
                         ptr<bf16_t>(a.type), ptr<bf16_t>(a.ln_w), ptr<bf16_t>(a.ln_b),
                         mptr<bf16_t>(out), buf.data(), g, static_cast<float>(eps), begin, end);
