@@ -42,11 +42,11 @@ def check_backend(backend, B, L, N, d, dtype, shared, offset=2):
     assert_close_or_better(g_out, g_ref, g_exact, dtype, f"grad prompt {backend}")
 
 
-SWEEP = list(itertools.product([1, 3, 127, 384, 1024], [1, 7, 20], [1, 13, 64], [1, 5, 32]))
+SWEEP = list(itertools.product([1, 3, 127, 256, 384, 1024], [1, 7, 20], [1, 13, 64], [1, 5, 32]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("d", [1, 3, 127, 384, 1024])
+@pytest.mark.parametrize("d", [1, 3, 127, 256, 384, 1024])
 def test_cpu_sweep(d, dtype):
     for _, N, L, B in (s for s in SWEEP if s[0] == d):
         for shared in (True, False):
@@ -65,6 +65,15 @@ def test_cpu_thread_splits(threads, shared):
             check_backend("cpu", 5, 9, 7, 1024, dtype, shared)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [256, 384, 1024])
+def test_cpu_outputs_over_4mb_take_streaming_stores(d, dtype):
+    """Outputs over 4 MB are written with non-temporal stores (and an sfence)."""
+    B, L, N = 64, 150, 20
+    assert B * (N + L) * d * dtype.itemsize > 4 << 20
+    check_backend("cpu", B, L, N, d, dtype, True)
 
 
 @pytest.mark.parametrize("offset", [0, 2])

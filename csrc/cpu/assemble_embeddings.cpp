@@ -134,97 +134,248 @@ XPE_HD void forward_rows(const int64_t* ids, const T* prompt, const T* word, con
   }
 }
 
-// bf16 rows, vectorised by hand: the generic loop above converts the type row, weight and
-// bias from bf16 in every row and rounds with a NaN-aware select. Here the three are
-// converted to fp32 once per chunk, the statistics are the same vec16 passes (so the same
-// results), and rows whose statistics are finite (with finite weight and bias every output
-// is then finite or +-inf) round without the NaN select; rows with NaN/inf fall back to
-// forward_row. The row is compute-bound (~95 ns at d = 384 even with its word row staged in
-// cache); this took the warm forward from 0.48 to 0.45 ms (microbench.py, d = 384 bf16).
-typedef uint16_t v16h __attribute__((vector_size(32)));
-typedef uint32_t v16u __attribute__((vector_size(64)));
+// float and bf16 rows, vectorised by hand. The generic forward_row above keeps the row in a
+// buffer that it reads four times, and for bf16 converts the type row, weight and bias in
+// every row and rounds with a NaN-aware select; on this AVX-512 machine such a row is bound
+// by its loads and stores (a 512-bit store takes two cycles), not by memory: ~53 ns at
+// d = 384 fp32 with one hot word row. Here the type row, weight and bias are converted to
+// fp32 once per chunk, and at d = 256 and 384 the row stays in registers between passes.
+// Warm forward at d = 384, 1 thread: fp32 0.42 -> 0.31 ms, bf16 0.48 -> 0.32 ms
+// (microbench.py). fp32 rows add their statistics in the order of row_sum / row_sq_dev, so
+// they give forward_row's bits.
+//
+// Outputs larger than kStreamBytes are written with non-temporal stores: the 7-19 MB of a
+// batch do not stay in this machine's caches anyway, and a normal store first reads the
+// line it writes; the next consumer (the encoder's first GEMM) is compute-bound. fwd+bwd
+// right after the eager reference (1 thread, interleaved as in test_bench_ops.py, two runs
+// each): d = 384 fp32 0.89-1.09 -> 0.82-0.83 ms, d = 1024 fp32 3.06 -> 2.85-2.95, bf16
+// 2.47 -> 2.28-2.45. A warm loop of the op alone gets slower (its output stayed cached).
+constexpr int64_t kStreamBytes = int64_t(4) << 20;
 
-XPE_INLINE v16 load_bf16x16(const bf16_t* p) {
-  v16h h;
-  __builtin_memcpy(&h, p, sizeof(h));
-  return (v16)(__builtin_convertvector(h, v16u) << 16);
+XPE_INLINE void stream_store(void* p, v16 v) {  // four 16-byte movntps: SSE, every target
+  typedef float v4 __attribute__((vector_size(16)));
+  float* f = static_cast<float*>(p);
+  for (int q = 0; q < 4; ++q) {
+    v4 part;
+    __builtin_memcpy(&part, reinterpret_cast<const char*>(&v) + 16 * q, sizeof(part));
+    __builtin_ia32_movntps(f + 4 * q, part);
+  }
 }
-// xpe::float_to_bf16_bits (round to nearest even) for values that are not NaN.
-XPE_INLINE void store_bf16x16_not_nan(bf16_t* p, v16 v) {
-  const v16u u = (v16u)v;
-  const v16h h = __builtin_convertvector((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, v16h);
-  __builtin_memcpy(p, &h, sizeof(h));
+template <bool NT>
+XPE_INLINE void put16(float* p, v16 v) {
+  if constexpr (NT) stream_store(p, v);
+  else vstore(p, v);
 }
 
-struct Bf16Consts {
-  const float *typ, *w, *b;  // fp32 copies
+struct RowConsts {
+  const float *typ, *w, *b;  // fp32 copies (bf16: even/odd layout, see below)
   bool wb_finite;
 };
 
-XPE_INLINE void forward_row_bf16(const bf16_t* src, const bf16_t* pos, const bf16_t* typ16,
-                                 const bf16_t* w16, const bf16_t* b16, Bf16Consts c, bf16_t* out,
-                                 float* buf, int64_t d, float eps) {
-  const int64_t dv = d - d % kLanes;
-  for (int64_t k = 0; k < dv; k += kLanes)
-    vstore(buf + k, (load_bf16x16(src + k) + load_bf16x16(pos + k)) + vload(c.typ + k));
-  for (int64_t k = dv; k < d; ++k)
-    buf[k] = xpe::embed_sum<float>(xpe::load(src, k), xpe::load(pos, k), c.typ[k]);
-  const float mean = row_sum_acc(buf, d) / float(d);
-  const float rstd = xpe::rsqrt_acc(row_sq_dev_acc(buf, mean, d) / float(d) + eps);
-  if (!(c.wb_finite && __builtin_isfinite(mean) && __builtin_isfinite(rstd))) {
-    // NaN/inf inputs: the generic row (its store keeps NaN quiet) from the bf16 operands.
-    forward_row<bf16_t>(src, pos, typ16, w16, b16, out, buf, d, eps);
-    return;
+// One fp32 row of NV * 16 elements held in registers.
+template <int NV, bool NT>
+XPE_INLINE void forward_row_f32_in_registers(const float* src, const float* pos, RowConsts c,
+                                             float* out, float eps) {
+  static_assert(NV % 4 == 0, "the four accumulators of row_sum, without its tail loops");
+  v16 x[NV], acc[4] = {};
+#pragma GCC unroll 32
+  for (int i = 0; i < NV; ++i) {
+    x[i] = (vload(src + i * kLanes) + vload(pos + i * kLanes)) + vload(c.typ + i * kLanes);
+    acc[i % 4] += x[i];
   }
-  const v16 m = vsplat(mean), r = vsplat(rstd);
-  for (int64_t k = 0; k < dv; k += kLanes)
-    store_bf16x16_not_nan(out + k, (vload(buf + k) - m) * r * vload(c.w + k) + vload(c.b + k));
-  for (int64_t k = dv; k < d; ++k)
-    xpe::store(out, k, xpe::ln_apply<float>(buf[k], mean, rstd, c.w[k], c.b[k]));
+  constexpr float n = float(NV * kLanes);
+  const float mean = hsum((acc[0] + acc[1]) + (acc[2] + acc[3])) / n;
+  const v16 m = vsplat(mean);
+  v16 sq[4] = {};
+#pragma GCC unroll 32
+  for (int i = 0; i < NV; ++i) sq[i % 4] += (x[i] - m) * (x[i] - m);
+  const float rstd = xpe::rsqrt_acc(hsum((sq[0] + sq[1]) + (sq[2] + sq[3])) / n + eps);
+  const v16 r = vsplat(rstd);
+#pragma GCC unroll 32
+  for (int i = 0; i < NV; ++i)
+    put16<NT>(out + i * kLanes, (x[i] - m) * r * vload(c.w + i * kLanes) + vload(c.b + i * kLanes));
 }
 
-XPE_INLINE void forward_rows_bf16_impl(const int64_t* ids, const bf16_t* prompt,
-                                       const bf16_t* word, const bf16_t* pos, const bf16_t* typ,
-                                       const bf16_t* w, const bf16_t* b, bf16_t* out, float* buf,
-                                       Geometry g, float eps, int64_t begin, int64_t end) {
-  // buf holds 4 * d floats: the row, then the type row, weight and bias in fp32.
-  float* cf = buf + g.d;
-  bool finite = true;
-  for (int64_t k = 0; k < g.d; ++k) {
-    cf[k] = xpe::load(typ, k);
-    cf[g.d + k] = xpe::load(w, k);
-    cf[2 * g.d + k] = xpe::load(b, k);
-    finite &= __builtin_isfinite(cf[g.d + k]) && __builtin_isfinite(cf[2 * g.d + k]);
+template <bool NT>
+XPE_INLINE void forward_row_f32(const float* src, const float* pos, RowConsts c, float* out,
+                                float* buf, int64_t d, float eps) {
+  if (d == 384) return forward_row_f32_in_registers<24, NT>(src, pos, c, out, eps);
+  if (d == 256) return forward_row_f32_in_registers<16, NT>(src, pos, c, out, eps);
+  const int64_t dv = d - d % kLanes;
+  for (int64_t k = 0; k < dv; k += kLanes)
+    vstore(buf + k, (vload(src + k) + vload(pos + k)) + vload(c.typ + k));
+  for (int64_t k = dv; k < d; ++k) buf[k] = xpe::embed_sum<float>(src[k], pos[k], c.typ[k]);
+  const float mean = row_sum(buf, d) / float(d);
+  const float rstd = xpe::rsqrt_acc(row_sq_dev(buf, mean, d) / float(d) + eps);
+  const v16 m = vsplat(mean), r = vsplat(rstd);
+  for (int64_t k = 0; k < dv; k += kLanes)
+    put16<NT>(out + k, (vload(buf + k) - m) * r * vload(c.w + k) + vload(c.b + k));
+  for (int64_t k = dv; k < d; ++k) out[k] = xpe::ln_apply<float>(buf[k], mean, rstd, c.w[k], c.b[k]);
+}
+
+// bf16 in even/odd lanes: 32 bf16 read as 16 32-bit words give the even elements (word <<
+// 16) and the odd ones (word & 0xffff0000) with no lane shuffles, and two rounded halves
+// combine into one 64-byte store the same way (GCC's 16 x u16 <-> 16 x u32 conversions
+// split into halves and permutes). The fp32 type row, weight and bias are laid out to
+// match: per block of 32, the 16 even elements, then the 16 odd. Rows whose statistics are
+// finite (with finite weight and bias, every output is then finite or +-inf) round without
+// the NaN select; rows with NaN/inf return false and take forward_row.
+typedef uint32_t v16u __attribute__((vector_size(64)));
+
+XPE_INLINE void load_bf16_pairs(const bf16_t* p, v16& even, v16& odd) {
+  v16u u;
+  __builtin_memcpy(&u, p, sizeof(u));
+  even = (v16)(u << 16);
+  odd = (v16)(u & 0xffff0000u);
+}
+XPE_INLINE v16u round_bf16_high(v16 v) {  // xpe::float_to_bf16_bits in the high half, not NaN
+  const v16u u = (v16u)v;
+  return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+template <bool NT>
+XPE_INLINE void store_bf16_pairs(bf16_t* p, v16 even, v16 odd) {
+  const v16u w = (round_bf16_high(even) >> 16) | round_bf16_high(odd);
+  if constexpr (NT) {
+    stream_store(p, (v16)w);
+  } else {
+    __builtin_memcpy(p, &w, sizeof(w));
   }
-  const Bf16Consts c{cf, cf + g.d, cf + 2 * g.d, finite};
+}
+
+// One bf16 row: NP blocks of 32 held in registers (NP > 0, d = 32 * NP), or through buf
+// (NP = 0, any d).
+template <int NP, bool NT>
+XPE_INLINE bool forward_row_bf16(const bf16_t* src, const bf16_t* pos, RowConsts c,
+                                 bf16_t* out, float* buf, int64_t d, float eps) {
+  v16 x[NP > 0 ? 2 * NP : 1];
+  const int64_t nb = NP > 0 ? NP : d / 32, dv = 32 * nb;
+  v16 se = {}, so = {};
+#pragma GCC unroll 16
+  for (int64_t p = 0; p < nb; ++p) {
+    v16 s_even, s_odd, p_even, p_odd;
+    load_bf16_pairs(src + 32 * p, s_even, s_odd);
+    load_bf16_pairs(pos + 32 * p, p_even, p_odd);
+    const v16 e = (s_even + p_even) + vload(c.typ + 32 * p);
+    const v16 o = (s_odd + p_odd) + vload(c.typ + 32 * p + 16);
+    if constexpr (NP > 0) {
+      x[2 * p] = e;
+      x[2 * p + 1] = o;
+    } else {
+      vstore(buf + 32 * p, e);
+      vstore(buf + 32 * p + 16, o);
+    }
+    se += e;
+    so += o;
+  }
+  auto even = [&](int64_t p) { return NP > 0 ? x[2 * p] : vload(buf + 32 * p); };
+  auto odd = [&](int64_t p) { return NP > 0 ? x[2 * p + 1] : vload(buf + 32 * p + 16); };
+  float sum = hsum(se + so);
+  for (int64_t k = dv; k < d; ++k) {
+    buf[k] = xpe::embed_sum<float>(xpe::load(src, k), xpe::load(pos, k), c.typ[k]);
+    sum += buf[k];
+  }
+  const float mean = sum / float(d);
+  const v16 m = vsplat(mean);
+  v16 qe = {}, qo = {};
+#pragma GCC unroll 16
+  for (int64_t p = 0; p < nb; ++p) {
+    const v16 e = even(p) - m, o = odd(p) - m;
+    qe += e * e;
+    qo += o * o;
+  }
+  float sq = hsum(qe + qo);
+  for (int64_t k = dv; k < d; ++k) sq += (buf[k] - mean) * (buf[k] - mean);
+  const float rstd = xpe::rsqrt_acc(sq / float(d) + eps);
+  if (!(c.wb_finite && __builtin_isfinite(mean) && __builtin_isfinite(rstd))) return false;
+  const v16 r = vsplat(rstd);
+#pragma GCC unroll 16
+  for (int64_t p = 0; p < nb; ++p)
+    store_bf16_pairs<NT>(out + 32 * p,
+                         (even(p) - m) * r * vload(c.w + 32 * p) + vload(c.b + 32 * p),
+                         (odd(p) - m) * r * vload(c.w + 32 * p + 16) + vload(c.b + 32 * p + 16));
+  for (int64_t k = dv; k < d; ++k)
+    xpe::store(out, k, xpe::ln_apply<float>(buf[k], mean, rstd, c.w[k], c.b[k]));
+  return true;
+}
+
+template <bool NT>
+XPE_INLINE bool forward_row_vec(const float* src, const float* pos, RowConsts c, float* out,
+                                float* buf, int64_t d, float eps) {
+  forward_row_f32<NT>(src, pos, c, out, buf, d, eps);
+  return true;
+}
+template <bool NT>
+XPE_INLINE bool forward_row_vec(const bf16_t* src, const bf16_t* pos, RowConsts c, bf16_t* out,
+                                float* buf, int64_t d, float eps) {
+  if (d == 384) return forward_row_bf16<12, NT>(src, pos, c, out, buf, d, eps);
+  if (d == 256) return forward_row_bf16<8, NT>(src, pos, c, out, buf, d, eps);
+  return forward_row_bf16<0, NT>(src, pos, c, out, buf, d, eps);
+}
+
+template <typename T, bool NT>
+XPE_INLINE void forward_rows_vec_loop(const int64_t* ids, const T* prompt, const T* word,
+                                      const T* pos, const T* typ, const T* w, const T* b, T* out,
+                                      float* buf, RowConsts c, Geometry g, float eps,
+                                      int64_t begin, int64_t end) {
   const int64_t S = g.N + g.L;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t bi = r / S, j = r % S;
-    bf16_t* dst = out + r * g.d;
+    T* dst = out + r * g.d;
     if (r + kPrefetchRows < end) {
       const int64_t rp = r + kPrefetchRows, bp = rp / S, jp = rp % S;
       if (jp >= g.N) prefetch_row(word + ids[bp * g.L + (jp - g.N)] * g.d, g.d);
     }
+    const T* src;
     if (j < g.N) {
-      if (g.shared && bi > 0) {
-        std::memcpy(dst, out + j * g.d, sizeof(bf16_t) * g.d);
+      if (g.shared && bi > 0) {  // shared prompt rows were normalised once, in sample 0
+        std::memcpy(dst, out + j * g.d, sizeof(T) * g.d);
         continue;
       }
-      forward_row_bf16(prompt + xpe::prompt_row(bi, j, g.N, g.shared) * g.d,
-                       pos + (g.offset + j) * g.d, typ, w, b, c, dst, buf, g.d, eps);
+      src = prompt + xpe::prompt_row(bi, j, g.N, g.shared) * g.d;
     } else {
-      forward_row_bf16(word + ids[bi * g.L + (j - g.N)] * g.d, pos + (g.offset + j) * g.d, typ,
-                       w, b, c, dst, buf, g.d, eps);
+      src = word + ids[bi * g.L + (j - g.N)] * g.d;
     }
+    const T* pos_j = pos + (g.offset + j) * g.d;
+    if (!forward_row_vec<NT>(src, pos_j, c, dst, buf, g.d, eps))
+      forward_row<T>(src, pos_j, typ, w, b, dst, buf, g.d, eps);  // NaN/inf (bf16)
   }
+  if (NT) __builtin_ia32_sfence();  // streamed rows visible before the op returns
+}
+
+// float and bf16: `buf` holds 4 * d floats (the row, then the fp32 type row, weight, bias).
+template <typename T>
+XPE_INLINE void forward_rows_vec(const int64_t* ids, const T* prompt, const T* word, const T* pos,
+                                 const T* typ, const T* w, const T* b, T* out, float* buf,
+                                 Geometry g, float eps, int64_t begin, int64_t end) {
+  float* cf = buf + g.d;
+  bool finite = true;
+  const int64_t dv = sizeof(T) == 2 ? g.d - g.d % 32 : 0;  // bf16: even/odd layout below dv
+  for (int64_t k = 0; k < g.d; ++k) {
+    const int64_t at = k < dv ? (k & ~int64_t(31)) + (k & 1) * 16 + ((k & 31) >> 1) : k;
+    cf[at] = xpe::load(typ, k);
+    cf[g.d + at] = xpe::load(w, k);
+    cf[2 * g.d + at] = xpe::load(b, k);
+    finite &= __builtin_isfinite(cf[g.d + at]) && __builtin_isfinite(cf[2 * g.d + at]);
+  }
+  const RowConsts c{cf, cf + g.d, cf + 2 * g.d, finite};
+  // Streaming needs whole 64-byte lines per row (and a 64-byte aligned output).
+  const bool stream = g.B * (g.N + g.L) * g.d * int64_t(sizeof(T)) > kStreamBytes &&
+                      (g.d * int64_t(sizeof(T))) % 64 == 0 &&
+                      reinterpret_cast<uintptr_t>(out) % 64 == 0;
+  if (stream)
+    forward_rows_vec_loop<T, true>(ids, prompt, word, pos, typ, w, b, out, buf, c, g, eps, begin,
+                                   end);
+  else
+    forward_rows_vec_loop<T, false>(ids, prompt, word, pos, typ, w, b, out, buf, c, g, eps,
+                                    begin, end);
 }
 
 XPE_MULTIVERSION(forward_rows_f32, (const int64_t* ids, const float* p, const float* wd, const float* ps, const float* t, const float* w, const float* b, float* o, float* buf, Geometry g, float eps, int64_t s, int64_t e),
-                 (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows<float>)
+                 (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows_vec<float>)
 XPE_MULTIVERSION(forward_rows_f64, (const int64_t* ids, const double* p, const double* wd, const double* ps, const double* t, const double* w, const double* b, double* o, double* buf, Geometry g, double eps, int64_t s, int64_t e),
                  (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows<double>)
 XPE_MULTIVERSION(forward_rows_bf16, (const int64_t* ids, const bf16_t* p, const bf16_t* wd, const bf16_t* ps, const bf16_t* t, const bf16_t* w, const bf16_t* b, bf16_t* o, float* buf, Geometry g, float eps, int64_t s, int64_t e),
-                 (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows_bf16_impl)
+                 (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows_vec<bf16_t>)
 
 // Gradient of prompt rows [begin, end) (rows of `grad_prompt`, which has B*N or N rows).
 // For a shared prompt, slots [begin, end) of one sample are contiguous in grad_out, so the
@@ -314,7 +465,7 @@ at::Tensor assemble_embeddings_forward(const at::Tensor& input_ids_, const at::T
                        ptr<double>(a.type), ptr<double>(a.ln_w), ptr<double>(a.ln_b),
                        mptr<double>(out), buf.data(), g, eps, begin, end);
     } else if (st == at::kFloat) {
-      std::vector<float> buf(a.d);
+      std::vector<float> buf(4 * a.d);  // the row, then fp32 copies of type, weight, bias
       forward_rows_f32(ids, ptr<float>(a.prompt), ptr<float>(a.word), ptr<float>(a.pos),
                        ptr<float>(a.type), ptr<float>(a.ln_w), ptr<float>(a.ln_b),
                        mptr<float>(out), buf.data(), g, static_cast<float>(eps), begin, end);
