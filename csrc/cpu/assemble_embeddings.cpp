@@ -140,9 +140,10 @@ XPE_HD void forward_rows(const int64_t* ids, const T* prompt, const T* word, con
 // by its loads and stores (a 512-bit store takes two cycles), not by memory: ~53 ns at
 // d = 384 fp32 with one hot word row. Here the type row, weight and bias are converted to
 // fp32 once per chunk, and at d = 256 and 384 the row stays in registers between passes.
-// Warm forward at d = 384, 1 thread: fp32 0.42 -> 0.31 ms, bf16 0.48 -> 0.32 ms
-// (microbench.py). fp32 rows add their statistics in the order of row_sum / row_sq_dev, so
-// they give forward_row's bits.
+// Warm forward at d = 384, 1 thread: bf16 0.46-0.48 -> 0.34 ms (microbench.py); fp32
+// 0.42 -> 0.31 ms in a warm loop of the op before the streaming stores below (which cost
+// such a loop its cached output: microbench.py's warm fp32 row is 0.40 ms). fp32 rows add
+// their statistics in the order of row_sum / row_sq_dev, so they give forward_row's bits.
 //
 // Outputs larger than kStreamBytes are written with non-temporal stores: the 7-19 MB of a
 // batch do not stay in this machine's caches anyway, and a normal store first reads the
