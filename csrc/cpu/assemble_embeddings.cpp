@@ -107,10 +107,14 @@ XPE_HD void prefetch_row(const T* p, int64_t d) {
     __builtin_prefetch(c + off, 0, 3);
 }
 
-template <typename T, typename A = typename xpe::acc_of<T>::type>
-XPE_HD void forward_rows(const int64_t* ids, const T* prompt, const T* word, const T* pos,
-                         const T* typ, const T* w, const T* b, T* out, A* buf, Geometry g,
-                         A eps, int64_t begin, int64_t end) {
+// The row loop of the forward: for each output row r in [begin, end), prefetches the word
+// row kPrefetchRows ahead, copies a shared prompt row already normalised in sample 0, or
+// calls row(src, pos_row, dst). The row lambdas must be always_inline: a lambda's body is
+// its own function, compiled for the baseline ISA unless inlined into the
+// XPE_MULTIVERSION variant (3x slower at d = 384).
+template <typename T, typename RowFn>
+XPE_INLINE void for_each_row(const int64_t* ids, const T* prompt, const T* word, const T* pos,
+                             T* out, Geometry g, int64_t begin, int64_t end, RowFn row) {
   const int64_t S = g.N + g.L;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t bi = r / S, j = r % S;
@@ -119,19 +123,28 @@ XPE_HD void forward_rows(const int64_t* ids, const T* prompt, const T* word, con
       const int64_t rp = r + kPrefetchRows, bp = rp / S, jp = rp % S;
       if (jp >= g.N) prefetch_row(word + ids[bp * g.L + (jp - g.N)] * g.d, g.d);
     }
+    const T* src;
     if (j < g.N) {
-      if (g.shared && bi > 0) {
-        // Shared prompt rows were normalised once, in sample 0.
+      if (g.shared && bi > 0) {  // shared prompt rows were normalised once, in sample 0
         std::memcpy(dst, out + j * g.d, sizeof(T) * g.d);
         continue;
       }
-      forward_row<T>(prompt + xpe::prompt_row(bi, j, g.N, g.shared) * g.d,
-                     pos + (g.offset + j) * g.d, typ, w, b, dst, buf, g.d, eps);
+      src = prompt + xpe::prompt_row(bi, j, g.N, g.shared) * g.d;
     } else {
-      forward_row<T>(word + ids[bi * g.L + (j - g.N)] * g.d, pos + (g.offset + j) * g.d, typ, w, b,
-                     dst, buf, g.d, eps);
+      src = word + ids[bi * g.L + (j - g.N)] * g.d;
     }
+    row(src, pos + (g.offset + j) * g.d, dst);
   }
+}
+
+template <typename T, typename A = typename xpe::acc_of<T>::type>
+XPE_INLINE void forward_rows(const int64_t* ids, const T* prompt, const T* word, const T* pos,
+                             const T* typ, const T* w, const T* b, T* out, A* buf, Geometry g,
+                             A eps, int64_t begin, int64_t end) {
+  for_each_row(ids, prompt, word, pos, out, g, begin, end,
+               [&](const T* src, const T* pos_j, T* dst) __attribute__((always_inline)) {
+                 forward_row<T>(src, pos_j, typ, w, b, dst, buf, g.d, eps);
+               });
 }
 
 // float and bf16 rows, vectorised by hand. The generic forward_row above keeps the row in a
@@ -318,28 +331,11 @@ XPE_INLINE void forward_rows_vec_loop(const int64_t* ids, const T* prompt, const
                                       const T* pos, const T* typ, const T* w, const T* b, T* out,
                                       float* buf, RowConsts c, Geometry g, float eps,
                                       int64_t begin, int64_t end) {
-  const int64_t S = g.N + g.L;
-  for (int64_t r = begin; r < end; ++r) {
-    const int64_t bi = r / S, j = r % S;
-    T* dst = out + r * g.d;
-    if (r + kPrefetchRows < end) {
-      const int64_t rp = r + kPrefetchRows, bp = rp / S, jp = rp % S;
-      if (jp >= g.N) prefetch_row(word + ids[bp * g.L + (jp - g.N)] * g.d, g.d);
-    }
-    const T* src;
-    if (j < g.N) {
-      if (g.shared && bi > 0) {  // shared prompt rows were normalised once, in sample 0
-        std::memcpy(dst, out + j * g.d, sizeof(T) * g.d);
-        continue;
-      }
-      src = prompt + xpe::prompt_row(bi, j, g.N, g.shared) * g.d;
-    } else {
-      src = word + ids[bi * g.L + (j - g.N)] * g.d;
-    }
-    const T* pos_j = pos + (g.offset + j) * g.d;
-    if (!forward_row_vec<NT>(src, pos_j, c, dst, buf, g.d, eps))
-      forward_row<T>(src, pos_j, typ, w, b, dst, buf, g.d, eps);  // NaN/inf (bf16)
-  }
+  for_each_row(ids, prompt, word, pos, out, g, begin, end,
+               [&](const T* src, const T* pos_j, T* dst) __attribute__((always_inline)) {
+                 if (!forward_row_vec<NT>(src, pos_j, c, dst, buf, g.d, eps))
+                   forward_row<T>(src, pos_j, typ, w, b, dst, buf, g.d, eps);  // NaN/inf (bf16)
+               });
   if (NT) __builtin_ia32_sfence();  // streamed rows visible before the op returns
 }
 
