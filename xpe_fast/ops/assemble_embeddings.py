@@ -73,13 +73,17 @@ def _setup_context(ctx, inputs, output):
     ctx.eps, ctx.offset, ctx.seq_len, ctx.backend = eps, offset, input_ids.shape[1], backend
 
 
-def _backward(ctx, grad_out):
+def _backward_with(kernel, ctx, grad_out):
     prompt, pos, typ, ln_w = ctx.saved_tensors
     grad_prompt = None
     if ctx.needs_input_grad[1]:
-        grad_prompt = _assemble_backward_op(grad_out.contiguous(), prompt, pos, typ, ln_w,
-                                            ctx.eps, ctx.offset, ctx.seq_len, ctx.backend)
+        grad_prompt = kernel(grad_out.contiguous(), prompt, pos, typ, ln_w, ctx.eps, ctx.offset,
+                             ctx.seq_len)
     return None, grad_prompt, None, None, None, None, None, None, None, None
+
+
+def _backward(ctx, grad_out):  # the custom op's (what torch.compile traces)
+    return _backward_with(lambda *a: _assemble_backward_op(*a, ctx.backend), ctx, grad_out)
 
 
 _assemble_op.register_autograd(_backward, setup_context=_setup_context)
@@ -99,12 +103,7 @@ class _AssembleFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         # The backend's kernel directly: the custom op's dispatch costs ~12 us a call.
-        prompt, pos, typ, ln_w = ctx.saved_tensors
-        grad_prompt = None
-        if ctx.needs_input_grad[1]:
-            grad_prompt = _backward_impl(ctx.backend)(grad_out.contiguous(), prompt, pos, typ,
-                                                      ln_w, ctx.eps, ctx.offset, ctx.seq_len)
-        return None, grad_prompt, None, None, None, None, None, None, None, None
+        return _backward_with(_backward_impl(ctx.backend), ctx, grad_out)
 
 
 def assemble_embeddings(input_ids: torch.Tensor, prompt: torch.Tensor,
