@@ -107,7 +107,9 @@ def save_adapter(model: PromptedEncoderForSequenceClassification, folder, backbo
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        tensors["static_prompt"] = model.prompt().float()
+        # A copy: with one prompt part (SPT) the prompt is the Parameter itself, and
+        # safetensors refuses two names for one storage.
+        tensors["static_prompt"] = model.prompt().detach().float().clone()
     model.train(was_training)
     cfg = adapter_config(model, backbone_name, labels)
     if extra:

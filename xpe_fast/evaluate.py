@@ -22,12 +22,15 @@ from .languages import GROUP_TITLES, TARGET_GROUPS, groups, resolve_languages
 
 
 def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX-512 bf16: without them bf16 matmuls on the CPU are slower than fp32."""
+    """AMX or AVX-512 bf16, with oneDNN able to use them: without, bf16 matmuls on the CPU
+    are emulated and slower than fp32."""
+    from .frozen_linear import onednn_bf16_available
+
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return ("amx_bf16" in flags or "avx512_bf16" in flags) and onednn_bf16_available()
 
 
 def resolve_precision(precision: str) -> str:

@@ -13,10 +13,12 @@ rounding.
 
 `prepare_frozen_linears(module)` turns every nn.Linear of a frozen module into a
 FrozenLinear in place (same class for isinstance, same parameters and state_dict keys);
-anything it cannot serve (float64, CUDA, weights that require grad, no oneDNN) falls back to
-nn.Linear's own forward.
+anything it cannot serve (float64, CUDA, weights that require grad, no oneDNN, bf16 where
+oneDNN has no bf16 kernels) falls back to nn.Linear's own forward.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,19 @@ from .module_swap import swap_classes
 def onednn_available() -> bool:
     return (torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_bf16_available() -> bool:
+    """Whether oneDNN can build bf16 GEMMs on this CPU: it needs AVX-512 (or AMX); on AVX2-only
+    CPUs, or with oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2, its bf16 inner product fails."""
+    if not onednn_available():
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
@@ -87,6 +102,8 @@ class FrozenLinear(nn.Linear):
         if torch.is_autocast_enabled("cpu") and \
                 torch.get_autocast_dtype("cpu") == torch.bfloat16 and \
                 x.dtype in (torch.float32, torch.bfloat16):
+            if not onednn_bf16_available():
+                return None  # torch's own autocast linear works on every CPU
             w, b = self._bf16_weights()
             x = x.to(torch.bfloat16)
         elif x.dtype != torch.float32 or w.dtype != torch.float32:
