@@ -108,3 +108,21 @@ def test_evaluating_first_then_training_works():
         y = fast(xg)
     y.float().sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_bf16_falls_back_to_torch_where_onednn_has_no_bf16(monkeypatch):
+    # AVX2-only CPUs: oneDNN cannot build bf16 inner products there (test_avx2_machine.py
+    # runs the real thing with oneDNN capped); nn.Linear's autocast path serves instead.
+    import xpe_fast.frozen_linear as fl
+
+    monkeypatch.setattr(fl, "onednn_bf16_available", lambda: False)
+    ref, fast = pair(40, 24)
+    x = torch.randn(3, 5, 40, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast._operands(x) is None
+        y_ref, y = ref(x), fast(x)
+        y_gelu = fast.forward_gelu(x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(y_gelu, torch.nn.functional.gelu(y_ref), rtol=0, atol=0)
+    (gx,) = torch.autograd.grad(y.float().sum(), x)
+    assert gx.shape == x.shape

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_rounding import to_output
+
 
 @triton.jit
 def _centered(src, pos_row_ptr, type_ptr, cols, mask, D, eps):
@@ -45,7 +47,7 @@ def _assemble_fwd_kernel(ids_ptr, prompt_ptr, word_ptr, pos_ptr, type_ptr, w_ptr
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     y = xc * rstd * w + b
-    tl.store(out_ptr + r * D + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + r * D + cols, to_output(y, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -71,7 +73,7 @@ def _assemble_bwd_kernel(gout_ptr, prompt_ptr, pos_ptr, type_ptr, w_ptr, gprompt
     mean_gw = tl.sum(gw, axis=0) / D
     mean_gwx = tl.sum(gw * xhat, axis=0) / D
     dx = rstd * (gw - mean_gw - xhat * mean_gwx)
-    tl.store(gprompt_ptr + r * D + cols, dx.to(gprompt_ptr.dtype.element_ty), mask=mask)
+    tl.store(gprompt_ptr + r * D + cols, to_output(dx, gprompt_ptr.dtype.element_ty), mask=mask)
 
 
 def _c(t):

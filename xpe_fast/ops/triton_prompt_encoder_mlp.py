@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_rounding import to_output
+
 EPI_NONE, EPI_RELU_MASK, EPI_RELU_GRAD = 0, 1, 2
 
 
@@ -47,7 +49,7 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, m_ptr, h_ptr, M, N, K,
         if HAS_MASK:
             acc = acc * tl.load(m_ptr + offs, mask=cmask, other=0.0).to(tl.float32)
         acc = tl.where(h > 0, acc, 0.0)
-    tl.store(c_ptr + offs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
+    tl.store(c_ptr + offs, to_output(acc, c_ptr.dtype.element_ty), mask=cmask)
 
 
 @triton.jit
@@ -59,7 +61,7 @@ def _colsum_kernel(g_ptr, out_ptr, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.cons
         g = tl.load(g_ptr + rm[:, None] * N + rn[None, :],
                     mask=(rm[:, None] < M) & (rn[None, :] < N), other=0.0).to(tl.float32)
         acc += tl.sum(g, axis=0)
-    tl.store(out_ptr + rn, acc.to(out_ptr.dtype.element_ty), mask=rn < N)
+    tl.store(out_ptr + rn, to_output(acc, out_ptr.dtype.element_ty), mask=rn < N)
 
 
 _BM, _BN, _BK = 32, 64, 64
