@@ -34,7 +34,7 @@ def timed(f, rounds=7):
 
 
 def measure() -> dict:
-    from xpe_fast.evaluate import cpu_has_fast_bf16
+    from xpe_fast.device import cpu_has_fast_bf16
     from xpe_fast.frozen_linear import onednn_available
 
     out = {"cpu": cpu_name(), "torch": torch.__version__, "fast_bf16": cpu_has_fast_bf16(),

@@ -6,13 +6,14 @@
 - Zero-shot evaluation throughput over the test sentences of 12 languages of mixed lengths and
   scripts: xpe_fast's evaluation path against PEFT with the same batch size on batches padded
   to their longest. Target: >= 2x PEFT's sentences/s.
+Targets are recorded as met or missed (benchmarks/conftest.py), not asserted.
 """
 import random
 
 import pytest
 import torch
 
-from conftest import interleaved, ratio_info, require_shared
+from conftest import interleaved, ratio_info, record_targets, require_shared
 
 EVAL_LANGS = ["eng_Latn", "zho_Hans", "arb_Arab", "hin_Deva", "amh_Ethi", "dzo_Tibt",
               "mya_Mymr", "yor_Latn", "rus_Cyrl", "jpn_Jpan", "tam_Taml", "kor_Hang"]
@@ -69,7 +70,7 @@ def step_flops(model, ids):
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_step(benchmark, setup, precision, threads):
-    from xpe_fast.evaluate import autocast, cpu_has_fast_bf16
+    from xpe_fast.device import autocast, cpu_has_fast_bf16
 
     if precision == "bf16" and not cpu_has_fast_bf16():
         pytest.skip("this CPU has neither AMX nor AVX-512 bf16: bf16 matmuls run emulated, "
@@ -106,13 +107,15 @@ def test_training_step(benchmark, setup, precision, threads):
         "step_gflop": flops / 1e9,
         "achieved_gflops_xpe_fast": flops / stats["xpe_fast"]["median"] / 1e9})
     benchmark.pedantic(step_ours, rounds=2, iterations=1)
-    assert info["speedup_vs_peft"] >= 1.5, f"{info['speedup_vs_peft']:.2f}x PEFT's step rate"
+    record_targets(benchmark, {"peft": (info["speedup_vs_peft"], 1.5)},
+                   f"training step {precision} {threads} thread(s)")
 
 
 @pytest.mark.parametrize("threads", [2], indirect=True)
 def test_evaluation_throughput(benchmark, setup, threads):
     from xpe_fast.data import collate, concat, encode
-    from xpe_fast.evaluate import evaluate_encoded, resolve_precision
+    from xpe_fast.device import resolve_precision
+    from xpe_fast.evaluate import evaluate_encoded
 
     s = setup
     enc = concat([encode(s["tok"], s["data"].split(l, "test")[:PER_LANG], 164, l)
@@ -130,7 +133,7 @@ def test_evaluation_throughput(benchmark, setup, threads):
     def eval_peft():
         for i in range(0, len(enc.ids), bs):  # dataset order, padded to the batch's longest
             ids, mask, _ = collate(enc.ids[i:i + bs], enc.labels[i:i + bs], s["pad"], multiple=1)
-            from xpe_fast.evaluate import autocast
+            from xpe_fast.device import autocast
             with autocast(precision, dev):
                 pm(input_ids=ids, attention_mask=mask).logits.argmax(-1)
 
@@ -142,4 +145,5 @@ def test_evaluation_throughput(benchmark, setup, threads):
                                  "sentences_per_s_xpe_fast": n / stats["xpe_fast"]["median"],
                                  "sentences_per_s_peft": n / stats["peft"]["median"]})
     benchmark.pedantic(eval_ours, rounds=1, iterations=1)
-    assert info["speedup_vs_peft"] >= 2.0, f"{info['speedup_vs_peft']:.2f}x PEFT's throughput"
+    record_targets(benchmark, {"peft": (info["speedup_vs_peft"], 2.0)},
+                   f"evaluation {precision} {threads} thread(s)")
