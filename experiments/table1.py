@@ -1,0 +1,194 @@
+"""The paper's Table 1 at CPU scale, on the embedded backbone (multilingual-e5-small).
+
+    python experiments/table1.py curves     # learning curves that chose the schedule
+    python experiments/table1.py run        # the grid; runs already in results/ are skipped
+    python experiments/table1.py report     # RESULTS.md and its plots, from results/ alone
+    python experiments/table1.py status     # what is done, what is left
+
+`run` and `curves` call `python -m xpe_fast.train` once per (source, method, seed) into
+runs/table1/ (or runs/curves/), and copy each finished run's small result file (group means,
+per-language accuracies, configuration, the command, machine, wall time) into results/,
+which is committed; `report` reads nothing else. Each may be interrupted and restarted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+RUNS = REPO / "runs"
+
+# The schedule, chosen from the learning curves (RESULTS.md says why).
+SCHEDULE = ["--steps", "500", "--eval-every", "50", "--schedule", "cosine", "--warmup", "0.1",
+            "--lr-prompt", "5e-3", "--lr", "1e-2", "--batch-size", "32", "--patience", "20",
+            "--max-length", "164", "--precision", "auto"]
+THREADS = ["--threads", "1"]
+
+# (source, methods, seeds, targets)
+PLAN = [
+    ("joshi5", ["spt", "xpe", "dual-0.3", "dual-0.7"], [0, 1, 2, 3, 4], "all-wo-joshi5"),
+    ("enarzho", ["spt", "xpe"], [0, 1, 2], "all-wo-joshi5"),
+    ("seen-92", ["spt", "xpe"], [0, 1, 2], "unseen"),
+]
+
+# Learning curves: constant learning rate (no decay that would flatten any curve by itself),
+# 1,000 steps, source dev accuracy and loss every 50 steps.
+CURVE_STEPS = ["--steps", "1000", "--eval-every", "50", "--schedule", "constant",
+               "--patience", "100000", "--targets", "yor_Latn"]
+CURVES = {"spt": ["--method", "spt"], "xpe": ["--method", "xpe"],
+          "spt-lr3e-2": ["--method", "spt", "--lr-prompt", "3e-2"],
+          "xpe-lr3e-2": ["--method", "xpe", "--lr-prompt", "3e-2"]}
+
+
+def method_args(tag: str) -> list[str]:
+    if tag.startswith("dual-"):
+        return ["--method", "dual", "--encoder-ratio", tag[5:]]
+    return ["--method", tag]
+
+
+def machine() -> dict:
+    import torch
+
+    flags = ""
+    model = platform.processor()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(l.split(":", 1)[1].strip() for l in info.splitlines()
+                     if l.startswith("model name"))
+        flags = next(l.split(":", 1)[1] for l in info.splitlines() if l.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f} " in f" {flags} "]
+    return {"cpu": model, "cpu_count": os.cpu_count(), "isa": isa, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def commit() -> str:
+    r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "xpe_fast", "csrc"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return r.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def train(args: list[str], out: Path) -> int:
+    """One `python -m xpe_fast.train` run into `out` (continued if it was interrupted)."""
+    cmd = [sys.executable, "-m", "xpe_fast.train", *args, "--output-dir", str(out),
+           "--no-progress"]
+    if (out / "run_config.json").is_file():
+        cmd.append("--resume")
+    print("+", " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{out.name}.log", "a") as log:
+        return subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def export(out: Path, dest: Path, meta: dict) -> None:
+    """The small result file of a finished run: what `report` needs, and how to redo it."""
+    seed_dir = next(out.glob("seed-*"))
+    res = json.loads((seed_dir / "results.json").read_text()) \
+        if (seed_dir / "results.json").is_file() else {}
+    phase = json.loads((seed_dir / "source_done.json").read_text())
+    summary = json.loads((out / "summary.json").read_text()) \
+        if (out / "summary.json").is_file() else {}
+    cfg = json.loads((out / "run_config.json").read_text())
+    atomic_json(dest, {
+        **meta, "config": cfg, "machine": machine(), "commit": commit(),
+        "precision": cfg["precision"],
+        "groups": {g: r["mean"] for g, r in summary.get("groups", {}).get("zero_shot", {}).items()},
+        "per_language": res.get("zero_shot", {}),
+        "source_dev_accuracy": phase["best_acc"], "best_step": phase["best_step"],
+        "history": phase["history"], "train_seconds": phase.get("train_seconds"),
+        "eval_seconds": res.get("eval_seconds"),
+        "wall_seconds_total": summary.get("wall_seconds_total"),
+    })
+
+
+def plan_runs():
+    for source, methods, seeds, targets in PLAN:
+        for seed in seeds:  # seed-major: a partial grid holds every method equally often
+            for tag in methods:
+                yield source, tag, seed, targets
+
+
+def result_path(source: str, tag: str, seed: int) -> Path:
+    return RESULTS / "table1" / source / tag / f"seed-{seed}.json"
+
+
+def cmd_run(_args) -> int:
+    failed = 0
+    for source, tag, seed, targets in plan_runs():
+        dest = result_path(source, tag, seed)
+        if dest.is_file():
+            continue
+        out = RUNS / "table1" / source / f"{tag}-seed{seed}"
+        args = [*method_args(tag), "--source", source, "--targets", targets, "--seeds",
+                str(seed), *SCHEDULE, *THREADS]
+        if train(args, out) != 0:
+            print(f"! {source} {tag} seed {seed} failed; see {out}.log", flush=True)
+            failed += 1
+            continue
+        export(out, dest, {"source": source, "method": tag, "seed": seed, "targets": targets,
+                           "command": "python -m xpe_fast.train " + " ".join(args)
+                           + " --output-dir OUT"})
+        print(f"= {dest.relative_to(REPO)}", flush=True)
+    return 1 if failed else 0
+
+
+def cmd_curves(_args) -> int:
+    for name, extra in CURVES.items():
+        dest = RESULTS / "curves" / f"{name}.json"
+        if dest.is_file():
+            continue
+        out = RUNS / "curves" / name
+        args = [*extra, "--source", "joshi5", "--seeds", "0", *CURVE_STEPS, *THREADS]
+        if train(args, out) != 0 and not (out / "seed-0" / "source_done.json").is_file():
+            print(f"! curve {name} failed", flush=True)
+            return 1
+        export(out, dest, {"curve": name, "command": "python -m xpe_fast.train "
+                           + " ".join(args) + " --output-dir OUT"})
+    return 0
+
+
+def cmd_status(_args) -> int:
+    done = [r for r in plan_runs() if result_path(*r[:3]).is_file()]
+    todo = [r for r in plan_runs() if not result_path(*r[:3]).is_file()]
+    print(f"{len(done)} of {len(done) + len(todo)} runs in results/table1/")
+    for source, tag, seed, _ in todo:
+        print(f"  to do: {source} {tag} seed {seed}")
+    return 0
+
+
+def cmd_report(_args) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from table1_report import write_report
+
+    write_report(RESULTS, REPO / "RESULTS.md", PLAN, SCHEDULE, CURVES)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "curves", "report", "status"):
+        sub.add_parser(name)
+    args = ap.parse_args(argv)
+    return {"run": cmd_run, "curves": cmd_curves, "report": cmd_report,
+            "status": cmd_status}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
