@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _extension
+from . import _extension, cpu_paths
 from .module_swap import swap_classes
 
 ATTN_IMPLEMENTATION = "xpe_fast_sdpa"
@@ -29,7 +29,8 @@ ATTN_IMPLEMENTATION = "xpe_fast_sdpa"
 
 def available(x: torch.Tensor) -> bool:
     return _extension._C is not None and x.device.type == "cpu" and \
-        x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+        x.dtype in (torch.float32, torch.float64, torch.bfloat16) and \
+        cpu_paths.use_dropout_kernel()
 
 
 class _DropoutFunction(torch.autograd.Function):

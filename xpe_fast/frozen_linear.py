@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_paths
 from .module_swap import swap_classes
 
 
@@ -107,6 +108,8 @@ class FrozenLinear(nn.Linear):
             w, b = self._bf16_weights()
             x = x.to(torch.bfloat16)
         elif x.dtype != torch.float32 or w.dtype != torch.float32:
+            return None
+        if not cpu_paths.use_onednn_linear(x.dtype):
             return None
         return x.contiguous(), w, b
 

@@ -11,7 +11,7 @@ Each runs on a backend: "reference" (eager PyTorch), "cpu" (C++ kernels), "trito
 """
 from ._backend import BACKENDS, available_backends, resolve_backend
 from .assemble_embeddings import assemble_embeddings
-from .packed_attention import kernel_applies as packed_attention_applies
+from .packed_attention import kernel_preferred as packed_attention_applies
 from .packed_attention import packed_attention
 from .prompt_encoder_mlp import prompt_encoder_mlp
 from .residual_layer_norm import residual_layer_norm

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from .. import _extension
+from .. import _extension, cpu_paths
 from ..reference import packed_attention_reference
 from ._backend import profiled
 
 
 def kernel_applies(qkv: torch.Tensor, num_heads: int) -> bool:
-    """Whether the C++ kernel serves these inputs (else the eager reference runs)."""
+    """Whether the C++ kernel can serve these inputs (backend="cpu")."""
     if _extension._C is None or qkv.device.type != "cpu" or qkv.dim() != 3 or \
             qkv.dtype not in (torch.float32, torch.bfloat16) or num_heads <= 0 or \
             qkv.shape[-1] % (3 * num_heads):
@@ -27,10 +27,16 @@ def kernel_applies(qkv: torch.Tensor, num_heads: int) -> bool:
     return bool(_extension._C.packed_attention_supports_head_size(qkv.shape[-1] // (3 * num_heads)))
 
 
+def kernel_preferred(qkv: torch.Tensor, num_heads: int) -> bool:
+    """Whether backend=None runs the kernel: it can, and it is the faster path at this CPU's
+    ISA level (cpu_paths.py); else callers take their plain attention."""
+    return cpu_paths.use_packed_attention() and kernel_applies(qkv, num_heads)
+
+
 def packed_attention(qkv: torch.Tensor, key_mask: torch.Tensor | None, num_heads: int,
                      scale: float, backend: str | None = None) -> torch.Tensor:
     """Context [B, S, H * hd] of softmax(q k^T * scale + key_mask) v; see the module doc.
-    backend: None (the kernel where it applies) or "reference"."""
+    backend: None (the kernel where it is preferred), "cpu" (the kernel) or "reference"."""
     if qkv.dim() != 3 or num_heads <= 0 or qkv.shape[-1] % (3 * num_heads):
         raise ValueError(f"qkv must be [B, S, 3 * num_heads * head_size] with num_heads = "
                          f"{num_heads}, got {tuple(qkv.shape)}")
@@ -39,7 +45,8 @@ def packed_attention(qkv: torch.Tensor, key_mask: torch.Tensor | None, num_heads
                          f"{tuple(key_mask.shape)}")
     if backend not in (None, "reference", "cpu"):
         raise ValueError(f"packed_attention runs on 'cpu' or 'reference', not {backend!r}")
-    if backend != "reference" and kernel_applies(qkv, num_heads):
+    use = kernel_applies if backend == "cpu" else kernel_preferred
+    if backend != "reference" and use(qkv, num_heads):
         if key_mask is not None:
             key_mask = key_mask.float()
         return profiled("xpe_fast::packed_attention", _extension._C.packed_attention_forward, qkv,

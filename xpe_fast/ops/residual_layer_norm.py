@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _extension
+from .. import _extension, cpu_paths
 from ..reference import residual_layer_norm_reference
 from ._backend import profiled
 
@@ -38,6 +38,7 @@ def residual_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.T
     if backend not in (None, "reference", "cpu"):
         raise ValueError(f"residual_layer_norm runs on 'cpu' or 'reference', not {backend!r}")
     if backend != "reference" and kernel_applies(x, residual) and \
+            (backend == "cpu" or cpu_paths.use_residual_layer_norm()) and \
             not (torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad)):
         return profiled("xpe_fast::residual_layer_norm",
                         _extension._C.residual_layer_norm_forward, x, residual, weight, bias,

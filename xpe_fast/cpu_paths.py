@@ -1,0 +1,39 @@
+"""Which CPU fast paths run on this machine, in one place.
+
+Each fast path replaces a plain PyTorch path; it runs only at the ISA levels where
+`benchmarks/isa_paths.py` measured it at least as fast as the plain one (BENCHMARKS.md, one
+table per level). The level is the C++ kernels' (csrc/cpu/clones.h: 3 AVX-512 + AVX512-BF16,
+2 AVX-512, 1 AVX2, 0 baseline; XPE_FAST_CPU_ISA lowers it), read once per process.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from . import _extension
+
+
+@functools.lru_cache(maxsize=None)
+def isa_level() -> int:
+    """The C++ kernels' ISA level, or -1 without the extension."""
+    return int(_extension._C.cpu_isa_level()) if _extension._C is not None else -1
+
+
+def use_packed_attention() -> bool:
+    # Its 16-float vectors compile to one register per vector only with AVX-512; on AVX2 and
+    # below GCC splits the compares and selects into scalar code, 5-30x slower than the plain
+    # matmul + softmax.
+    return isa_level() >= 2
+
+
+def use_residual_layer_norm() -> bool:
+    return isa_level() >= 2
+
+
+def use_onednn_linear(dtype: torch.dtype) -> bool:
+    return True
+
+
+def use_dropout_kernel() -> bool:
+    return isa_level() >= 0
