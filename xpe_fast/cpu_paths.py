@@ -28,11 +28,15 @@ def use_packed_attention() -> bool:
 
 
 def use_residual_layer_norm() -> bool:
-    return isa_level() >= 2
+    # Faster than eager's add + LayerNorm (+ cast) with AVX-512 and, oddly, in the SSE
+    # baseline build, but not in the AVX2 build (the same GCC vector code compiles worse).
+    return isa_level() != 1
 
 
 def use_onednn_linear(dtype: torch.dtype) -> bool:
-    return True
+    # oneDNN's AVX-512 and AVX2 GEMMs beat torch's (MKL's AVX2 code on AMD); below AVX2
+    # MKL's SSE code is the faster.
+    return isa_level() >= 1
 
 
 def use_dropout_kernel() -> bool:
