@@ -29,7 +29,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("prompt_encoder_mlp_autograd", &xpe_cpu::prompt_encoder_mlp_autograd, py::arg("x"),
         py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"), py::arg("w3"), py::arg("b3"),
         py::arg("mask1") = py::none(), py::arg("mask2") = py::none());
-  m.def("dropout_apply", &xpe_cpu::dropout_apply, py::arg("x"), py::arg("p"), py::arg("seed"));
+  m.def("dropout_apply", &xpe_cpu::dropout_apply, py::arg("x"), py::arg("p"), py::arg("seed"),
+        py::arg("offset") = 0);
   m.def("packed_attention_forward", &xpe_cpu::packed_attention_forward, py::arg("qkv"),
         py::arg("key_mask") = py::none(), py::arg("num_heads"), py::arg("scale"));
   m.def("packed_attention_supports_head_size", &xpe_cpu::packed_attention_supports_head_size,

@@ -350,7 +350,9 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     _check_range(cfg)
     _resolve_method(cfg, given)
     _check_prompt_split(cfg)
-    if cfg.output_dir is None:
+    from .distributed import launched_by_torchrun
+
+    if cfg.output_dir is None and not launched_by_torchrun():  # ranks need one name: given
         src = str(cfg.source).replace(",", "+")[:40]
         name = "grid" if cfg.methods else cfg.method
         cfg.output_dir = str(Path("runs") / f"{name}-{src}-{datetime.now():%Y%m%d-%H%M%S}")

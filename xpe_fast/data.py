@@ -189,8 +189,11 @@ def _pad_to(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
-def collate(ids: list[list[int]], labels: list[int], pad_id: int, multiple: int = 4):
-    L = _pad_to(max(len(s) for s in ids), multiple)
+def collate(ids: list[list[int]], labels: list[int], pad_id: int, multiple: int = 4,
+            length: int | None = None):
+    """Padded ids, attention mask and labels; `length`: pad to this length (at least the
+    longest sequence's, rounded up to `multiple`)."""
+    L = _pad_to(max([len(s) for s in ids] + [length or 0]), multiple)
     x = torch.full((len(ids), L), pad_id, dtype=torch.long)
     m = torch.zeros((len(ids), L), dtype=torch.long)
     for i, s in enumerate(ids):

@@ -8,12 +8,15 @@ static prompt computed once and reused for every batch, inference mode.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import torch
 
 from . import data as D
+from . import distributed
+from .distributed import World
 from .device import autocast, cpu_has_fast_bf16, resolve_precision  # noqa: F401 (public)
 from .languages import resolve_languages
 from .report import format_group_table, group_means, write_accuracy_csv
@@ -21,15 +24,24 @@ from .report import format_group_table, group_means, write_accuracy_csv
 
 @torch.inference_mode()
 def evaluate_encoded(model, enc: D.Encoded, batch_size: int, pad_id: int, precision: str,
-                     device: torch.device, prompt: torch.Tensor | None = None):
-    """Accuracy and mean loss over encoded examples; the static prompt is computed once."""
+                     device: torch.device, prompt: torch.Tensor | None = None,
+                     world: World | None = None):
+    """Accuracy and mean loss over encoded examples (and each example's prediction); the
+    static prompt is computed once. Under torchrun (`world`), the length-sorted batches are
+    dealt out whole across ranks (so each is computed as in one process) and the counts are
+    summed: every rank returns the totals (predictions: its own examples only, else -1)."""
     model.eval()
+    world = world or World()
     if prompt is None:
         with autocast(precision, device):
             prompt = model.prompt()
     correct, loss_sum = 0, 0.0
-    preds = [0] * len(enc.ids)
-    for idx in D.sorted_batches([len(s) for s in enc.ids], batch_size):
+    preds = [-1] * len(enc.ids)
+    batches = D.sorted_batches([len(s) for s in enc.ids], batch_size)
+    if world.enabled:
+        mine = world.deal([len(b) * len(enc.ids[b[0]]) for b in batches])
+        batches = [batches[i] for i in mine]
+    for idx in batches:
         ids, mask, labels = D.collate([enc.ids[i] for i in idx], [enc.labels[i] for i in idx],
                                       pad_id)
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
@@ -41,28 +53,42 @@ def evaluate_encoded(model, enc: D.Encoded, batch_size: int, pad_id: int, precis
         correct += (p == labels).sum().item()
         for i, v in zip(idx, p.tolist()):
             preds[i] = v
+    correct, loss_sum = world.sum([correct, loss_sum])
     n = max(1, len(enc.ids))
     return correct / n, loss_sum / n, preds
 
 
 def evaluate_languages(model, tokenizer, dataset: D.SIB200, languages: list[str], split: str,
                        max_length: int, batch_size: int, pad_id: int, precision: str,
-                       device: torch.device, progress: bool = True, log=print) -> dict:
-    """Per language: accuracy, number of examples, number truncated."""
+                       device: torch.device, progress: bool = True,
+                       world: World | None = None) -> dict:
+    """Per language: accuracy, number of examples, number truncated. Under torchrun
+    (`world`), whole languages are dealt out across ranks, balanced by text length, and
+    every rank returns every language's result."""
     from tqdm.auto import tqdm
 
+    world = world or World()
     model.eval()
     with torch.inference_mode(), autocast(precision, device):
         prompt = model.prompt()
+    mine = languages
+    if world.enabled:
+        size = [sum(len(e.text) for e in dataset.split(l, split)) for l in languages]
+        mine = [languages[i] for i in world.deal(size)]
     out = {}
-    bar = tqdm(languages, desc=f"evaluate ({split})", disable=not progress, unit="lang",
-               file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 60)
+    bar = tqdm(mine, desc=f"evaluate ({split})", disable=not progress or not world.main,
+               unit="lang", file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 60)
     for lang in bar:
         enc = D.encode(tokenizer, dataset.split(lang, split), max_length, lang)
         acc, loss, _ = evaluate_encoded(model, enc, batch_size, pad_id, precision, device, prompt)
         out[lang] = {"accuracy": acc, "loss": loss, "n": len(enc.ids),
                      "truncated": enc.n_truncated}
         bar.set_postfix(lang=lang, acc=f"{acc:.3f}")
+    if world.enabled:
+        merged = {}
+        for part in world.gather(out):
+            merged.update(part)
+        out = {lang: merged[lang] for lang in languages}
     return out
 
 
@@ -128,13 +154,22 @@ def run(args) -> int:
         raise UserError(f"--output: {args.output} is a folder; give a file name")
     spec = args.backbone or ("e5-small" if cfg["backbone"] == BACKBONE_NAME else cfg["backbone"])
     backbones.inspect(spec, args.tokenizer)
-    bb = backbones.load(spec, args.tokenizer)
-    model = build_model_for_adapter(bb.model, cfg, args.backend).to(device)
-    load_adapter(args.adapter, model, bb.name, adapter)
-    t0 = time.time()
-    res = evaluate_languages(model, bb.tokenizer, dataset, langs, args.split,
-                             min(args.max_length, model.max_input_length), args.batch_size,
-                             bb.pad_token_id, precision, device, progress=not args.no_progress)
+    if distributed.launched_by_torchrun() and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    world = distributed.init(device)
+    try:
+        bb = backbones.load(spec, args.tokenizer)
+        model = build_model_for_adapter(bb.model, cfg, args.backend).to(device)
+        load_adapter(args.adapter, model, bb.name, adapter)
+        t0 = time.time()
+        res = evaluate_languages(model, bb.tokenizer, dataset, langs, args.split,
+                                 min(args.max_length, model.max_input_length), args.batch_size,
+                                 bb.pad_token_id, precision, device,
+                                 progress=not args.no_progress, world=world)
+    finally:
+        distributed.shutdown()
+    if not world.main:
+        return 0
     if args.output:
         write_accuracy_csv(args.output, res)
     means = group_means({k: v["accuracy"] for k, v in res.items()})

@@ -17,6 +17,8 @@ backward recomputes the mask from the call's seed instead of storing it.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,14 +37,33 @@ def available(x: torch.Tensor) -> bool:
 
 class _DropoutFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, p, seed):
-        ctx.p, ctx.seed = p, seed
-        return _extension._C.dropout_apply(x, p, seed)
+    def forward(ctx, x, p, seed, offset):
+        ctx.p, ctx.seed, ctx.offset = p, seed, offset
+        return _extension._C.dropout_apply(x, p, seed, offset)
 
     @staticmethod
     def backward(ctx, g):
         # y = x * m / (1 - p), so dx = g * m / (1 - p): the same call with the same seed.
-        return _extension._C.dropout_apply(g.contiguous(), ctx.p, ctx.seed), None, None
+        return (_extension._C.dropout_apply(g.contiguous(), ctx.p, ctx.seed, ctx.offset), None,
+                None, None)
+
+
+# Index, in the global batch, of the first sample of the batch this process computes (a
+# rank's share under torchrun): masks are numbered from there, so they do not depend on how
+# the global batch was split.
+_first_sample = 0
+
+
+@contextlib.contextmanager
+def global_batch_offset(first_sample: int):
+    """Dropout masks inside are numbered as if the batch started at sample `first_sample` of
+    a larger batch (every dropout here takes batch-first tensors)."""
+    global _first_sample
+    before, _first_sample = _first_sample, int(first_sample)
+    try:
+        yield
+    finally:
+        _first_sample = before
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -54,7 +75,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if p == 1.0 or not available(x):
         return F.dropout(x, p, training=True)
     seed = int(torch.empty((), dtype=torch.int64).random_())  # from the default generator
-    return _DropoutFunction.apply(x, p, seed)
+    offset = _first_sample * (x.numel() // x.shape[0]) if x.dim() and x.shape[0] else 0
+    return _DropoutFunction.apply(x, p, seed, offset)
 
 
 class FastDropout(nn.Dropout):

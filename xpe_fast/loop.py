@@ -13,10 +13,12 @@ from pathlib import Path
 import torch
 
 from . import data as D
+from . import fast_dropout
 from .adapter import trainable_state
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .device import autocast
+from .distributed import World
 from .evaluate import evaluate_encoded
 
 log = logging.getLogger("xpe_fast.train")
@@ -79,14 +81,34 @@ def batches_from(lengths: list[int], batch: int, seed: int, step: int):
         epoch, within = epoch + 1, 0
 
 
+def data_parallel(model, device: torch.device, world: World):
+    """`model` wrapped in DistributedDataParallel over its trainable tensors only (the frozen
+    backbone is loaded by every rank, never broadcast); `model` itself in one process."""
+    if not world.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    frozen += [n for n, _ in model.named_buffers()]
+    DDP._set_params_and_buffers_to_ignore_for_model(model, frozen)
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+               broadcast_buffers=False)
+
+
 def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: TrainConfig, *, steps: int,
                 warmup: float, seed: int, pad_id: int, folder: Path, desc: str,
-                device: torch.device, precision: str, on_checkpoint=None) -> dict:
+                device: torch.device, precision: str, on_checkpoint=None,
+                world: World | None = None) -> dict:
     """Trains `model` in place and leaves it holding the best dev-accuracy weights.
-    Checkpoints into `folder` at each evaluation; continues from there if a checkpoint
-    exists. `on_checkpoint()` runs after each checkpoint (e.g. to record the wall time)."""
+    Checkpoints into `folder` at each evaluation (rank 0 writes); continues from there if a
+    checkpoint exists. `on_checkpoint()` runs after each checkpoint on rank 0 (e.g. to record
+    the wall time). Under torchrun (`world`) each rank computes a contiguous share of every
+    global batch, padded to the global batch's length, with dropout masks numbered by
+    global sample index; the loss is the mean over the global batch."""
     from tqdm.auto import tqdm
 
+    world = world or World()
+    net = data_parallel(model, device, world)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, steps, warmup)
     steps_per_epoch = max(1, math.ceil(len(train.ids) / cfg.batch_size))
@@ -100,19 +122,26 @@ def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: TrainConfig, *, st
         state.update({k: resumed[k] for k in state if k in resumed})
         log.info("%s: resumed at step %d", desc, state["step"])
     it = batches_from([len(s) for s in train.ids], cfg.batch_size, seed, state["step"])
-    bar = tqdm(total=steps, initial=state["step"], desc=desc, disable=not cfg.progress,
-               unit="step", file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 60)
+    bar = tqdm(total=steps, initial=state["step"], desc=desc,
+               disable=not cfg.progress or not world.main, unit="step", file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 60)
     t0, seconds0 = time.time(), state["train_seconds"]
     trainable = [p for p in model.parameters() if p.requires_grad]
     while state["step"] < steps and not state["stopped_early"]:
         model.train()
-        idx = next(it)
-        ids, mask, labels = D.collate([train.ids[i] for i in idx],
-                                      [train.labels[i] for i in idx], pad_id)
+        idx = next(it)  # the global batch
+        start, end = world.slice(len(idx))
+        share = idx[start:end] or idx[:1]  # a rank left without samples weighs 0
+        weight = (end - start) * world.size / len(idx)
+        ids, mask, labels = D.collate([train.ids[i] for i in share],
+                                      [train.labels[i] for i in share], pad_id,
+                                      length=max(len(train.ids[i]) for i in idx))
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-        with autocast(precision, device):
-            loss, _ = model(ids, mask, labels=labels)
-        loss.backward()
+        with autocast(precision, device), fast_dropout.global_batch_offset(start):
+            loss, _ = net(ids, mask, labels=labels)
+        # DDP averages gradients over ranks: weighting each rank's mean by its share times
+        # the world size makes that average the gradient of the global batch's mean loss.
+        (loss * weight).backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         opt.step()
@@ -123,13 +152,14 @@ def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: TrainConfig, *, st
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if state["step"] % eval_every == 0 or state["step"] == steps:
             acc, dloss, _ = evaluate_encoded(model, dev, cfg.eval_batch_size, pad_id, precision,
-                                             device)
+                                             device, world=world)
+            train_loss = world.sum([loss.item() * weight])[0] / world.size
             state["train_seconds"] = seconds0 + time.time() - t0
             state["history"].append({"step": state["step"], "dev_accuracy": acc,
-                                     "dev_loss": dloss, "train_loss": loss.item(),
+                                     "dev_loss": dloss, "train_loss": train_loss,
                                      "seconds": state["train_seconds"]})
             log.info("%s step %d: train loss %.4f, dev loss %.4f, dev accuracy %.4f", desc,
-                     state["step"], loss.item(), dloss, acc)
+                     state["step"], train_loss, dloss, acc)
             if acc > state["best_acc"]:
                 state.update(best_acc=acc, best_step=state["step"])
                 state["best_tensors"] = {k: v.clone() for k, v in trainable_state(model).items()}
@@ -141,9 +171,11 @@ def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: TrainConfig, *, st
                     state["stopped_early"] = True
                     log.info("%s: early stop at step %d (dev loss has not improved in %d "
                              "evaluations)", desc, state["step"], cfg.patience)
-            save_checkpoint(folder, model, opt, sched, state)
-            if on_checkpoint is not None:
-                on_checkpoint()
+            if world.main:
+                save_checkpoint(folder, model, opt, sched, state)
+                if on_checkpoint is not None:
+                    on_checkpoint()
+            world.barrier()
     bar.close()
     if state["best_tensors"]:
         own = dict(model.named_parameters())

@@ -367,10 +367,11 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         # The reference path is the unmodified Hugging Face model (PEFT's route).
         fast = backend != "reference"
         set_frozen_linears_fast(self.backbone, fast)
-        if fast:
-            fast_dropout.prepare_dropouts(self.backbone)
-        else:
-            fast_dropout.restore_dropouts(self.backbone)
+        for m in (self.backbone, self.head):  # the head's too: masks by global sample index
+            if fast:
+                fast_dropout.prepare_dropouts(m)
+            else:
+                fast_dropout.restore_dropouts(m)
         if self._fast_attn:
             self.backbone.config._attn_implementation = (
                 fast_dropout.ATTN_IMPLEMENTATION if fast else self._hf_attn)

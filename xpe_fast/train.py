@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,11 +23,13 @@ from pathlib import Path
 import torch
 
 from . import data as D
+from . import distributed
 from .adapter import load_adapter, save_adapter, trainable_state
 from .atomic import atomic_write_json
 from .cli_common import UserError, run_cli
 from .config import TrainConfig, build_parser, resolve_config
 from .device import check_backend, resolve_device, resolve_precision
+from .distributed import World
 from .evaluate import evaluate_encoded, evaluate_languages
 from .languages import resolve_languages
 from .loop import set_seed, train_phase
@@ -125,13 +128,16 @@ def build_model(cfg: TrainConfig, bb, device: torch.device):
 
 
 def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Path,
-             device: torch.device, clock: RunClock) -> dict:
+             device: torch.device, clock: RunClock, world: World) -> dict:
+    """One run (method, seed): train on the sources, save the adapter, evaluate zero-shot
+    (and supervised). Every rank computes; rank 0 alone writes."""
     folder = out / f"seed-{seed}"
     done = folder / "results.json"
     if done.is_file():
         log.info("%s seed %d already finished; reusing %s", cfg.tag, seed, done)
         return json.loads(done.read_text())
-    folder.mkdir(parents=True, exist_ok=True)
+    if world.main:
+        folder.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
     model = build_model(cfg, bb, device)
     max_len = min(cfg.max_length, model.max_input_length)
@@ -144,26 +150,32 @@ def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Pa
     adapter_dir = folder / "adapter"
     source_done = folder / "source_done.json"
     if source_done.is_file():
+        log.info("%s seed %d: resumed after training; evaluating the saved adapter", cfg.tag,
+                 seed)
         load_adapter(adapter_dir, model, bb.name)
         phase = json.loads(source_done.read_text())
     else:
         phase = train_phase(model, train, dev, cfg, steps=cfg.steps, warmup=cfg.warmup,
                             seed=seed, pad_id=bb.pad_token_id, folder=folder,
                             desc=f"{cfg.tag} seed {seed} train", device=device,
-                            precision=cfg.precision, on_checkpoint=clock.tick)
-        save_adapter(model, adapter_dir, bb.name, list(D.LABELS),
-                     extra={"seed": seed, "source": sources, "best_step": phase["best_step"],
-                            "dev_accuracy": phase["best_acc"]})
-        atomic_write_json(source_done, phase)
+                            precision=cfg.precision, on_checkpoint=clock.tick, world=world)
+        if world.main:
+            save_adapter(model, adapter_dir, bb.name, list(D.LABELS),
+                         extra={"seed": seed, "source": sources,
+                                "best_step": phase["best_step"],
+                                "dev_accuracy": phase["best_acc"]})
+            atomic_write_json(source_done, phase)
+        world.barrier()
     log.info("%s seed %d: best source dev accuracy %.4f at step %d (%.0f s training)", cfg.tag,
              seed, phase["best_acc"], phase["best_step"], phase.get("train_seconds", 0.0))
 
     t1 = time.time()
     zs = evaluate_languages(model, bb.tokenizer, dataset, targets, "test", max_len,
                             cfg.eval_batch_size, bb.pad_token_id, cfg.precision, device,
-                            progress=cfg.progress)
+                            progress=cfg.progress, world=world)
     eval_seconds = time.time() - t1
-    write_accuracy_csv(folder / "zero_shot_accuracy.csv", zs)
+    if world.main:
+        write_accuracy_csv(folder / "zero_shot_accuracy.csv", zs)
     result = {"seed": seed, "method": cfg.tag, "source_dev_accuracy": phase["best_acc"],
               "best_step": phase["best_step"], "steps_run": phase["step"],
               "history": phase.get("history", []),
@@ -172,14 +184,16 @@ def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Pa
               "truncated_test_inputs": sum(v["truncated"] for v in zs.values())}
     if cfg.regime == "supervised":
         result["supervised"] = run_supervised(model, cfg, seed, bb, dataset, targets, folder,
-                                              max_len, device, clock)
-    atomic_write_json(done, result)
-    clock.tick()
+                                              max_len, device, clock, world)
+    if world.main:
+        atomic_write_json(done, result)
+        clock.tick()
+    world.barrier()
     return result
 
 
 def run_supervised(model, cfg: TrainConfig, seed: int, bb, dataset, targets, folder: Path,
-                   max_len: int, device, clock: RunClock) -> dict:
+                   max_len: int, device, clock: RunClock, world: World) -> dict:
     """From the source-trained prompt, a short run on each target's own train split."""
     sup = {}
     base = {k: v.clone() for k, v in trainable_state(model).items()}
@@ -194,30 +208,41 @@ def run_supervised(model, cfg: TrainConfig, seed: int, bb, dataset, targets, fol
         with torch.no_grad():
             for k, v in base.items():
                 own[k].copy_(v)
-        lang_dir.mkdir(parents=True, exist_ok=True)
+        if world.main:
+            lang_dir.mkdir(parents=True, exist_ok=True)
+        world.barrier()
         tr = D.encode(bb.tokenizer, dataset.split(lang, "train"), max_len, lang)
         dv = D.encode(bb.tokenizer, dataset.split(lang, "dev"), max_len, lang)
         train_phase(model, tr, dv, cfg, steps=cfg.target_steps, warmup=cfg.target_warmup,
                     seed=seed, pad_id=bb.pad_token_id, folder=lang_dir,
                     desc=f"{cfg.tag} seed {seed} {lang}", device=device,
-                    precision=cfg.precision, on_checkpoint=clock.tick)
+                    precision=cfg.precision, on_checkpoint=clock.tick, world=world)
         te = D.encode(bb.tokenizer, dataset.split(lang, "test"), max_len, lang)
         acc, loss, _ = evaluate_encoded(model, te, cfg.eval_batch_size, bb.pad_token_id,
-                                        cfg.precision, device)
+                                        cfg.precision, device, world=world)
         sup[lang] = {"accuracy": acc, "n": len(te.ids), "truncated": te.n_truncated,
                      "loss": loss}
-        atomic_write_json(res_file, sup[lang])
-    write_accuracy_csv(folder / "supervised_accuracy.csv", sup)
+        if world.main:
+            atomic_write_json(res_file, sup[lang])
+    if world.main:
+        write_accuracy_csv(folder / "supervised_accuracy.csv", sup)
     model.prompt.set_dropout(cfg.prompt_dropout)
     return {k: v["accuracy"] for k, v in sup.items()}
 
 
 # ---- the command -----------------------------------------------------------------------
 
-def setup_logging(out: Path) -> None:
-    log.setLevel(logging.INFO)
+def setup_logging(out: Path, world: World) -> None:
+    """Rank 0 logs to the terminal and to train.log; other ranks only warnings."""
+    log.setLevel(logging.INFO if world.main else logging.WARNING)
     for h in list(log.handlers):
         log.removeHandler(h)
+    log.propagate = False
+    if not world.main:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(logging.Formatter(f"rank {world.rank}: %(message)s"))
+        log.addHandler(sh)
+        return
     fh = logging.FileHandler(out / "train.log", encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     sh = logging.StreamHandler(sys.stderr)
@@ -227,12 +252,11 @@ def setup_logging(out: Path) -> None:
     log.propagate = False
 
 
-def prepare(cfg: TrainConfig):
-    """Every check that needs no weights: device, backend, precision, languages, data, the
-    backbone's config, the prompt against its position table, the output folder."""
+def prepare(cfg: TrainConfig, device: torch.device):
+    """Every check that needs no weights: backend, precision, languages, data, the backbone's
+    config, the prompt against its position table, the output folder."""
     from . import backbones
 
-    device = resolve_device(cfg.device)
     check_backend(cfg.backend, device)
     cfg.precision = resolve_precision(cfg.precision, device)
     sources = resolve_languages(cfg.source)
@@ -246,35 +270,57 @@ def prepare(cfg: TrainConfig):
                         f"backbone's {info.max_position_embeddings} positions: at most {room} "
                         "leave room for <s>, one token and </s>")
     out = check_output_dir(cfg)
-    return device, sources, targets, dataset, out
+    return sources, targets, dataset, out
 
 
 def run(args) -> int:
-    from . import backbones
-
     cfg = resolve_config(args)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device, sources, targets, dataset, out = prepare(cfg)
+    device = resolve_device(cfg.device)
+    if distributed.launched_by_torchrun():
+        if cfg.output_dir is None:
+            raise UserError("--output-dir is required under torchrun (every rank, and a "
+                            "restarted worker group, must find the same run)")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if distributed.restarted_by_torchrun() and (Path(cfg.output_dir) / MARKER).is_file():
+            cfg.resume = True  # a restarted worker group continues its own run
+    sources, targets, dataset, out = prepare(cfg, device)
+    world = distributed.init(device)
+    try:
+        return train_and_report(cfg, device, world, sources, targets, dataset, out)
+    finally:
+        distributed.shutdown()
+
+
+def train_and_report(cfg: TrainConfig, device, world: World, sources, targets, dataset,
+                     out: Path) -> int:
+    from . import backbones
+
     bb = backbones.load(cfg.backbone, cfg.tokenizer)
     tags = cfg.methods or [cfg.tag]
     # Refuse an unsupported encoder (or method) before anything is written.
     for tag in tags:
         build_model(cfg.for_method(tag), bb, device)
-    create_output_dir(cfg, out)
-    setup_logging(out)
+    if world.main:
+        create_output_dir(cfg, out)
+    world.barrier()
+    setup_logging(out, world)
     clock = RunClock(out)
     log.info("xpe_fast.train: %s, N=%d, source %s (%d languages), %d targets, %s, %d steps, "
-             "precision %s, device %s, %d threads; output %s", ",".join(tags),
+             "precision %s, device %s, %d process(es) x %d threads; output %s", ",".join(tags),
              cfg.num_virtual_tokens, cfg.source, len(sources), len(targets), cfg.regime,
-             cfg.steps, cfg.precision, device, torch.get_num_threads(), out)
+             cfg.steps, cfg.precision, device, world.size, torch.get_num_threads(), out)
     grid = cfg.methods is not None
     results: dict[str, list[dict]] = {t: [] for t in tags}
     for seed in cfg.seeds:  # seed-major: a partial grid holds every method equally often
         for tag in tags:
             sub = cfg.for_method(tag)
             results[tag].append(run_seed(seed, sub, bb, dataset, sources, targets,
-                                         out / tag if grid else out, device, clock))
+                                         out / tag if grid else out, device, clock, world))
+    if not world.main:
+        return 0
     clock.tick()
     summaries = {t: summarize(results[t], cfg.for_method(t).to_dict(),
                               out / t if grid else out, clock.figures()) for t in tags}

@@ -1,4 +1,6 @@
-// Dropout for the frozen backbone's activations, CPU: y = x * keep(seed, i) / (1 - p).
+// Dropout for the frozen backbone's activations, CPU: y = x * keep(seed, offset + i) / (1 - p).
+// `offset` numbers the elements as in a larger tensor that x is the tail of (a rank's share
+// of a global batch), so the masks do not depend on how the batch was split.
 //
 // torch's bernoulli_ draws one element at a time from a stateful generator (about 5 ms per
 // [32, 84, 384] tensor here, a fifth of a training step); the counter-based hash of
@@ -18,29 +20,31 @@ using xpe::bf16_t;
 
 
 template <typename T>
-XPE_HD void dropout_range(const T* x, T* y, uint64_t seed, uint32_t threshold, float scale,
-                          int64_t begin, int64_t end) {
+XPE_HD void dropout_range(const T* x, T* y, uint64_t seed, uint64_t offset, uint32_t threshold,
+                          float scale, int64_t begin, int64_t end) {
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) {
-    const float k = xpe::dropout_scale_keep(seed, static_cast<uint64_t>(i), threshold, scale);
+    const float k = xpe::dropout_scale_keep(seed, offset + static_cast<uint64_t>(i), threshold,
+                                            scale);
     xpe::store(y, i, static_cast<typename xpe::acc_of<T>::type>(xpe::load(x, i)) * k);
   }
 }
 
-XPE_MULTIVERSION(dropout_f32, (const float* x, float* y, uint64_t s, uint32_t t, float c, int64_t b, int64_t e),
-                 (x, y, s, t, c, b, e), dropout_range<float>)
-XPE_MULTIVERSION(dropout_f64, (const double* x, double* y, uint64_t s, uint32_t t, float c, int64_t b, int64_t e),
-                 (x, y, s, t, c, b, e), dropout_range<double>)
-XPE_MULTIVERSION(dropout_bf16, (const bf16_t* x, bf16_t* y, uint64_t s, uint32_t t, float c, int64_t b, int64_t e),
-                 (x, y, s, t, c, b, e), dropout_range<bf16_t>)
+XPE_MULTIVERSION(dropout_f32, (const float* x, float* y, uint64_t s, uint64_t o, uint32_t t, float c, int64_t b, int64_t e),
+                 (x, y, s, o, t, c, b, e), dropout_range<float>)
+XPE_MULTIVERSION(dropout_f64, (const double* x, double* y, uint64_t s, uint64_t o, uint32_t t, float c, int64_t b, int64_t e),
+                 (x, y, s, o, t, c, b, e), dropout_range<double>)
+XPE_MULTIVERSION(dropout_bf16, (const bf16_t* x, bf16_t* y, uint64_t s, uint64_t o, uint32_t t, float c, int64_t b, int64_t e),
+                 (x, y, s, o, t, c, b, e), dropout_range<bf16_t>)
 
 }  // namespace
 
-at::Tensor dropout_apply(const at::Tensor& x_, double p, int64_t seed) {
+at::Tensor dropout_apply(const at::Tensor& x_, double p, int64_t seed, int64_t offset) {
   TORCH_CHECK_VALUE(x_.device().is_cpu(), "dropout: x must be a CPU tensor, got ", x_.device());
   TORCH_CHECK_TYPE(is_supported_float(x_.scalar_type()),
                    "dropout: x must be float32, float64 or bfloat16, got ", x_.scalar_type());
   TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, "dropout: p must be in [0, 1), got ", p);
+  TORCH_CHECK_VALUE(offset >= 0, "dropout: offset must be >= 0, got ", offset);
   const at::Tensor x = x_.contiguous();
   auto y = at::empty_like(x);
   const int64_t n = x.numel();
@@ -48,14 +52,15 @@ at::Tensor dropout_apply(const at::Tensor& x_, double p, int64_t seed) {
   const float scale = static_cast<float>(1.0 / (1.0 - p));
   const uint64_t s = static_cast<uint64_t>(seed);
   const auto st = x.scalar_type();
+  const uint64_t o = static_cast<uint64_t>(offset);
   at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t e) {
     if (st == at::kFloat)
-      dropout_f32(x.data_ptr<float>(), y.data_ptr<float>(), s, threshold, scale, b, e);
+      dropout_f32(x.data_ptr<float>(), y.data_ptr<float>(), s, o, threshold, scale, b, e);
     else if (st == at::kDouble)
-      dropout_f64(x.data_ptr<double>(), y.data_ptr<double>(), s, threshold, scale, b, e);
+      dropout_f64(x.data_ptr<double>(), y.data_ptr<double>(), s, o, threshold, scale, b, e);
     else
       dropout_bf16(reinterpret_cast<const bf16_t*>(x.data_ptr()),
-                   reinterpret_cast<bf16_t*>(y.data_ptr()), s, threshold, scale, b, e);
+                   reinterpret_cast<bf16_t*>(y.data_ptr()), s, o, threshold, scale, b, e);
   });
   return y;
 }

@@ -46,9 +46,9 @@ std::vector<at::Tensor> prompt_encoder_mlp_backward(
     const at::Tensor& w3, const at::Tensor& h1, const at::Tensor& h2,
     const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2);
 
-// y = x * keep / (1 - p), keep drawn from (seed, element index); the backward is the same
-// call on the gradient.
-at::Tensor dropout_apply(const at::Tensor& x, double p, int64_t seed);
+// y = x * keep / (1 - p), keep drawn from (seed, offset + element index); the backward is
+// the same call on the gradient.
+at::Tensor dropout_apply(const at::Tensor& x, double p, int64_t seed, int64_t offset);
 
 // Inference self-attention from the packed QKV projection [B, S, 3 * H * hd] with an
 // additive key mask [B, S]; returns the context [B, S, H * hd].
