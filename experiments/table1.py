@@ -26,8 +26,8 @@ RESULTS = REPO / "results"
 RUNS = REPO / "runs"
 
 # The schedule, chosen from the learning curves (RESULTS.md says why).
-SCHEDULE = ["--steps", "500", "--eval-every", "50", "--schedule", "cosine", "--warmup", "0.1",
-            "--lr-prompt", "5e-3", "--lr", "1e-2", "--batch-size", "32", "--patience", "20",
+SCHEDULE = ["--steps", "600", "--eval-every", "50", "--schedule", "cosine", "--warmup", "0.1",
+            "--lr-prompt", "3e-2", "--lr", "1e-2", "--batch-size", "32", "--patience", "20",
             "--max-length", "164", "--precision", "auto"]
 THREADS = ["--threads", "1"]
 
