@@ -149,3 +149,23 @@ def test_world_slices_and_deals_like_one_process():
     dealt = [World(r, 2).deal(w) for r in range(2)]
     assert sorted(dealt[0] + dealt[1]) == list(range(5))
     assert abs(sum(w[i] for i in dealt[0]) - sum(w[i] for i in dealt[1])) <= 1.0
+
+
+@pytest.mark.slow
+def test_grid_with_whole_runs_on_separate_processes_matches_single_runs(setup):
+    def args(out):
+        a = base_args(setup["env"], out, *setup["extra"][:-2], "--targets", "amh_Ethi")
+        i = a.index("--method")
+        del a[i:i + 4]  # --method dual --encoder-ratio 0.5
+        return a
+
+    out, alone = setup["root"] / "placed", setup["root"] / "alone"
+    run(torchrun(2, "xpe_fast.train", [*args(out), "--methods", "spt,dual-0.5", "--placement",
+                                         "process"]))
+    run([sys.executable, "-m", "xpe_fast.train", *args(alone), "--methods", "dual-0.5"])
+    a = load_file(str(out / "dual-0.5/seed-0/adapter/adapter.safetensors"))
+    b = load_file(str(alone / "dual-0.5/seed-0/adapter/adapter.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"spt", "dual-0.5"}

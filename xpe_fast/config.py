@@ -17,7 +17,8 @@ from . import data as D
 from .cli_common import UserError
 
 # Keys that may change between an interrupted run and its resumption.
-VOLATILE = {"resume", "threads", "progress", "output_dir", "backend", "config", "device"}
+VOLATILE = {"resume", "threads", "progress", "output_dir", "backend", "config", "device",
+            "placement"}
 
 # The reference code's recipe after its runtime overrides (XPE_SPEC.md).
 PAPER_PRESET = dict(
@@ -37,6 +38,7 @@ class TrainConfig:
     method: str = "xpe"
     encoder_ratio: float | None = None
     methods: list[str] | None = None
+    placement: str = "data-parallel"
     num_virtual_tokens: int = 20
     encoder_hidden_size: int = 256
     prompt_dropout: float = 0.1
@@ -97,6 +99,7 @@ _BOOL = {"resume", "progress"}
 _CHOICES = {"method": ("spt", "xpe", "dual"), "regime": ("zero-shot", "supervised"),
             "schedule": ("cosine", "cosine-restarts", "linear", "constant"),
             "optimizer": ("adamw", "adafactor"), "precision": ("auto", "fp32", "bf16"),
+            "placement": ("data-parallel", "process"),
             "backend": (None, "reference", "cpu", "triton", "cuda"), "preset": (None, "paper")}
 
 
@@ -143,6 +146,9 @@ def build_parser(doc: str = "") -> argparse.ArgumentParser:
     g.add_argument("--methods", default=S,
                    help="a grid: comma-separated methods, e.g. spt,xpe,dual-0.3,dual-0.7, each "
                    "run for every seed into one output folder")
+    g.add_argument("--placement", choices=list(_CHOICES["placement"]), default=S,
+                   help="under torchrun: each run data-parallel over all processes, or whole "
+                   "runs (method, seed) on separate processes [data-parallel]")
     g.add_argument("--num-virtual-tokens", type=int, default=S, help="N [20]")
     g.add_argument("--encoder-hidden-size", type=int, default=S, help="MLP width h [256]")
     g.add_argument("--prompt-dropout", type=float, default=S, help="MLP dropout on sources [0.1]")

@@ -128,9 +128,10 @@ def build_model(cfg: TrainConfig, bb, device: torch.device):
 
 
 def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Path,
-             device: torch.device, clock: RunClock, world: World) -> dict:
+             device: torch.device, world: World, tick=None) -> dict:
     """One run (method, seed): train on the sources, save the adapter, evaluate zero-shot
-    (and supervised). Every rank computes; rank 0 alone writes."""
+    (and supervised). Every rank of `world` computes; its rank 0 alone writes. `tick()`
+    (the run clock's) after each checkpoint and at the end."""
     folder = out / f"seed-{seed}"
     done = folder / "results.json"
     if done.is_file():
@@ -158,7 +159,7 @@ def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Pa
         phase = train_phase(model, train, dev, cfg, steps=cfg.steps, warmup=cfg.warmup,
                             seed=seed, pad_id=bb.pad_token_id, folder=folder,
                             desc=f"{cfg.tag} seed {seed} train", device=device,
-                            precision=cfg.precision, on_checkpoint=clock.tick, world=world)
+                            precision=cfg.precision, on_checkpoint=tick, world=world)
         if world.main:
             save_adapter(model, adapter_dir, bb.name, list(D.LABELS),
                          extra={"seed": seed, "source": sources,
@@ -184,16 +185,17 @@ def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Pa
               "truncated_test_inputs": sum(v["truncated"] for v in zs.values())}
     if cfg.regime == "supervised":
         result["supervised"] = run_supervised(model, cfg, seed, bb, dataset, targets, folder,
-                                              max_len, device, clock, world)
+                                              max_len, device, tick, world)
     if world.main:
         atomic_write_json(done, result)
-        clock.tick()
+        if tick is not None:
+            tick()
     world.barrier()
     return result
 
 
 def run_supervised(model, cfg: TrainConfig, seed: int, bb, dataset, targets, folder: Path,
-                   max_len: int, device, clock: RunClock, world: World) -> dict:
+                   max_len: int, device, tick, world: World) -> dict:
     """From the source-trained prompt, a short run on each target's own train split."""
     sup = {}
     base = {k: v.clone() for k, v in trainable_state(model).items()}
@@ -216,7 +218,7 @@ def run_supervised(model, cfg: TrainConfig, seed: int, bb, dataset, targets, fol
         train_phase(model, tr, dv, cfg, steps=cfg.target_steps, warmup=cfg.target_warmup,
                     seed=seed, pad_id=bb.pad_token_id, folder=lang_dir,
                     desc=f"{cfg.tag} seed {seed} {lang}", device=device,
-                    precision=cfg.precision, on_checkpoint=clock.tick, world=world)
+                    precision=cfg.precision, on_checkpoint=tick, world=world)
         te = D.encode(bb.tokenizer, dataset.split(lang, "test"), max_len, lang)
         acc, loss, _ = evaluate_encoded(model, te, cfg.eval_batch_size, bb.pad_token_id,
                                         cfg.precision, device, world=world)
@@ -286,9 +288,10 @@ def run(args) -> int:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         if distributed.restarted_by_torchrun() and (Path(cfg.output_dir) / MARKER).is_file():
             cfg.resume = True  # a restarted worker group continues its own run
-    sources, targets, dataset, out = prepare(cfg, device)
     world = distributed.init(device)
     try:
+        sources, targets, dataset, out = prepare(cfg, device)
+        world.barrier()  # every rank checked the output folder before rank 0 creates it
         return train_and_report(cfg, device, world, sources, targets, dataset, out)
     finally:
         distributed.shutdown()
@@ -313,12 +316,28 @@ def train_and_report(cfg: TrainConfig, device, world: World, sources, targets, d
              cfg.num_virtual_tokens, cfg.source, len(sources), len(targets), cfg.regime,
              cfg.steps, cfg.precision, device, world.size, torch.get_num_threads(), out)
     grid = cfg.methods is not None
+    # seed-major: a partial grid holds every method equally often
+    runs = [(seed, tag) for seed in cfg.seeds for tag in tags]
     results: dict[str, list[dict]] = {t: [] for t in tags}
-    for seed in cfg.seeds:  # seed-major: a partial grid holds every method equally often
-        for tag in tags:
-            sub = cfg.for_method(tag)
-            results[tag].append(run_seed(seed, sub, bb, dataset, sources, targets,
-                                         out / tag if grid else out, device, clock, world))
+    if cfg.placement == "process" and world.enabled:
+        # Whole runs on separate processes (small backbones, where a global batch split K
+        # ways wastes each process): run i on rank i mod K, each in one process as alone.
+        for i, (seed, tag) in enumerate(runs):
+            if i % world.size == world.rank:
+                run_seed(seed, cfg.for_method(tag), bb, dataset, sources, targets,
+                         out / tag if grid else out, device, World(),
+                         clock.tick if world.main else None)
+        world.barrier()
+        if not world.main:
+            return 0
+        for seed, tag in runs:
+            done = (out / tag if grid else out) / f"seed-{seed}" / "results.json"
+            results[tag].append(json.loads(done.read_text()))
+    else:
+        for seed, tag in runs:
+            results[tag].append(run_seed(seed, cfg.for_method(tag), bb, dataset, sources,
+                                         targets, out / tag if grid else out, device, world,
+                                         clock.tick))
     if not world.main:
         return 0
     clock.tick()
