@@ -59,33 +59,35 @@ def main():
     def evaluation():
         evaluate_encoded(model, test, 64, e5.config.pad_token_id, precision, dev)
 
-    # The evaluation pass with and without the inference kernels of model.inference_layer
+    # The evaluation pass with and without the inference kernels of the encoder's fast path
     # (packed attention, residual add + LayerNorm), and with the short-key attention path
-    # (fast_dropout.SHORT_KEYS) against SDPA everywhere, interleaved in the pass itself:
+    # against SDPA everywhere (model.fast_path options), interleaved in the pass itself:
     # standalone kernel timings depend on the allocator's and the caches' state.
-    from xpe_fast import fast_dropout
-    from xpe_fast import model as model_mod
+    from dataclasses import replace
 
-    default_short = fast_dropout.SHORT_KEYS
-    configs = {"kernels": (True, default_short), "no kernels": (False, default_short),
-               "no kernels, SDPA for all": (False, 0)}
+    default = model.fast_path
+    configs = {"kernels": default,
+               "no kernels": replace(default, inference_kernels=False),
+               "no kernels, SDPA for all": replace(default, inference_kernels=False,
+                                                   short_keys=0)}
     times = {}
     evaluation()
     for _ in range(3):
-        for name, (kernels, short) in configs.items():
-            model_mod.INFERENCE_KERNELS, fast_dropout.SHORT_KEYS = kernels, short
+        for name, opts in configs.items():
+            model.fast_path = opts
             t0 = time.perf_counter()
             evaluation()
             times.setdefault(name, []).append(time.perf_counter() - t0)
-    model_mod.INFERENCE_KERNELS, fast_dropout.SHORT_KEYS = True, default_short
+    model.fast_path = default
     med = {k: sorted(v)[1] for k, v in times.items()}
     base = med["kernels"]
     print(f"\nEvaluation pass ({len(test.ids)} sentences), median of 3 interleaved runs: "
           f"{base:.2f} s with the inference kernels (ops.packed_attention, "
-          f"ops.residual_layer_norm); {med['no kernels']:.2f} s without them "
-          f"({med['no kernels'] / base:.2f}x), attention by matmul + softmax up to "
-          f"{default_short} keys; {med['no kernels, SDPA for all']:.2f} s without them and "
-          f"with SDPA for all ({med['no kernels, SDPA for all'] / base:.2f}x).")
+          f"ops.residual_layer_norm, where cpu_paths takes them at this ISA level); "
+          f"{med['no kernels']:.2f} s without them ({med['no kernels'] / base:.2f}x), "
+          f"attention by matmul + softmax up to {default.short_keys} keys; "
+          f"{med['no kernels, SDPA for all']:.2f} s without them and with SDPA for all "
+          f"({med['no kernels, SDPA for all'] / base:.2f}x).")
 
     for name, fn, reps in (("training step", step, 3), ("evaluation pass", evaluation, 1)):
         fn()

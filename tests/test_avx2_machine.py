@@ -14,6 +14,7 @@ from xpe_fast.frozen_linear import onednn_available
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ["test_frozen_linear.py", "test_model_fused.py", "test_model.py", "test_fast_dropout.py",
+         "test_acceleration.py",
          "test_ops_packed_attention.py", "test_ops_residual_layer_norm.py",
          "test_peft_equality.py", "test_cli.py"]
 CAPPED = dict(ONEDNN_MAX_CPU_ISA="AVX2", XPE_FAST_CPU_ISA="avx2", XPE_FAST_AVX2_RUN="1")

@@ -87,7 +87,7 @@ def test_backbone_dropout_runs_on_counter_based_masks(kind, monkeypatch):
 # head size 6: the attention fallback; 32 and 16: ops.packed_attention's kernel
 @pytest.mark.parametrize("hidden,heads", [(24, 4), (64, 2), (48, 3)])
 def test_inference_layer_equals_the_hugging_face_layer(kind, precision, L, hidden, heads):
-    from xpe_fast.model import inference_layer
+    from xpe_fast.encoder_fast_path import inference_layer
 
     backbone = tiny_backbone(kind, max_pos=128, hidden=hidden, heads=heads)
     m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
@@ -142,9 +142,13 @@ def test_inference_path_equals_the_reference_route(kind, precision, monkeypatch)
         m.set_backend("reference")
         ref = m(ids, mask)
     torch.testing.assert_close(ours.float(), ref.float(), rtol=tol, atol=tol)
-    # layers 1 and 2 ran the kernels (layer 3 is the first-row layer)
-    assert calls.count("packed_attention_forward") == 2
-    assert calls.count("residual_layer_norm_forward") == 4
+    # layers 1 and 2 ran the kernels (layer 3 is the first-row layer), where cpu_paths takes
+    # them at this ISA level (the AVX2 run of test_avx2_machine.py proves the other branch)
+    from xpe_fast import cpu_paths
+
+    assert calls.count("packed_attention_forward") == 2 * cpu_paths.use_packed_attention()
+    assert calls.count("residual_layer_norm_forward") == \
+        4 * cpu_paths.use_residual_layer_norm()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

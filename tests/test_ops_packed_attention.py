@@ -83,8 +83,13 @@ def test_the_kernel_serves_inference_only():
     out = ops.packed_attention(qkv, None, 2, 0.2)  # the reference, with autograd
     out.sum().backward()
     assert qkv.grad is not None
+    from xpe_fast import cpu_paths
+    from xpe_fast.ops.packed_attention import kernel_applies
+
     with torch.no_grad():
-        assert ops.packed_attention_applies(qkv, 2)
+        assert kernel_applies(qkv, 2)
+        # backend=None takes it only where it is the faster path (AVX-512; cpu_paths.py)
+        assert ops.packed_attention_applies(qkv, 2) == cpu_paths.use_packed_attention()
     with pytest.raises(ValueError, match="needs CPU float32/bfloat16"):
         ops.packed_attention(qkv, None, 2, 0.2, backend="cpu")
 

@@ -120,12 +120,12 @@ def _hf_attention(module, query, key, value, attention_mask, dropout: float = 0.
     return out.transpose(1, 2).contiguous(), None
 
 
-def attend(q, k, v, mask, scale: float, p: float) -> torch.Tensor:
+def attend(q, k, v, mask, scale: float, p: float, short_keys: int = SHORT_KEYS) -> torch.Tensor:
     """Attention [B, H, Sq, hd] on the CPU: matmul + softmax with dropout `p` (training) or
-    up to SHORT_KEYS keys; torch's SDPA (flash kernel) for longer keys without dropout."""
+    up to `short_keys` keys; torch's SDPA (flash kernel) for longer keys without dropout."""
     if isinstance(mask, torch.Tensor) and mask.is_floating_point():
         mask = mask.to(q.dtype)
-    if p == 0.0 and k.shape[-2] > SHORT_KEYS:
+    if p == 0.0 and k.shape[-2] > short_keys:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return attention_with_dropout(q, k, v, mask, scale, p)
 

@@ -10,13 +10,13 @@ The fused path computes that embedding stream with `ops.assemble_embeddings` and
 straight to the encoder stack; `backend="reference"` instead calls the unmodified Hugging Face
 model with `inputs_embeds`, which is what PEFT does.
 
-Other than that route, the frozen backbone is prepared once for speed, without changing its
-function: its linear layers run on oneDNN with no weight gradients (frozen_linear.py), its
-dropouts draw counter-based masks and its attention takes a key-padding mask
-(fast_dropout.py), inference runs query/key/value as one GEMM read directly by the attention
-kernel, each residual add + LayerNorm in one pass and the GELU fused into the feed-forward
-GEMM (inference_layer, ops.packed_attention, ops.residual_layer_norm), and the last layer
-runs for slot 0 only.
+Other than that route, the model accelerates the backbone it is given, in place and
+reversibly (acceleration.py says exactly what changes: its linear layers' and dropouts'
+classes, its attention implementation, caches on its modules), without changing its
+function; `set_backend("reference")` restores it. The encoder stack then runs through
+encoder_fast_path.py: the last layer for slot 0 only, and in inference query/key/value as one
+GEMM read directly by the attention kernel, each residual add + LayerNorm in one pass and the
+GELU fused into the feed-forward GEMM.
 """
 from __future__ import annotations
 
@@ -26,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
-from . import fast_dropout
-from .frozen_linear import (FrozenLinear, prepare_frozen_linears, set_frozen_linears_fast,
-                            tensor_version)
+from . import fast_dropout, ops
+from .acceleration import accelerate, attends_fast, restore
+from .encoder_fast_path import FastPathOptions, run_encoder
 from .prompt import CrossPromptEncoder
 
 
@@ -97,136 +96,6 @@ def _base_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def _supports_first_row(layer: nn.Module) -> bool:
-    att = getattr(layer, "attention", None)
-    sa = getattr(att, "self", None)
-    return (all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads",
-                                          "attention_head_size", "scaling", "dropout"))
-            and hasattr(att, "output") and hasattr(layer, "intermediate")
-            and hasattr(layer, "output") and not getattr(sa, "is_cross_attention", False))
-
-
-def first_row_layer(layer: nn.Module, hidden: torch.Tensor, mask4d,
-                    hidden16: torch.Tensor | None = None) -> torch.Tensor:
-    """A BERT/XLM-R encoder layer computed for slot 0 only: [B, S, d] -> [B, 1, d].
-
-    Exact for the classifier, which reads only slot 0 of the last layer: keys and values
-    still come from every slot, but the query, attention output and feed-forward run for one
-    row instead of N + L. `hidden16`: a bf16 copy of `hidden` for the projections (inference
-    under bf16 autocast), or None.
-    """
-    att = layer.attention
-    sa = att.self
-    B, S, _ = hidden.shape
-    h, hd = sa.num_attention_heads, sa.attention_head_size
-    first = hidden[:, :1]
-    src = hidden if hidden16 is None else hidden16
-    q = sa.query(src[:, :1]).view(B, 1, h, hd).transpose(1, 2)
-    k = sa.key(src).view(B, S, h, hd).transpose(1, 2)
-    v = sa.value(src).view(B, S, h, hd).transpose(1, 2)
-    mask = mask4d[:, :, :1] if isinstance(mask4d, torch.Tensor) and mask4d.dim() == 4 else mask4d
-    p = sa.dropout.p if sa.training else 0.0
-    if isinstance(sa.dropout, fast_dropout.FastDropout) and fast_dropout.available(q):
-        ctx = fast_dropout.attend(q, k, v, mask, sa.scaling, p)
-    else:
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling,
-                                             dropout_p=p)
-    ctx = ctx.transpose(1, 2).reshape(B, 1, h * hd)
-    a = att.output(ctx, first)
-    return layer.output(layer.intermediate(a), a)
-
-
-def _fused_qkv(sa: nn.Module) -> nn.Linear:
-    """One frozen linear layer holding query, key and value (built once, rebuilt if their
-    weights change); kept outside the module tree so state_dict is unchanged."""
-    parts = (sa.query, sa.key, sa.value)
-    key = tuple((m.weight.data_ptr(), tensor_version(m.weight), tensor_version(m.bias))
-                for m in parts)
-    cached = sa.__dict__.get("_xpe_fast_qkv")
-    if cached is None or cached[0] != key:
-        with torch.inference_mode(False):  # a normal tensor even when first built in eval
-            return _build_fused_qkv(sa, parts, key)
-    return cached[1]
-
-
-def _build_fused_qkv(sa, parts, key) -> nn.Linear:
-    with torch.no_grad():
-        w = torch.cat([m.weight.detach() for m in parts])
-        # skip_init: no random initialization, which would draw from torch's generator and
-        # shift every later dropout mask of a seeded run
-        lin = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], device=w.device,
-                                       dtype=w.dtype)
-        lin.weight.copy_(w)
-        lin.bias.copy_(torch.cat([m.bias.detach() for m in parts]))
-    lin.requires_grad_(False)
-    prepare_frozen_linears(lin)
-    sa.__dict__["_xpe_fast_qkv"] = (key, lin)
-    return lin
-
-
-def _exact_gelu(act) -> bool:
-    from transformers.activations import GELUActivation
-
-    return isinstance(act, GELUActivation) and getattr(act, "act", None) is F.gelu
-
-
-# The C++ inference kernels of inference_layer (ops.packed_attention and
-# ops.residual_layer_norm); False runs the same layer with fast_dropout.attend and the Hugging
-# Face output blocks (benchmarks/profile_model.py measures the evaluation pass both ways).
-INFERENCE_KERNELS = True
-
-
-def _standard_output(out: nn.Module) -> bool:
-    """A BERT-style output block: LayerNorm(dropout(dense(x)) + residual)."""
-    return isinstance(getattr(out, "dense", None), nn.Linear) and \
-        isinstance(getattr(out, "LayerNorm", None), nn.LayerNorm) and \
-        out.LayerNorm.weight is not None and out.LayerNorm.bias is not None
-
-
-def _output_block(out: nn.Module, x: torch.Tensor, residual: torch.Tensor, bf16_copy: bool):
-    """(out(x, residual), its bf16 copy or None) for inference (dropout is the identity)."""
-    if not (INFERENCE_KERNELS and _standard_output(out)):
-        return out(x, residual), None
-    ln = out.LayerNorm
-    return ops.residual_layer_norm(out.dense(x), residual, ln.weight, ln.bias, ln.eps,
-                                   bf16_copy=bf16_copy)
-
-
-def inference_layer(layer: nn.Module, hidden: torch.Tensor, mask4d,
-                    key_mask: torch.Tensor | None = None, hidden16: torch.Tensor | None = None):
-    """A BERT/XLM-R encoder layer for inference (no gradient, no dropout), computing what
-    the Hugging Face layer computes; returns (hidden, its bf16 copy or None).
-
-    Query, key and value are one GEMM (the input read and cast once); attention reads that
-    packed output directly (ops.packed_attention, with `key_mask` [B, S], the additive
-    key-padding mask) and writes the layout the output projection takes; each residual add
-    + LayerNorm is one pass that also writes the bf16 input of the next GEMM under bf16
-    autocast (`hidden16`: that copy of `hidden`); the feed-forward GELU is fused into its
-    GEMM (oneDNN post-op) where the layer's activation is the exact GELU."""
-    att = layer.attention
-    sa = att.self
-    B, S, _ = hidden.shape
-    h, hd = sa.num_attention_heads, sa.attention_head_size
-    qkv = _fused_qkv(sa)(hidden16 if hidden16 is not None else hidden)
-    if INFERENCE_KERNELS and key_mask is not None and ops.packed_attention_applies(qkv, h):
-        ctx = ops.packed_attention(qkv, key_mask, h, sa.scaling)
-    else:
-        x = qkv.view(B, S, 3, h, hd).permute(2, 0, 3, 1, 4)
-        ctx = fast_dropout.attend(x[0], x[1], x[2], mask4d, sa.scaling, 0.0)
-        ctx = ctx.transpose(1, 2).reshape(B, S, h * hd)
-    # Under bf16 autocast the next GEMMs take bf16: write that copy in the same pass.
-    bf16 = torch.is_autocast_enabled("cpu") and \
-        torch.get_autocast_dtype("cpu") == torch.bfloat16
-    a, a16 = _output_block(att.output, ctx, hidden, bf16)
-    a_in = a16 if a16 is not None else a
-    inter = layer.intermediate
-    if isinstance(inter.dense, FrozenLinear) and _exact_gelu(inter.intermediate_act_fn):
-        i = inter.dense.forward_gelu(a_in)
-    else:
-        i = inter(a_in)
-    return _output_block(layer.output, i, a, bf16)
-
-
 class ClassificationHead(nn.Module):
     """The backbone family's own head, reading slot 0 (the first virtual token).
 
@@ -268,12 +137,19 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         backend: backend of the fused ops (None = best available; "reference" runs the plain
             Hugging Face model with inputs_embeds).
         head_style: "roberta" or "bert"; default from the backbone family.
+        fast_path: switches of the encoder's fast path (encoder_fast_path.FastPathOptions).
+
+    The backbone is frozen (requires_grad False) and, unless backend is "reference",
+    accelerated in place (acceleration.accelerate: classes of its linear and dropout layers,
+    its attention implementation, caches on its modules); set_backend("reference") or
+    acceleration.restore(model.backbone) gives back the unmodified Hugging Face object.
     """
 
     def __init__(self, backbone: nn.Module, num_labels: int, num_virtual_tokens: int = 20,
                  encoder_ratio: float = 1.0, encoder_hidden_size: int = 256,
                  prompt_dropout: float = 0.1, classifier_dropout: float | None = None,
-                 backend: str | None = None, head_style: str | None = None):
+                 backend: str | None = None, head_style: str | None = None,
+                 fast_path: FastPathOptions | None = None):
         super().__init__()
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
@@ -281,14 +157,7 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         self.parts = find_embedding_parts(backbone)
         self.backbone = backbone
         self.backbone.requires_grad_(False)
-        # Frozen: its linear layers need no weight gradients; run them on oneDNN (exact).
-        prepare_frozen_linears(self.backbone.encoder)
-        # Where the backbone attends through SDPA, attention goes through fast_dropout's
-        # implementation (key-padding mask, counter-based dropout); set_backend switches.
-        # A backbone already wrapped once carries that implementation: its original is SDPA.
-        hf_attn = getattr(backbone.config, "_attn_implementation", None)
-        self._hf_attn = "sdpa" if hf_attn == fast_dropout.ATTN_IMPLEMENTATION else hf_attn
-        self._fast_attn = self._hf_attn == "sdpa" and fast_dropout.register_attention()
+        self.fast_path = fast_path or FastPathOptions()
         config = backbone.config
         d = self.parts.word.embedding_dim
         max_pos = self.parts.position.num_embeddings
@@ -316,9 +185,6 @@ class PromptedEncoderForSequenceClassification(nn.Module):
                                        pooler_dense if isinstance(pooler_dense, nn.Linear) else None)
         self.num_labels = num_labels
         self.set_backend(backend)
-        layers = getattr(backbone.encoder, "layer", None)
-        # Last layer for slot 0 only (exact); off for layouts this code does not know.
-        self.first_row_last_layer = bool(layers) and _supports_first_row(layers[-1])
         from .backbones import SUPPORTED_FAMILIES
 
         if getattr(config, "model_type", None) not in SUPPORTED_FAMILIES:
@@ -366,15 +232,12 @@ class PromptedEncoderForSequenceClassification(nn.Module):
             self.prompt.encoder.backend = backend
         # The reference path is the unmodified Hugging Face model (PEFT's route).
         fast = backend != "reference"
-        set_frozen_linears_fast(self.backbone, fast)
-        for m in (self.backbone, self.head):  # the head's too: masks by global sample index
-            if fast:
-                fast_dropout.prepare_dropouts(m)
-            else:
-                fast_dropout.restore_dropouts(m)
-        if self._fast_attn:
-            self.backbone.config._attn_implementation = (
-                fast_dropout.ATTN_IMPLEMENTATION if fast else self._hf_attn)
+        (accelerate if fast else restore)(self.backbone)
+        # the head's dropout too: masks by global sample index under torchrun
+        if fast:
+            fast_dropout.prepare_dropouts(self.head)
+        else:
+            fast_dropout.restore_dropouts(self.head)
 
     # ---- properties -------------------------------------------------------------------
     @property
@@ -443,7 +306,8 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         from transformers.masking_utils import create_bidirectional_mask
 
         hidden = self.parts.dropout(self.embed(input_ids, prompt))
-        if self.backbone.config._attn_implementation == fast_dropout.ATTN_IMPLEMENTATION:
+        fast_attn = attends_fast(self.backbone)
+        if fast_attn:
             # Key-padding mask [B, 1, 1, S], additive: what an encoder's bidirectional mask
             # is, without materializing [B, 1, S, S] (see fast_dropout's attention).
             mask4d = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
@@ -451,25 +315,8 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         else:
             mask4d = create_bidirectional_mask(config=self.backbone.config,
                                                inputs_embeds=hidden, attention_mask=mask)
-        if not first_row_only or not self.first_row_last_layer:
-            return self.backbone.encoder(hidden, attention_mask=mask4d).last_hidden_state
-        layers = self.backbone.encoder.layer
-        inference = (not torch.is_grad_enabled() and not self.backbone.training
-                     and self.backbone.config._attn_implementation
-                     == fast_dropout.ATTN_IMPLEMENTATION and hidden.device.type == "cpu")
-        key_mask = None
-        if inference and isinstance(mask4d, torch.Tensor) and mask4d.dim() == 4 and \
-                mask4d.shape[1:3] == (1, 1):
-            key_mask = mask4d[:, 0, 0, :].float().contiguous()
-        hidden16 = None
-        for layer in layers[:-1]:
-            if inference and _supports_first_row(layer):
-                hidden, hidden16 = inference_layer(layer, hidden, mask4d, key_mask, hidden16)
-                continue
-            hidden = layer(hidden, mask4d)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-            hidden16 = None
-        return first_row_layer(layers[-1], hidden, mask4d, hidden16)
+        return run_encoder(self.backbone.encoder, hidden, mask4d, fast_attn, first_row_only,
+                           self.fast_path)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, prompt: torch.Tensor | None = None):
