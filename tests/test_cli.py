@@ -403,3 +403,41 @@ def test_unsupported_encoder_is_refused_before_anything_is_written(env, capsys, 
     code, cap = run_train(args, capsys)
     assert code == 2 and "not supported" in cap.err and cap.err.count("\n") == 1, cap.err
     assert snapshot(tmp_path) == before
+
+
+def test_export_import_and_continue_training(env, trained_adapter, capsys, tmp_path):
+    from xpe_fast import export
+
+    peft_dir = tmp_path / "peft"
+    assert export.main(["--adapter", str(trained_adapter), "--out", str(peft_dir)]) == 0
+    assert (peft_dir / "adapter_model.safetensors").is_file()
+    code = export.main(["--adapter", str(trained_adapter), "--out", str(peft_dir)])
+    cap = capsys.readouterr()
+    assert code == 2 and "exists" in cap.err and cap.err.count("\n") == 1
+    # evaluating the PEFT export gives the xpe_fast adapter's numbers
+    args = ["--backbone", env["backbone"], "--tokenizer", env["tokenizer"], "--data-dir",
+            env["data"], "--languages", "amh_Ethi,fra_Latn", "--no-progress", "--precision",
+            "fp32"]
+    outs = {}
+    for name, folder in (("ours", trained_adapter), ("peft", peft_dir)):
+        assert evaluate.main(["--adapter", str(folder), *args, "--output",
+                              str(tmp_path / f"{name}.csv")]) == 0
+        outs[name] = (tmp_path / f"{name}.csv").read_text().splitlines()
+    assert outs["ours"] == outs["peft"]
+    capsys.readouterr()
+    # continue training from an adapter: after one step at a negligible learning rate the
+    # tensors are the imported ones
+    out = tmp_path / "cont"
+    code, cap = run_train(base_args(env, out, "--steps", "1", "--eval-every", "1", "--lr",
+                                    "1e-12", "--lr-prompt", "1e-12", "--init-adapter",
+                                    str(trained_adapter)), capsys)
+    assert code == 0, cap.err
+    a = load_file(str(trained_adapter / "adapter.safetensors"))
+    b = load_file(str(out / "seed-0/adapter/adapter.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    # an adapter that does not fit the run: one line, nothing written
+    code, cap = run_train(base_args(env, tmp_path / "bad", "--num-virtual-tokens", "5",
+                                    "--init-adapter", str(trained_adapter)), capsys)
+    assert code == 2 and "does not fit" in cap.err and cap.err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()

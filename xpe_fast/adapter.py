@@ -207,14 +207,24 @@ def check_compatible(model: PromptedEncoderForSequenceClassification, cfg: dict,
 def load_adapter(folder, model: PromptedEncoderForSequenceClassification,
                  backbone_name: str, adapter: tuple[dict, dict] | None = None) -> dict:
     """Loads the adapter's tensors into `model` (every trainable tensor, exact shapes; nothing
-    is changed if any check fails); returns its config. `adapter`: what read_adapter returned,
-    if it was read already."""
+    is changed if any check fails); returns its config. `adapter`: what read_adapter (or
+    interop.read_any_adapter) returned, if it was read already. An imported adapter (another
+    layout) is checked against the model's hidden size instead of a backbone fingerprint,
+    and a BERT head without its pooler keeps the backbone's pooler."""
     cfg, tensors = adapter if adapter is not None else read_adapter(folder)
-    check_compatible(model, cfg, backbone_name)
+    if cfg.get("imported"):
+        d = model.parts.word.embedding_dim
+        if cfg["hidden_size"] != d:
+            raise AdapterMismatchError(
+                f"{folder}: its prompt has width {cfg['hidden_size']} but the backbone's hidden "
+                f"size is {d} (prompt and head tensors are saved for another backbone)")
+    else:
+        check_compatible(model, cfg, backbone_name)
     tensors = {k: v for k, v in tensors.items() if k != "static_prompt"}
     own = dict(model.named_parameters())
     want = {n for n, p in own.items() if p.requires_grad}
-    missing, unexpected = want - set(tensors), set(tensors) - want
+    optional = {"head.dense.weight", "head.dense.bias"} if cfg.get("imported") else set()
+    missing, unexpected = want - set(tensors) - optional, set(tensors) - want
     if missing or unexpected:
         raise AdapterMismatchError(f"adapter tensors do not match the model: missing "
                                    f"{sorted(missing)}, unexpected {sorted(unexpected)}")

@@ -63,6 +63,7 @@ class TrainConfig:
     precision: str = "auto"
     seeds: list[int] = field(default_factory=lambda: [0])
     backbone: str = "e5-small"
+    init_adapter: str | None = None
     tokenizer: str | None = None
     data_dir: str | None = None
     output_dir: str | None = None
@@ -192,6 +193,9 @@ def build_parser(doc: str = "") -> argparse.ArgumentParser:
     g.add_argument("--backbone", default=S,
                    help="e5-small (embedded), a hub id or a local model folder [e5-small]")
     g.add_argument("--tokenizer", default=S, help="a tokenizer.json to use instead")
+    g.add_argument("--init-adapter", default=S, metavar="DIR",
+                   help="start from this adapter (xpe_fast's, a PEFT prompt adapter, or the "
+                   "paper's layout with its MLP) instead of random tables")
     g.add_argument("--output-dir", default=S, help="[runs/<method>-<source>-<time>]")
     g.add_argument("--device", default=S, help=f"{DEVICES_HELP} [auto]")
     g.add_argument("--backend", choices=[c for c in _CHOICES["backend"] if c], default=S,

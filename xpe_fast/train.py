@@ -141,6 +141,9 @@ def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Pa
         folder.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
     model = build_model(cfg, bb, device)
+    if cfg.init_adapter and not (folder / "checkpoint.safetensors").is_file():
+        load_adapter(cfg.init_adapter, model, bb.name, check_init_adapter(cfg))
+        log.info("%s seed %d: starting from the adapter in %s", cfg.tag, seed, cfg.init_adapter)
     max_len = min(cfg.max_length, model.max_input_length)
     train = D.concat([D.encode(bb.tokenizer, dataset.split(l, "train"), max_len, l)
                       for l in sources])
@@ -271,8 +274,30 @@ def prepare(cfg: TrainConfig, device: torch.device):
         raise UserError(f"--num-virtual-tokens {cfg.num_virtual_tokens} does not fit the "
                         f"backbone's {info.max_position_embeddings} positions: at most {room} "
                         "leave room for <s>, one token and </s>")
+    if cfg.init_adapter:
+        check_init_adapter(cfg)
     out = check_output_dir(cfg)
     return sources, targets, dataset, out
+
+
+def check_init_adapter(cfg: TrainConfig) -> tuple[dict, dict]:
+    """The --init-adapter, read and checked against the run's prompt (method, sizes)."""
+    from .interop import read_any_adapter
+
+    adapter = read_any_adapter(cfg.init_adapter)
+    a = adapter[0]
+    want = {"encoder_ratio": float(cfg.encoder_ratio),
+            "num_virtual_tokens": cfg.num_virtual_tokens,
+            "num_labels": len(D.LABELS)}
+    if float(cfg.encoder_ratio) > 0:
+        want["encoder_hidden_size"] = cfg.encoder_hidden_size
+    diff = {k: (a.get(k), v) for k, v in want.items()
+            if (float(a.get(k)) if k == "encoder_ratio" else a.get(k)) != v}
+    if diff:
+        raise UserError(f"--init-adapter {cfg.init_adapter} does not fit this run (adapter vs "
+                        f"run: {diff}); set --method/--encoder-ratio/--num-virtual-tokens/"
+                        "--encoder-hidden-size to the adapter's")
+    return adapter
 
 
 def run(args) -> int:
