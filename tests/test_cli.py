@@ -343,7 +343,7 @@ CORRUPT = {
     "truncated weights": (_truncate, "not a readable safetensors file"),
     "garbage weights": (_garbage, "not a readable safetensors file"),
     "missing weights": (lambda d: (d / "adapter.safetensors").unlink(), "is missing"),
-    "missing config": (lambda d: (d / "adapter_config.json").unlink(), "not an xpe_fast adapter"),
+    "missing config": (lambda d: (d / "adapter_config.json").unlink(), "no adapter_config.json"),
     "bad json": (lambda d: (d / "adapter_config.json").write_text("{ not json"), "not valid JSON"),
     "json list": (lambda d: (d / "adapter_config.json").write_text("[1, 2]"), "JSON object"),
     "wrong shape": (_reshape, "head.out_proj.weight has shape"),
@@ -441,3 +441,69 @@ def test_export_import_and_continue_training(env, trained_adapter, capsys, tmp_p
                                     "--init-adapter", str(trained_adapter)), capsys)
     assert code == 2 and "does not fit" in cap.err and cap.err.count("\n") == 1
     assert not (tmp_path / "bad").exists()
+
+
+def own_data(root):
+    """Three synthetic languages, one file format each; labels by keyword."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    words = {"sport": ["ball", "goal", "team"], "food": ["bread", "soup", "rice"],
+             "music": ["song", "drum", "tune"]}
+
+    def rows(lang, n):
+        out = []
+        for i in range(n):
+            label = rng.choice(sorted(words))
+            text = " ".join(rng.choice(words[label]) + lang[:2] for _ in range(5))
+            out.append({"id": i, "sentence": text, "topic": label})
+        return out
+
+    for lang, ext in (("xx_Aaaa", "csv"), ("yy_Bbbb", "tsv"), ("zz_Cccc", "jsonl")):
+        (root / lang).mkdir(parents=True)
+        for split, n in (("train", 40), ("dev", 12), ("test", 15)):
+            path = root / lang / f"{split}.{ext}"
+            data = rows(lang, n)
+            if ext == "jsonl":
+                path.write_text("".join(json.dumps(r) + "\n" for r in data))
+            else:
+                with open(path, "w", newline="") as f:
+                    w = csv.DictWriter(f, ["id", "sentence", "topic"],
+                                       delimiter="\t" if ext == "tsv" else ",")
+                    w.writeheader()
+                    w.writerows(data)
+    groups = root / "groups.csv"
+    groups.write_text("code,group\nzz_Cccc,far\nyy_Bbbb,near\nzz_Cccc,all-targets\n")
+    return root, groups
+
+
+def test_train_and_evaluate_on_own_data(env, capsys, tmp_path):
+    data, groups = own_data(tmp_path / "mydata")
+    out = tmp_path / "run"
+    args = ["--backbone", env["backbone"], "--tokenizer", env["tokenizer"], "--data", str(data),
+            "--text-column", "sentence", "--label-column", "topic", "--groups", str(groups),
+            "--source", "xx_Aaaa", "--targets", "far,near", "--steps", "3", "--eval-every", "3",
+            "--batch-size", "8", "--num-virtual-tokens", "4", "--encoder-hidden-size", "8",
+            "--threads", "1", "--precision", "fp32", "--no-progress", "--output-dir", str(out)]
+    code, cap = run_train(args, capsys)
+    assert code == 0, cap.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["per_language"]["zero_shot"]) == {"zz_Cccc", "yy_Bbbb"}
+    assert set(summary["groups"]["zero_shot"]) == {"far", "near", "all-targets"}
+    cfg = json.loads((out / "seed-0/adapter/adapter_config.json").read_text())
+    assert cfg["labels"] == ["food", "music", "sport"] and cfg["num_labels"] == 3
+    code = evaluate.main(["--adapter", str(out / "seed-0/adapter"), "--backbone",
+                          env["backbone"], "--tokenizer", env["tokenizer"], "--data", str(data),
+                          "--text-column", "sentence", "--label-column", "topic",
+                          "--languages", "zz_Cccc", "--no-progress", "--precision", "fp32"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert f"{100 * summary['per_language']['zero_shot']['zz_Cccc']:.1f}" in cap.out
+    # a label unseen in training, in a target's test split: one line naming file and line
+    with open(data / "zz_Cccc" / "test.jsonl", "a") as f:
+        f.write(json.dumps({"id": 99, "sentence": "x", "topic": "weather"}) + "\n")
+    code, cap = run_train([*args[:-1], str(tmp_path / "run2")], capsys)
+    assert code == 2 and "test.jsonl, line 16" in cap.err and "weather" in cap.err
+    code, cap = run_train([*args[:-1], str(tmp_path / "run3"), "--text-column", "txt"], capsys)
+    assert code == 2 and "no column 'txt'" in cap.err and cap.err.count("\n") == 1

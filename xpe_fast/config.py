@@ -45,6 +45,10 @@ class TrainConfig:
     source: str = "joshi5"
     targets: str = "all-wo-joshi5"
     regime: str = "zero-shot"
+    data: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    groups: str | None = None
     steps: int = 150
     target_steps: int = 100
     batch_size: int = 32
@@ -161,6 +165,17 @@ def build_parser(doc: str = "") -> argparse.ArgumentParser:
                    help="supervised also trains on each target's own train split [zero-shot]")
     g.add_argument("--data-dir", default=S, help="SIB-200 folder, or the hub id "
                    f"{D.HUB_DATASET} [$XPE_FAST_DATA_DIR, ./shared/sib200, ../shared/sib200]")
+    g.add_argument("--data", default=S, metavar="DIR_OR_HUB_ID",
+                   help="your own data instead of SIB-200: a folder <language>/<split>."
+                   "{csv,tsv,jsonl} (train, dev, test) or a Hugging Face dataset id with one "
+                   "configuration per language")
+    g.add_argument("--text-column", default=S, help="text field of --data [text]")
+    g.add_argument("--label-column", default=S,
+                   help="label field of --data; the label set is read from the sources' "
+                   "train splits [label]")
+    g.add_argument("--groups", default=S, metavar="CSV",
+                   help="language groups for --source/--targets and the reports: a CSV with "
+                   "columns code,group")
     g.add_argument("--max-length", type=int, default=S, help="tokens per input [164]")
     g = ap.add_argument_group("optimization")
     g.add_argument("--steps", type=int, default=S, help="training steps on the sources [150]")

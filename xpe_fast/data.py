@@ -52,6 +52,9 @@ LOCAL_CANDIDATES = ("shared/sib200", "../shared/sib200")
 class SIB200:
     """Reader of SIB-200 splits from a local folder or the hub, with a per-split cache."""
 
+    labels = list(LABELS)
+    own = False
+
     def __init__(self, source: str | os.PathLike | None = None):
         defaulted = source is None
         source = str(source) if source is not None else default_data_source()
@@ -154,6 +157,161 @@ def parse_tsv(path: str | os.PathLike) -> list[Example]:
     if not out:
         raise DataError(f"{path}: no rows")
     return out
+
+
+# ---- a user's own data ----------------------------------------------------------------
+
+SPLIT_NAMES = {"train": ("train",), "dev": ("dev", "validation", "valid"), "test": ("test",)}
+FORMATS = (".csv", ".tsv", ".jsonl")
+
+
+class OwnDataset:
+    """A user's multilingual classification data: a local folder `<root>/<language>/<split>.
+    {csv,tsv,jsonl}` (split: train, dev or validation, test), or a Hugging Face dataset id
+    whose configurations are the languages (through `datasets`). `text_column` and
+    `label_column` name the fields; the label set is read from the source languages' train
+    splits (`fix_labels`), or given (an adapter's labels, `set_labels`)."""
+
+    own = True
+
+    def __init__(self, source: str, text_column: str = "text", label_column: str = "label",
+                 revision: str | None = None):
+        self.source, self.text_column, self.label_column = source, text_column, label_column
+        self.revision = revision
+        self.labels: list[str] | None = None
+        self._raw: dict[tuple[str, str], list[tuple[int, str, str, str]]] = {}
+        path = Path(source).expanduser()
+        if path.is_dir():
+            self.hub, self.root = False, path
+            self._languages = sorted(p.name for p in path.iterdir() if p.is_dir()
+                                     and any(self._file(p.name, s) for s in SPLIT_NAMES))
+            if not self._languages:
+                raise DataError(f"--data: {source} holds no <language>/<split>.csv|tsv|jsonl "
+                                "files")
+        elif "/" in source and not source.startswith((".", "/", "~")):
+            self.hub, self.root = True, None
+            try:
+                import datasets
+                self._languages = list(datasets.get_dataset_config_names(source,
+                                                                         revision=revision))
+            except ImportError:
+                raise DataError("--data: a hub dataset needs `pip install datasets`") from None
+            except Exception as e:
+                raise DataError(f"--data: could not read the configurations of {source} from "
+                                f"the hub ({e.__class__.__name__}: {str(e)[:160]}); offline, "
+                                "give a local folder") from None
+        else:
+            raise DataError(f"--data: {source} is neither a folder nor a hub dataset id")
+
+    def languages(self) -> list[str]:
+        return list(self._languages)
+
+    def _file(self, lang: str, split: str) -> Path | None:
+        for name in SPLIT_NAMES[split]:
+            for ext in FORMATS:
+                p = self.root / lang / f"{name}{ext}"
+                if p.is_file():
+                    return p
+        return None
+
+    def raw(self, lang: str, split: str) -> list[tuple[int, str, str, str]]:
+        """(index, label, text, where) rows of a split, checked."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+        key = (lang, split)
+        if key not in self._raw:
+            self._raw[key] = self._read_hub(lang, split) if self.hub else self._read(lang, split)
+        return self._raw[key]
+
+    def _row(self, row: dict, where: str, i: int):
+        for col in (self.text_column, self.label_column):
+            if col not in row:
+                raise DataError(f"{where}: no column {col!r} (columns: {', '.join(row)}); "
+                                "see --text-column / --label-column")
+        text, label = row[self.text_column], row[self.label_column]
+        if text is None or not str(text).strip():
+            raise DataError(f"{where}: empty text")
+        if label is None or str(label).strip() == "":
+            raise DataError(f"{where}: empty label")
+        return (i, str(label).strip(), str(text), where)
+
+    def _read(self, lang: str, split: str):
+        import json
+
+        if lang not in self._languages:
+            raise DataError(f"--data: no language {lang!r} in {self.root}")
+        path = self._file(lang, split)
+        if path is None:
+            raise DataError(f"--data: language {lang} has no {split} split in {self.root / lang}")
+        rows = []
+        with open(path, newline="", encoding="utf-8") as f:
+            if path.suffix == ".jsonl":
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as e:
+                        raise DataError(f"{path}, line {n}: not JSON ({e})") from None
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}, line {n}: not a JSON object")
+                    rows.append(self._row(row, f"{path}, line {n}", len(rows)))
+            else:
+                reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+                for row in reader:
+                    if None in row:
+                        raise DataError(f"{path}, line {reader.line_num}: more fields than "
+                                        "the header names")
+                    rows.append(self._row(row, f"{path}, line {reader.line_num}", len(rows)))
+        if not rows:
+            raise DataError(f"{path}: no rows")
+        return rows
+
+    def _read_hub(self, lang: str, split: str):
+        import datasets
+
+        last = None
+        for name in SPLIT_NAMES[split]:
+            try:
+                ds = datasets.load_dataset(self.source, lang, split=name, revision=self.revision)
+                break
+            except Exception as e:  # unknown split name, network, ...
+                last = e
+        else:
+            raise DataError(f"--data: could not load {self.source}/{lang} ({split}): "
+                            f"{last.__class__.__name__}: {str(last)[:200]}")
+        feature = ds.features.get(self.label_column)
+        names = getattr(feature, "names", None)
+        rows = []
+        for i, r in enumerate(ds):
+            r = dict(r)
+            if names is not None and isinstance(r.get(self.label_column), int):
+                r[self.label_column] = names[r[self.label_column]]
+            rows.append(self._row(r, f"{self.source}/{lang}/{split}, row {i}", i))
+        return rows
+
+    def fix_labels(self, languages: list[str]) -> list[str]:
+        """The label set: every label of these languages' train splits, sorted."""
+        self.labels = sorted({r[1] for l in languages for r in self.raw(l, "train")})
+        if len(self.labels) < 2:
+            raise DataError(f"--data: the train splits of {', '.join(languages)} hold "
+                            f"{len(self.labels)} label(s); a classifier needs at least 2")
+        return self.labels
+
+    def set_labels(self, labels: list[str]) -> None:
+        self.labels = list(labels)
+
+    def split(self, lang: str, split: str) -> list[Example]:
+        if self.labels is None:
+            raise DataError("the label set is not fixed yet (fix_labels or set_labels)")
+        ids = {l: i for i, l in enumerate(self.labels)}
+        out = []
+        for i, label, text, where in self.raw(lang, split):
+            if label not in ids:
+                raise DataError(f"{where}: label {label!r} is not among the training labels "
+                                f"({', '.join(self.labels)})")
+            out.append(Example(i, ids[label], text))
+        return out
 
 
 # ---- tokenization and batching --------------------------------------------------------

@@ -92,6 +92,30 @@ def evaluate_languages(model, tokenizer, dataset: D.SIB200, languages: list[str]
     return out
 
 
+def fetch_adapter(spec: str, flag: str = "--adapter", revision: str | None = None) -> str:
+    """A local adapter folder as is; a hub id (owner/name, optionally @revision) downloaded
+    through huggingface_hub. Offline, one line saying what to download and where to put it."""
+    from pathlib import Path
+
+    from .cli_common import UserError
+
+    if "@" in spec and revision is None and not Path(spec).exists():
+        spec, revision = spec.rsplit("@", 1)
+    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or \
+            spec.count("/") != 1:
+        return spec
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(spec, revision=revision)
+    except Exception as e:
+        rev = f" --revision {revision}" if revision else ""
+        raise UserError(f"{flag}: {spec}{'@' + revision if revision else ''} is no local folder "
+                        f"and could not be downloaded ({e.__class__.__name__}); where a network "
+                        f"exists run `huggingface-cli download {spec}{rev} --local-dir DIR` and "
+                        f"pass {flag} DIR") from None
+
+
 def _positive(name):
     def parse(text):
         try:
@@ -114,10 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "P-tuning adapter, or the paper's layout (bmikaberidze/XPE)")
     ap.add_argument("--languages", default="all-wo-joshi5",
                     help="group names or language codes, comma-separated")
+    ap.add_argument("--revision", default=None,
+                    help="with a hub id as --adapter: the revision (e.g. seed-01)")
     ap.add_argument("--split", default="test", choices=D.SPLITS)
     ap.add_argument("--backbone", default=None, help="default: the one the adapter names")
     ap.add_argument("--tokenizer", default=None, help="a tokenizer.json to use instead")
     ap.add_argument("--data-dir", default=None, help=f"SIB-200 folder, or {D.HUB_DATASET}")
+    ap.add_argument("--data", default=None, help="your own data (as in xpe_fast.train)")
+    ap.add_argument("--text-column", default="text")
+    ap.add_argument("--label-column", default="label")
+    ap.add_argument("--groups", default=None, metavar="CSV", help="language groups (code,group)")
     ap.add_argument("--max-length", type=_positive("--max-length"), default=164)
     ap.add_argument("--batch-size", type=_positive("--batch-size"), default=64)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
@@ -146,10 +176,22 @@ def run(args) -> int:
     device = resolve_device(args.device)
     check_backend(args.backend, device)
     precision = resolve_precision(args.precision, device)
-    adapter = read_any_adapter(args.adapter)
+    adapter_dir = fetch_adapter(args.adapter, "--adapter", args.revision)
+    adapter = read_any_adapter(adapter_dir)
     cfg = adapter[0]
+    from .train import open_dataset
+
+    dataset = open_dataset(args.data, args.data_dir, args.text_column, args.label_column,
+                           args.groups)
+    if dataset.own:
+        if not cfg.get("labels"):
+            raise UserError(f"--adapter: {args.adapter} records no label names to read "
+                            "--data's labels with")
+        dataset.set_labels(cfg["labels"])
+    elif cfg.get("labels") not in (None, list(D.LABELS)):
+        raise UserError(f"--adapter: {args.adapter} was trained on other labels "
+                        f"({', '.join(cfg['labels'])}); give its data with --data")
     langs = resolve_languages(args.languages)
-    dataset = D.SIB200(args.data_dir)
     if not dataset.hub:
         for lang in langs:
             dataset.split(lang, args.split)
@@ -165,7 +207,7 @@ def run(args) -> int:
     try:
         bb = backbones.load(spec, args.tokenizer)
         model = build_model_for_adapter(bb.model, cfg, args.backend).to(device)
-        load_adapter(args.adapter, model, bb.name, adapter)
+        load_adapter(adapter_dir, model, bb.name, adapter)
         t0 = time.time()
         res = evaluate_languages(model, bb.tokenizer, dataset, langs, args.split,
                                  min(args.max_length, model.max_input_length), args.batch_size,
@@ -188,8 +230,12 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     from .cli_common import run_cli
+    from .languages import set_language_space
 
-    return run_cli(run, build_parser(), argv)
+    try:
+        return run_cli(run, build_parser(), argv)
+    finally:
+        set_language_space(None)  # a user's data (--data, --groups) sets it for one command
 
 
 if __name__ == "__main__":

@@ -74,8 +74,62 @@ _ALIASES = {"seen92": "seen-92", "seen": "seen-92", "lowperforming": "low-perfor
 
 
 @functools.lru_cache(maxsize=1)
-def groups() -> dict[str, tuple[str, ...]]:
+def _builtin_groups() -> dict[str, tuple[str, ...]]:
     return _groups()
+
+
+# A user's own dataset replaces the SIB-200 language space: its languages, and the groups of
+# a user's CSV (set_language_space).
+_space: dict | None = None
+
+
+def set_language_space(codes: list[str] | None, user_groups: dict[str, tuple] | None = None):
+    """The languages of a user's dataset (None: SIB-200's table) and a user's groups (added to
+    SIB-200's; reports then give means for the user's groups). Both None: back to SIB-200."""
+    global _space
+    if codes is None and user_groups is None:
+        _space = None
+        return
+    builtin = codes is None
+    codes = list(language_table()) if builtin else list(codes)
+    gs = dict(_builtin_groups()) if builtin else {"all": tuple(codes)}
+    gs.update(user_groups or {})
+    report = tuple(user_groups) if user_groups else (TARGET_GROUPS if builtin else ("all",))
+    _space = {"codes": set(codes), "groups": gs, "report": report}
+
+
+def groups() -> dict[str, tuple[str, ...]]:
+    return _space["groups"] if _space is not None else _builtin_groups()
+
+
+def target_groups() -> tuple[str, ...]:
+    """The groups reports give means for: the paper's four, or every group of the user's."""
+    return _space["report"] if _space is not None else TARGET_GROUPS
+
+
+def load_user_groups(path, codes: list[str]) -> dict[str, tuple[str, ...]]:
+    """A CSV of (code, group) rows, one per membership, into {group: codes}; every code must
+    be one of the dataset's languages."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise UnknownLanguageError(f"--groups: file {path} does not exist")
+    out: dict[str, list[str]] = {}
+    with open(p, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"code", "group"} <= set(reader.fieldnames):
+            raise UnknownLanguageError(f"--groups: {path} needs the columns code,group; got "
+                                       f"{reader.fieldnames}")
+        for row in reader:
+            code, group = (row["code"] or "").strip(), (row["group"] or "").strip()
+            if code not in codes:
+                raise UnknownLanguageError(f"--groups: {path}, line {reader.line_num}: language "
+                                           f"{code!r} is not in the dataset")
+            if not group:
+                raise UnknownLanguageError(f"--groups: {path}, line {reader.line_num}: no group")
+            out.setdefault(_normalize_group(group), []).append(code)
+    return {g: tuple(dict.fromkeys(c)) for g, c in out.items()}
 
 
 def group_names() -> list[str]:
@@ -91,7 +145,8 @@ def resolve_languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """Codes of a group name ("joshi5", "unseen", ...), a list of codes, or a comma-separated
     mix of both. Unknown names raise UnknownLanguageError with suggestions."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
-    table, gs = language_table(), groups()
+    table = _space["codes"] if _space is not None else language_table()
+    gs = groups()
     out: list[str] = []
     for raw in items:
         item = raw.strip()
@@ -114,4 +169,4 @@ def resolve_languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 
 def groups_of(code: str) -> list[str]:
     """The target groups a language belongs to."""
-    return [g for g in TARGET_GROUPS if code in groups()[g]]
+    return [g for g in target_groups() if code in groups()[g]]

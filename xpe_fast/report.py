@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .languages import GROUP_TITLES, TARGET_GROUPS, groups, groups_of, language_table
+from .languages import GROUP_TITLES, groups, groups_of, language_table, target_groups
 
 log = logging.getLogger("xpe_fast.train")
 
@@ -24,7 +24,7 @@ def mean_std(vals: list[float]) -> tuple[float, float | None]:
 def group_means(per_lang: dict[str, float]) -> dict[str, dict]:
     """Mean accuracy per target group over the languages present."""
     res = {}
-    for g in TARGET_GROUPS:
+    for g in target_groups():
         accs = [per_lang[c] for c in groups()[g] if c in per_lang]
         if accs:
             res[g] = {"mean": sum(accs) / len(accs), "languages": len(accs),

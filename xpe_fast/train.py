@@ -30,8 +30,8 @@ from .cli_common import UserError, run_cli
 from .config import TrainConfig, build_parser, resolve_config
 from .device import check_backend, resolve_device, resolve_precision
 from .distributed import World
-from .evaluate import evaluate_encoded, evaluate_languages
-from .languages import resolve_languages
+from .evaluate import evaluate_encoded, evaluate_languages, fetch_adapter
+from .languages import language_table, resolve_languages, set_language_space
 from .loop import set_seed, train_phase
 from .report import format_grid_table, format_group_table, summarize, summarize_grid, \
     write_accuracy_csv
@@ -118,11 +118,11 @@ def check_data(dataset: D.SIB200, sources: list[str], targets: list[str],
 
 # ---- one run ---------------------------------------------------------------------------
 
-def build_model(cfg: TrainConfig, bb, device: torch.device):
+def build_model(cfg: TrainConfig, bb, device: torch.device, num_labels: int):
     from .model import PromptedEncoderForSequenceClassification
 
     return PromptedEncoderForSequenceClassification(
-        bb.model, len(D.LABELS), num_virtual_tokens=cfg.num_virtual_tokens,
+        bb.model, num_labels, num_virtual_tokens=cfg.num_virtual_tokens,
         encoder_ratio=cfg.encoder_ratio, encoder_hidden_size=cfg.encoder_hidden_size,
         prompt_dropout=cfg.prompt_dropout, backend=cfg.backend).to(device)
 
@@ -140,9 +140,9 @@ def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Pa
     if world.main:
         folder.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
-    model = build_model(cfg, bb, device)
+    model = build_model(cfg, bb, device, len(dataset.labels))
     if cfg.init_adapter and not (folder / "checkpoint.safetensors").is_file():
-        load_adapter(cfg.init_adapter, model, bb.name, check_init_adapter(cfg))
+        load_adapter(cfg.init_adapter, model, bb.name, check_init_adapter(cfg, dataset))
         log.info("%s seed %d: starting from the adapter in %s", cfg.tag, seed, cfg.init_adapter)
     max_len = min(cfg.max_length, model.max_input_length)
     train = D.concat([D.encode(bb.tokenizer, dataset.split(l, "train"), max_len, l)
@@ -164,7 +164,7 @@ def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Pa
                             desc=f"{cfg.tag} seed {seed} train", device=device,
                             precision=cfg.precision, on_checkpoint=tick, world=world)
         if world.main:
-            save_adapter(model, adapter_dir, bb.name, list(D.LABELS),
+            save_adapter(model, adapter_dir, bb.name, list(dataset.labels),
                          extra={"seed": seed, "source": sources,
                                 "best_step": phase["best_step"],
                                 "dev_accuracy": phase["best_acc"]})
@@ -264,9 +264,12 @@ def prepare(cfg: TrainConfig, device: torch.device):
 
     check_backend(cfg.backend, device)
     cfg.precision = resolve_precision(cfg.precision, device)
+    dataset = open_dataset(cfg.data, cfg.data_dir, cfg.text_column, cfg.label_column,
+                           cfg.groups)
     sources = resolve_languages(cfg.source)
     targets = resolve_languages(cfg.targets)
-    dataset = D.SIB200(cfg.data_dir)
+    if dataset.own:
+        dataset.fix_labels(sources)
     check_data(dataset, sources, targets, cfg)
     info = backbones.inspect(cfg.backbone, cfg.tokenizer)
     room = info.max_position_embeddings - info.position_offset - 3
@@ -275,20 +278,36 @@ def prepare(cfg: TrainConfig, device: torch.device):
                         f"backbone's {info.max_position_embeddings} positions: at most {room} "
                         "leave room for <s>, one token and </s>")
     if cfg.init_adapter:
-        check_init_adapter(cfg)
+        check_init_adapter(cfg, dataset)
     out = check_output_dir(cfg)
     return sources, targets, dataset, out
 
 
-def check_init_adapter(cfg: TrainConfig) -> tuple[dict, dict]:
+def open_dataset(data: str | None, data_dir: str | None, text_column: str, label_column: str,
+                 groups_csv: str | None):
+    """SIB-200, or the user's own data (--data); with the user's language groups (--groups)."""
+    from .languages import load_user_groups, set_language_space
+
+    if data:
+        dataset = D.OwnDataset(data, text_column, label_column)
+        codes = dataset.languages()
+    else:
+        dataset = D.SIB200(data_dir)
+        codes = None
+    user = load_user_groups(groups_csv, codes or list(language_table())) if groups_csv else None
+    set_language_space(codes, user)
+    return dataset
+
+
+def check_init_adapter(cfg: TrainConfig, dataset) -> tuple[dict, dict]:
     """The --init-adapter, read and checked against the run's prompt (method, sizes)."""
     from .interop import read_any_adapter
 
-    adapter = read_any_adapter(cfg.init_adapter)
+    adapter = read_any_adapter(fetch_adapter(cfg.init_adapter, "--init-adapter"))
     a = adapter[0]
     want = {"encoder_ratio": float(cfg.encoder_ratio),
             "num_virtual_tokens": cfg.num_virtual_tokens,
-            "num_labels": len(D.LABELS)}
+            "num_labels": len(dataset.labels)}
     if float(cfg.encoder_ratio) > 0:
         want["encoder_hidden_size"] = cfg.encoder_hidden_size
     diff = {k: (a.get(k), v) for k, v in want.items()
@@ -320,6 +339,7 @@ def run(args) -> int:
         return train_and_report(cfg, device, world, sources, targets, dataset, out)
     finally:
         distributed.shutdown()
+        set_language_space(None)  # a user's data set it for this command only
 
 
 def train_and_report(cfg: TrainConfig, device, world: World, sources, targets, dataset,
@@ -330,7 +350,7 @@ def train_and_report(cfg: TrainConfig, device, world: World, sources, targets, d
     tags = cfg.methods or [cfg.tag]
     # Refuse an unsupported encoder (or method) before anything is written.
     for tag in tags:
-        build_model(cfg.for_method(tag), bb, device)
+        build_model(cfg.for_method(tag), bb, device, len(dataset.labels))
     if world.main:
         create_output_dir(cfg, out)
     world.barrier()
