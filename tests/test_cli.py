@@ -507,3 +507,13 @@ def test_train_and_evaluate_on_own_data(env, capsys, tmp_path):
     assert code == 2 and "test.jsonl, line 16" in cap.err and "weather" in cap.err
     code, cap = run_train([*args[:-1], str(tmp_path / "run3"), "--text-column", "txt"], capsys)
     assert code == 2 and "no column 'txt'" in cap.err and cap.err.count("\n") == 1
+
+
+def test_hub_adapter_offline_says_what_to_download(env, capsys):
+    code = evaluate.main(["--adapter", "mikaberidze/xlmr-large-sib200-peft-xpe-joshi5",
+                          "--revision", "seed-01", "--data-dir", env["data"],
+                          "--languages", "amh_Ethi", "--no-progress"])
+    cap = capsys.readouterr()
+    assert code == 2 and cap.err.count("\n") == 1, cap.err
+    assert "huggingface-cli download mikaberidze/xlmr-large-sib200-peft-xpe-joshi5 " \
+           "--revision seed-01" in cap.err
