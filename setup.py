@@ -5,6 +5,7 @@
   is found (never requires a GPU at build time). XPE_FAST_FORCE_CUDA=1 builds it or fails
   loudly; XPE_FAST_SKIP_CUDA=1 never builds it.
 """
+
 import glob
 import os
 
@@ -30,7 +31,8 @@ def _want_cuda():
             raise RuntimeError(
                 "XPE_FAST_FORCE_CUDA=1 but torch is not a CUDA build "
                 f"(torch.version.cuda={torch.version.cuda}) or no CUDA toolkit was found "
-                f"(CUDA_HOME={cpp_extension.CUDA_HOME})")
+                f"(CUDA_HOME={cpp_extension.CUDA_HOME})"
+            )
         return True
     return found
 
@@ -51,6 +53,7 @@ ext_modules = [
     )
 ]
 
+
 def _pip_cuda_includes():
     """Header folders of pip's CUDA wheels (nvidia/<lib>/include), which a CUDA build of torch
     installs beside itself and which the system toolkit may lack."""
@@ -70,6 +73,7 @@ if _want_cuda():
         )
     )
 
+
 class BuildExtension(cpp_extension.BuildExtension):
     """Also places the built modules beside the sources (as an editable install would), so
     that `python -m xpe_fast.train` or `python -c "import xpe_fast._C"` run from the
@@ -83,7 +87,9 @@ class BuildExtension(cpp_extension.BuildExtension):
             built = self.get_ext_fullpath(ext.name)
             rel = os.path.relpath(built, os.path.abspath(self.build_lib))
             target = os.path.join(ROOT, rel)
-            if os.path.isdir(os.path.dirname(target)) and os.access(os.path.dirname(target), os.W_OK):
+            if os.path.isdir(os.path.dirname(target)) and os.access(
+                os.path.dirname(target), os.W_OK
+            ):
                 self.copy_file(built, target)
 
 

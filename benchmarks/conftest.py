@@ -2,6 +2,7 @@
 test, so a slow phase of the machine hits all of them alike; medians and ratios go into each
 benchmark's extra_info (and so into --benchmark-json). Targets are recorded there as met or
 missed (`record_targets`), never asserted: a slower machine is not a failure."""
+
 import os
 import statistics
 import time
@@ -61,8 +62,10 @@ def record_targets(benchmark, targets: dict[str, tuple[float, float]], what: str
     rec = {name: {"value": v, "target": t, "met": bool(v >= t)} for name, (v, t) in targets.items()}
     benchmark.extra_info["targets"] = rec
     for name, r in rec.items():
-        print(f"\n{what}: {name} {r['value']:.2f}x (target {r['target']}x): "
-              f"{'met' if r['met'] else 'MISSED'}")
+        print(
+            f"\n{what}: {name} {r['value']:.2f}x (target {r['target']}x): "
+            f"{'met' if r['met'] else 'MISSED'}"
+        )
 
 
 def require_shared():

@@ -7,6 +7,7 @@ and train 50 steps with --device cuda on the embedded backbone; one summary file
 Without a CUDA device it says so and exits (code 0). Each stage has a time limit so the
 whole check stays within about 8 minutes; a failed stage is recorded, the next still runs.
 """
+
 import argparse
 import json
 import os
@@ -23,8 +24,7 @@ def stage(name: str, cmd: list[str], timeout: int, env: dict, summary: dict) -> 
     """Runs one stage; its stdout if it succeeded, else None (recorded in `summary`)."""
     t0 = time.time()
     try:
-        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         ok, out, tail = r.returncode == 0, r.stdout, (r.stdout + r.stderr)[-3000:]
     except subprocess.TimeoutExpired:
         ok, out, tail = False, "", f"timed out after {timeout} s"
@@ -58,8 +58,10 @@ def op_benchmarks() -> list[dict]:
 
     rows = []
     dev = "cuda"
-    for shape, (d, V, P) in {"paper-d1024": (1024, 250002, 514),
-                             "e5-d384": (384, 250037, 512)}.items():
+    for shape, (d, V, P) in {
+        "paper-d1024": (1024, 250002, 514),
+        "e5-d384": (384, 250037, 512),
+    }.items():
         for dt in (torch.float32, torch.bfloat16):
             B, L, N, h = 32, 128, 20, 256
             ids = torch.randint(3, V, (B, L), device=dev)
@@ -70,32 +72,54 @@ def op_benchmarks() -> list[dict]:
             go = torch.randn(B, N + L, d, device=dev, dtype=dt)
             rest = (word, pos, typ, w, b, 1e-5, 2)
             comp = torch.compile(assemble_embeddings_reference)
-            fns = {"eager": lambda: torch.autograd.grad(
-                       assemble_embeddings_reference(ids, prompt, *rest), prompt, go),
-                   "compile": lambda: torch.autograd.grad(comp(ids, prompt, *rest), prompt, go)}
+            fns = {
+                "eager": lambda: torch.autograd.grad(
+                    assemble_embeddings_reference(ids, prompt, *rest), prompt, go
+                ),
+                "compile": lambda: torch.autograd.grad(comp(ids, prompt, *rest), prompt, go),
+            }
             for be in [b_ for b_ in ("cuda", "triton") if b_ in ops.available_backends(dev)]:
-                fns[be] = (lambda be=be: torch.autograd.grad(
-                    ops.assemble_embeddings(ids, prompt, *rest, backend=be), prompt, go))
-            rows.append({"op": "assemble_embeddings fwd+bwd", "shape": shape,
-                         "dtype": str(dt)[6:], "ms": timed(fns)})
-            mlp = [t.requires_grad_() for t in (
-                torch.randn(N, d, device=dev, dtype=dt),
-                torch.randn(h, d, device=dev, dtype=dt) / 32,
-                torch.zeros(h, device=dev, dtype=dt),
-                torch.randn(h, h, device=dev, dtype=dt) / 16,
-                torch.zeros(h, device=dev, dtype=dt),
-                torch.randn(d, h, device=dev, dtype=dt) / 16,
-                torch.zeros(d, device=dev, dtype=dt))]
+                fns[be] = lambda be=be: torch.autograd.grad(
+                    ops.assemble_embeddings(ids, prompt, *rest, backend=be), prompt, go
+                )
+            rows.append(
+                {
+                    "op": "assemble_embeddings fwd+bwd",
+                    "shape": shape,
+                    "dtype": str(dt)[6:],
+                    "ms": timed(fns),
+                }
+            )
+            mlp = [
+                t.requires_grad_()
+                for t in (
+                    torch.randn(N, d, device=dev, dtype=dt),
+                    torch.randn(h, d, device=dev, dtype=dt) / 32,
+                    torch.zeros(h, device=dev, dtype=dt),
+                    torch.randn(h, h, device=dev, dtype=dt) / 16,
+                    torch.zeros(h, device=dev, dtype=dt),
+                    torch.randn(d, h, device=dev, dtype=dt) / 16,
+                    torch.zeros(d, device=dev, dtype=dt),
+                )
+            ]
             gm = torch.randn(N, d, device=dev, dtype=dt)
             mcomp = torch.compile(prompt_encoder_mlp_reference)
-            fns = {"eager": lambda: torch.autograd.grad(prompt_encoder_mlp_reference(*mlp), mlp,
-                                                        gm),
-                   "compile": lambda: torch.autograd.grad(mcomp(*mlp), mlp, gm)}
+            fns = {
+                "eager": lambda: torch.autograd.grad(prompt_encoder_mlp_reference(*mlp), mlp, gm),
+                "compile": lambda: torch.autograd.grad(mcomp(*mlp), mlp, gm),
+            }
             for be in [b_ for b_ in ("cuda", "triton") if b_ in ops.available_backends(dev)]:
-                fns[be] = (lambda be=be: torch.autograd.grad(
-                    ops.prompt_encoder_mlp(*mlp, backend=be), mlp, gm))
-            rows.append({"op": "prompt_encoder_mlp fwd+bwd", "shape": shape,
-                         "dtype": str(dt)[6:], "ms": timed(fns)})
+                fns[be] = lambda be=be: torch.autograd.grad(
+                    ops.prompt_encoder_mlp(*mlp, backend=be), mlp, gm
+                )
+            rows.append(
+                {
+                    "op": "prompt_encoder_mlp fwd+bwd",
+                    "shape": shape,
+                    "dtype": str(dt)[6:],
+                    "ms": timed(fns),
+                }
+            )
     return rows
 
 
@@ -111,27 +135,60 @@ def main() -> int:
         print(json.dumps(op_benchmarks()))
         return 0
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False, torch "
-              f"{torch.__version__}); nothing to check.")
+        print(
+            "gpu_check: no CUDA device here (torch.cuda.is_available() is False, torch "
+            f"{torch.__version__}); nothing to check."
+        )
         return 0
     env = dict(os.environ, TRITON_INTERPRET="0", XPE_FAST_FORCE_CUDA="1")
-    summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-               "cuda": torch.version.cuda, "stages": {}}
+    summary = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "stages": {},
+    }
     py = sys.executable
     if not args.skip_build:
-        stage("build (XPE_FAST_FORCE_CUDA=1)", [py, "setup.py", "build_ext", "--inplace"], 240,
-              env, summary)
-    stage("tests: CUDA and Triton backends vs reference",
-          [py, "-m", "pytest", "-q", "tests/test_ops_cuda.py", "-p", "no:cacheprovider"], 120,
-          env, summary)
+        stage(
+            "build (XPE_FAST_FORCE_CUDA=1)",
+            [py, "setup.py", "build_ext", "--inplace"],
+            240,
+            env,
+            summary,
+        )
+    stage(
+        "tests: CUDA and Triton backends vs reference",
+        [py, "-m", "pytest", "-q", "tests/test_ops_cuda.py", "-p", "no:cacheprovider"],
+        120,
+        env,
+        summary,
+    )
     bench = stage("op benchmarks on CUDA", [py, __file__, "--benchmarks-only"], 120, env, summary)
     if bench:
         summary["op_benchmarks"] = json.loads(bench.strip().splitlines()[-1])
     out = REPO / "runs" / f"gpu-check-{int(time.time())}"
-    stage("train 50 steps --device cuda", [py, "-m", "xpe_fast.train", "--device", "cuda",
-                                            "--steps", "50", "--eval-every", "25", "--targets",
-                                            "low-performing", "--no-progress", "--output-dir",
-                                            str(out)], 150, env, summary)
+    stage(
+        "train 50 steps --device cuda",
+        [
+            py,
+            "-m",
+            "xpe_fast.train",
+            "--device",
+            "cuda",
+            "--steps",
+            "50",
+            "--eval-every",
+            "25",
+            "--targets",
+            "low-performing",
+            "--no-progress",
+            "--output-dir",
+            str(out),
+        ],
+        150,
+        env,
+        summary,
+    )
     Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
     failed = [k for k, v in summary["stages"].items() if not v["ok"]]
     print(f"wrote {args.out}; " + (f"failed: {', '.join(failed)}" if failed else "all stages ok"))

@@ -4,6 +4,7 @@ and oneDNN), at 1 and 2 threads.
 
     python benchmarks/machine_peaks.py [--out benchmarks/machine_peaks.json]
 """
+
 import argparse
 import json
 import platform
@@ -37,8 +38,13 @@ def measure() -> dict:
     from xpe_fast.device import cpu_has_fast_bf16
     from xpe_fast.frozen_linear import onednn_available
 
-    out = {"cpu": cpu_name(), "torch": torch.__version__, "fast_bf16": cpu_has_fast_bf16(),
-           "copy_GBps": {}, "matmul_GFLOPs": {}}
+    out = {
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "fast_bf16": cpu_has_fast_bf16(),
+        "copy_GBps": {},
+        "matmul_GFLOPs": {},
+    }
     src = torch.empty(64 * 2**20, dtype=torch.float32).uniform_()  # 256 MiB
     dst = torch.empty_like(src)
     for n in (1, 2):
@@ -50,11 +56,17 @@ def measure() -> dict:
             b = torch.randn(size, size).to(dt)
             # The better of torch.mm (MKL for fp32) and oneDNN (what FrozenLinear uses): on
             # AMD processors MKL runs AVX2 code, oneDNN AVX-512.
-            rates = {"torch.mm": 2 * size ** 3 / timed(lambda: torch.mm(a, b), rounds=5) / 1e9}
+            rates = {"torch.mm": 2 * size**3 / timed(lambda: torch.mm(a, b), rounds=5) / 1e9}
             if onednn_available():
-                rates["oneDNN"] = 2 * size ** 3 / timed(
-                    lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""),
-                    rounds=5) / 1e9
+                rates["oneDNN"] = (
+                    2
+                    * size**3
+                    / timed(
+                        lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""),
+                        rounds=5,
+                    )
+                    / 1e9
+                )
             out["matmul_GFLOPs"][f"{name}/{n}"] = max(rates.values())
             out.setdefault("matmul_by_library", {})[f"{name}/{n}"] = rates
     return out

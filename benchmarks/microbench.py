@@ -21,6 +21,7 @@
 
     python benchmarks/microbench.py [--threads 1]
 """
+
 import argparse
 import os
 import subprocess
@@ -62,20 +63,26 @@ def assemble_call_overhead(ops, C):
     pd, gout = prompt.detach(), torch.randn(2, 10, 384)
 
     def through_ops():
-        torch.autograd.grad(ops.assemble_embeddings(ids, prompt, word, pos, typ, w, b, 1e-5, 2,
-                                                    backend="cpu"), [prompt], gout)
+        torch.autograd.grad(
+            ops.assemble_embeddings(ids, prompt, word, pos, typ, w, b, 1e-5, 2, backend="cpu"),
+            [prompt],
+            gout,
+        )
 
     def direct():
         C.assemble_embeddings_forward(ids, pd, word, pos, typ, w, b, 1e-5, 2)
         C.assemble_embeddings_backward(gout, pd, pos, typ, w, 1e-5, 2, 7)
 
-    print(f"| assemble call overhead, fwd+bwd on tiny inputs (us) | "
-          f"{1e3 * median_ms(through_ops, rounds=301):.1f} through ops | "
-          f"kernels called directly {1e3 * median_ms(direct, rounds=301):.1f} |")
+    print(
+        f"| assemble call overhead, fwd+bwd on tiny inputs (us) | "
+        f"{1e3 * median_ms(through_ops, rounds=301):.1f} through ops | "
+        f"kernels called directly {1e3 * median_ms(direct, rounds=301):.1f} |"
+    )
 
 
 def assemble_rows(ops, C):
     from xpe_fast.reference import assemble_embeddings_reference
+
     assemble_call_overhead(ops, C)
     junk = torch.empty(64 * 2**20 // 4)  # 64 MB written between calls: cold caches
     for d, V in ((384, 250037), (1024, 250002)):
@@ -86,18 +93,20 @@ def assemble_rows(ops, C):
             typ, w, b = (torch.randn(d).to(dt) for _ in range(3))
             prompt = torch.randn(N, d).to(dt).requires_grad_()
             ids = torch.randint(3, V, (B, L))
-            ids[:, -L // 3:] = 1
+            ids[:, -L // 3 :] = 1
             same = torch.full((B, L), 5)
             gout = torch.randn(B, N + L, d).to(dt)
 
             def fwd(i):
                 with torch.no_grad():
-                    return ops.assemble_embeddings(i, prompt, word, pos, typ, w, b, 1e-5, 2,
-                                                   backend="cpu")
+                    return ops.assemble_embeddings(
+                        i, prompt, word, pos, typ, w, b, 1e-5, 2, backend="cpu"
+                    )
 
             def fwd_bwd():
-                out = ops.assemble_embeddings(ids, prompt, word, pos, typ, w, b, 1e-5, 2,
-                                              backend="cpu")
+                out = ops.assemble_embeddings(
+                    ids, prompt, word, pos, typ, w, b, 1e-5, 2, backend="cpu"
+                )
                 torch.autograd.grad(out, [prompt], gout)
 
             cold = lambda: junk.fill_(1.0)  # noqa: E731
@@ -107,28 +116,44 @@ def assemble_rows(ops, C):
             flat = ids.flatten()
 
             def eager_fwd_bwd():
-                torch.autograd.grad(assemble_embeddings_reference(
-                    ids, prompt, word, pos, typ, w, b, 1e-5, 2), [prompt], gout)
+                torch.autograd.grad(
+                    assemble_embeddings_reference(ids, prompt, word, pos, typ, w, b, 1e-5, 2),
+                    [prompt],
+                    gout,
+                )
 
-            after = [median_ms(lambda: fwd(ids), before=f) for f in (
-                eager_fwd_bwd, lambda: (eager_fwd_bwd(), word.index_select(0, flat)),
-                lambda: (eager_fwd_bwd(), fwd(ids)))]
-            print(f"| assemble d={d} {str(dt)[6:]} fwd after eager fwd+bwd | {after[0]:.3f} | "
-                  f"word rows gathered first {after[1]:.3f}, op run first {after[2]:.3f} |")
+            after = [
+                median_ms(lambda: fwd(ids), before=f)
+                for f in (
+                    eager_fwd_bwd,
+                    lambda: (eager_fwd_bwd(), word.index_select(0, flat)),
+                    lambda: (eager_fwd_bwd(), fwd(ids)),
+                )
+            ]
+            print(
+                f"| assemble d={d} {str(dt)[6:]} fwd after eager fwd+bwd | {after[0]:.3f} | "
+                f"word rows gathered first {after[1]:.3f}, op run first {after[2]:.3f} |"
+            )
             # What else runs cold there: the backward kernel alone, and torch's index_select
             # of the same word rows (a floor for any forward that gathers them), beside the
             # eager reference's own fwd+bwd.
             pd = prompt.detach()
-            bwd_after = median_ms(lambda: C.assemble_embeddings_backward(
-                gout, pd, pos, typ, w, 1e-5, 2, L), before=eager_fwd_bwd)
+            bwd_after = median_ms(
+                lambda: C.assemble_embeddings_backward(gout, pd, pos, typ, w, 1e-5, 2, L),
+                before=eager_fwd_bwd,
+            )
             isel_after = median_ms(lambda: word.index_select(0, flat), before=eager_fwd_bwd)
-            print(f"| assemble d={d} {str(dt)[6:]} after eager fwd+bwd "
-                  f"({median_ms(eager_fwd_bwd):.3f}): bwd kernel | {bwd_after:.3f} | "
-                  f"index_select of the word rows {isel_after:.3f} |")
-            print(f"| assemble d={d} {str(dt)[6:]} | fwd {median_ms(lambda: fwd(ids)):.3f}, "
-                  f"fwd+bwd {median_ms(fwd_bwd):.3f} | cold fwd: random ids "
-                  f"{median_ms(lambda: fwd(ids), before=cold):.3f}, equal ids "
-                  f"{median_ms(lambda: fwd(same), before=cold):.3f} |")
+            print(
+                f"| assemble d={d} {str(dt)[6:]} after eager fwd+bwd "
+                f"({median_ms(eager_fwd_bwd):.3f}): bwd kernel | {bwd_after:.3f} | "
+                f"index_select of the word rows {isel_after:.3f} |"
+            )
+            print(
+                f"| assemble d={d} {str(dt)[6:]} | fwd {median_ms(lambda: fwd(ids)):.3f}, "
+                f"fwd+bwd {median_ms(fwd_bwd):.3f} | cold fwd: random ids "
+                f"{median_ms(lambda: fwd(ids), before=cold):.3f}, equal ids "
+                f"{median_ms(lambda: fwd(same), before=cold):.3f} |"
+            )
 
 
 def gemm_rows():
@@ -138,10 +163,15 @@ def gemm_rows():
             x, w = torch.randn(M, i).to(dt), torch.randn(o, i).to(dt)
             fl = 2 * M * o * i / 1e9
             mkl = fl / median_ms(lambda: torch.mm(x, w.t())) * 1e3
-            dnn = fl / median_ms(
-                lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")) * 1e3
-            print(f"| GEMM [{M}x{i}] x [{i}x{o}] {str(dt)[6:]} | oneDNN {dnn:.0f} GFLOP/s | "
-                  f"torch.mm {mkl:.0f} GFLOP/s |")
+            dnn = (
+                fl
+                / median_ms(lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""))
+                * 1e3
+            )
+            print(
+                f"| GEMM [{M}x{i}] x [{i}x{o}] {str(dt)[6:]} | oneDNN {dnn:.0f} GFLOP/s | "
+                f"torch.mm {mkl:.0f} GFLOP/s |"
+            )
 
 
 def attention_rows(ops):
@@ -149,7 +179,7 @@ def attention_rows(ops):
     for S in (30, 50, 70, 120):
         qkv = torch.randn(B, S, 3 * H * hd).to(torch.bfloat16)
         keep = torch.ones(B, 1, 1, S, dtype=torch.bool)
-        keep[..., -S // 6:] = False
+        keep[..., -S // 6 :] = False
         add = torch.zeros(B, 1, 1, S).masked_fill(~keep, float("-inf"))
         key_mask = add[:, 0, 0, :].contiguous()
 
@@ -161,19 +191,20 @@ def attention_rows(ops):
 
         def manual():
             q, k, v = split()
-            s = torch.matmul(q, k.transpose(-1, -2)).float().mul_(hd ** -0.5).add_(add)
+            s = torch.matmul(q, k.transpose(-1, -2)).float().mul_(hd**-0.5).add_(add)
             return merge(torch.matmul(torch.softmax(s, -1).to(v.dtype), v))
 
         def flash():
             q, k, v = split()
-            return merge(F.scaled_dot_product_attention(q, k, v,
-                                                        attn_mask=keep.expand(B, 1, S, S)))
+            return merge(F.scaled_dot_product_attention(q, k, v, attn_mask=keep.expand(B, 1, S, S)))
 
         with torch.no_grad():
-            ours = median_ms(lambda: ops.packed_attention(qkv, key_mask, H, hd ** -0.5), rounds=7)
-            print(f"| attention bf16 B=64 H=12 S={S} | packed {ours:.2f} | "
-                  f"flash {median_ms(flash, rounds=7):.2f}, "
-                  f"matmul+softmax {median_ms(manual, rounds=7):.2f} |")
+            ours = median_ms(lambda: ops.packed_attention(qkv, key_mask, H, hd**-0.5), rounds=7)
+            print(
+                f"| attention bf16 B=64 H=12 S={S} | packed {ours:.2f} | "
+                f"flash {median_ms(flash, rounds=7):.2f}, "
+                f"matmul+softmax {median_ms(manual, rounds=7):.2f} |"
+            )
 
 
 def residual_layer_norm_rows(ops):
@@ -185,20 +216,29 @@ def residual_layer_norm_rows(ops):
         return y, y.to(torch.bfloat16)
 
     ours = median_ms(lambda: ops.residual_layer_norm(x, r, w, b, 1e-12, bf16_copy=True))
-    print(f"| residual add + LayerNorm + bf16 copy [64,70,384] | {ours:.3f} | "
-          f"eager {median_ms(eager):.3f} |")
+    print(
+        f"| residual add + LayerNorm + bf16 copy [64,70,384] | {ours:.3f} | "
+        f"eager {median_ms(eager):.3f} |"
+    )
 
 
 def isa_rows():
-    code = ("import torch, time; torch.set_num_threads(1); from xpe_fast import _extension as e;"
-            "x = torch.randn(32, 12, 84, 84); f = lambda: e._C.dropout_apply(x, 0.1, 1);"
-            "f(); t = time.perf_counter(); [f() for _ in range(20)];"
-            "print(f'{(time.perf_counter() - t) / 20 * 1e3:.3f}')")
+    code = (
+        "import torch, time; torch.set_num_threads(1); from xpe_fast import _extension as e;"
+        "x = torch.randn(32, 12, 84, 84); f = lambda: e._C.dropout_apply(x, 0.1, 1);"
+        "f(); t = time.perf_counter(); [f() for _ in range(20)];"
+        "print(f'{(time.perf_counter() - t) / 20 * 1e3:.3f}')"
+    )
     for isa in ("avx512", "avx2", "baseline"):
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={**os.environ, "XPE_FAST_CPU_ISA": isa})
-        print(f"| dropout fp32 at XPE_FAST_CPU_ISA={isa} | {r.stdout.strip() or r.stderr[-200:]}"
-              " | |")
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "XPE_FAST_CPU_ISA": isa},
+        )
+        print(
+            f"| dropout fp32 at XPE_FAST_CPU_ISA={isa} | {r.stdout.strip() or r.stderr[-200:]} | |"
+        )
 
 
 def skinny_gemm_rows(C):
@@ -208,14 +248,23 @@ def skinny_gemm_rows(C):
             a, w = torch.randn(M, K).to(dt), torch.randn(N, K).to(dt)
             b, h = torch.randn(K, N).to(dt), torch.randn(M, N).to(dt)
             fl = 2 * M * K * N / 1e6  # MFLOP: / ms = GFLOP/s
-            ours = [fl / median_ms(f, rounds=51) for f in (
-                lambda: C.skinny_gemm_nt(a, w), lambda: C.skinny_gemm_nn(a, b),
-                lambda: C.skinny_gemm_tn(a, h))]
-            ref = [fl / median_ms(f, rounds=51) for f in (
-                lambda: a @ w.t(), lambda: a @ b, lambda: a.t() @ h)]
-            print(f"| MLP GEMMs, M={M} K={K} N={N} {str(dt)[6:]}: x W^T, g W, g^T h | "
-                  f"{ours[0]:.0f}, {ours[1]:.0f}, {ours[2]:.0f} GFLOP/s | "
-                  f"torch {ref[0]:.0f}, {ref[1]:.0f}, {ref[2]:.0f} GFLOP/s |")
+            ours = [
+                fl / median_ms(f, rounds=51)
+                for f in (
+                    lambda: C.skinny_gemm_nt(a, w),
+                    lambda: C.skinny_gemm_nn(a, b),
+                    lambda: C.skinny_gemm_tn(a, h),
+                )
+            ]
+            ref = [
+                fl / median_ms(f, rounds=51)
+                for f in (lambda: a @ w.t(), lambda: a @ b, lambda: a.t() @ h)
+            ]
+            print(
+                f"| MLP GEMMs, M={M} K={K} N={N} {str(dt)[6:]}: x W^T, g W, g^T h | "
+                f"{ours[0]:.0f}, {ours[1]:.0f}, {ours[2]:.0f} GFLOP/s | "
+                f"torch {ref[0]:.0f}, {ref[1]:.0f}, {ref[2]:.0f} GFLOP/s |"
+            )
 
 
 def main():

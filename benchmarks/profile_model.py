@@ -3,6 +3,7 @@ time per op), on the embedded backbone with the batches of benchmarks/test_bench
 
     python benchmarks/profile_model.py [--precision bf16|fp32] [--threads 1] [--rows 12]
 """
+
 import argparse
 import random
 import time
@@ -11,8 +12,20 @@ from pathlib import Path
 import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-EVAL_LANGS = ["eng_Latn", "zho_Hans", "arb_Arab", "hin_Deva", "amh_Ethi", "dzo_Tibt",
-              "mya_Mymr", "yor_Latn", "rus_Cyrl", "jpn_Jpan", "tam_Taml", "kor_Hang"]
+EVAL_LANGS = [
+    "eng_Latn",
+    "zho_Hans",
+    "arb_Arab",
+    "hin_Deva",
+    "amh_Ethi",
+    "dzo_Tibt",
+    "mya_Mymr",
+    "yor_Latn",
+    "rus_Cyrl",
+    "jpn_Jpan",
+    "tam_Taml",
+    "kor_Hang",
+]
 
 
 def main():
@@ -35,14 +48,16 @@ def main():
 
     precision = resolve_precision(args.precision)
     e5, tok = load_backbone(), load_tokenizer()
-    model = PromptedEncoderForSequenceClassification(e5, 7, num_virtual_tokens=20,
-                                                     encoder_ratio=1.0, encoder_hidden_size=256)
+    model = PromptedEncoderForSequenceClassification(
+        e5, 7, num_virtual_tokens=20, encoder_ratio=1.0, encoder_hidden_size=256
+    )
     data = SIB200(args.data_dir)
     pool = [e for lang in JOSHI5 for e in data.split(lang, "train")]
     ex = random.Random(0).sample(pool, 32)
     enc = tok.encode_batch([e.text for e in ex])
-    ids, mask, labels = collate([e.ids[:164] for e in enc], [e.label for e in ex],
-                                e5.config.pad_token_id)
+    ids, mask, labels = collate(
+        [e.ids[:164] for e in enc], [e.label for e in ex], e5.config.pad_token_id
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     dev = torch.device("cpu")
 
@@ -66,10 +81,11 @@ def main():
     from dataclasses import replace
 
     default = model.fast_path
-    configs = {"kernels": default,
-               "no kernels": replace(default, inference_kernels=False),
-               "no kernels, SDPA for all": replace(default, inference_kernels=False,
-                                                   short_keys=0)}
+    configs = {
+        "kernels": default,
+        "no kernels": replace(default, inference_kernels=False),
+        "no kernels, SDPA for all": replace(default, inference_kernels=False, short_keys=0),
+    }
     times = {}
     evaluation()
     for _ in range(3):
@@ -81,13 +97,15 @@ def main():
     model.fast_path = default
     med = {k: sorted(v)[1] for k, v in times.items()}
     base = med["kernels"]
-    print(f"\nEvaluation pass ({len(test.ids)} sentences), median of 3 interleaved runs: "
-          f"{base:.2f} s with the inference kernels (ops.packed_attention, "
-          f"ops.residual_layer_norm, where cpu_paths takes them at this ISA level); "
-          f"{med['no kernels']:.2f} s without them ({med['no kernels'] / base:.2f}x), "
-          f"attention by matmul + softmax up to {default.short_keys} keys; "
-          f"{med['no kernels, SDPA for all']:.2f} s without them and with SDPA for all "
-          f"({med['no kernels, SDPA for all'] / base:.2f}x).")
+    print(
+        f"\nEvaluation pass ({len(test.ids)} sentences), median of 3 interleaved runs: "
+        f"{base:.2f} s with the inference kernels (ops.packed_attention, "
+        f"ops.residual_layer_norm, where cpu_paths takes them at this ISA level); "
+        f"{med['no kernels']:.2f} s without them ({med['no kernels'] / base:.2f}x), "
+        f"attention by matmul + softmax up to {default.short_keys} keys; "
+        f"{med['no kernels, SDPA for all']:.2f} s without them and with SDPA for all "
+        f"({med['no kernels, SDPA for all'] / base:.2f}x)."
+    )
 
     for name, fn, reps in (("training step", step, 3), ("evaluation pass", evaluation, 1)):
         fn()
@@ -96,12 +114,14 @@ def main():
             for _ in range(reps):
                 fn()
         wall = (time.perf_counter() - t0) / reps
-        print(f"\n### {name}: {wall * 1e3:.0f} ms (profiled), precision {precision}, "
-              f"{args.threads} thread(s), batch {list(ids.shape) if reps > 1 else len(test.ids)}")
+        print(
+            f"\n### {name}: {wall * 1e3:.0f} ms (profiled), precision {precision}, "
+            f"{args.threads} thread(s), batch {list(ids.shape) if reps > 1 else len(test.ids)}"
+        )
         events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
         total = sum(e.self_cpu_time_total for e in events)
         print("| op | self CPU % | calls |\n|---|---|---|")
-        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.rows]:
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.rows]:
             print(f"| {e.key} | {100 * e.self_cpu_time_total / total:.1f} | {e.count} |")
 
 

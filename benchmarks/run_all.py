@@ -1,7 +1,8 @@
 """One command for BENCHMARKS.md: machine ceilings, all benchmarks, the report, a profile.
 
-    python benchmarks/run_all.py
+python benchmarks/run_all.py
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -14,25 +15,60 @@ def append_output(f, title: str, script: str, intro: str) -> None:
     """Appends a section holding what `benchmarks/<script> --threads 1` prints."""
     f.write(f"\n## {title}\n\n`python benchmarks/{script} --threads 1` {intro}")
     f.flush()
-    r = subprocess.run([sys.executable, str(HERE / script), "--threads", "1"],
-                       capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, str(HERE / script), "--threads", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     f.write(r.stdout if r.returncode == 0 else f"\n({script} failed: {r.stderr[-500:]})\n")
 
 
 def main():
     py = sys.executable
-    subprocess.run([py, str(HERE / "machine_peaks.py"), "--out", str(HERE / "machine_peaks.json")],
-                   check=True, cwd=REPO)
-    code = subprocess.run([py, "-m", "pytest", str(HERE), "--benchmark-only", "-p", "no:cacheprovider",
-                           f"--benchmark-json={HERE / 'results.json'}", "-q"], cwd=HERE).returncode
+    subprocess.run(
+        [py, str(HERE / "machine_peaks.py"), "--out", str(HERE / "machine_peaks.json")],
+        check=True,
+        cwd=REPO,
+    )
+    code = subprocess.run(
+        [
+            py,
+            "-m",
+            "pytest",
+            str(HERE),
+            "--benchmark-only",
+            "-p",
+            "no:cacheprovider",
+            f"--benchmark-json={HERE / 'results.json'}",
+            "-q",
+        ],
+        cwd=HERE,
+    ).returncode
     with open(REPO / "BENCHMARKS.md", "w") as f:
-        subprocess.run([py, str(HERE / "report.py"), str(HERE / "results.json"),
-                        str(HERE / "machine_peaks.json")], stdout=f, check=True, cwd=HERE)
-        append_output(f, "Where the time goes", "profile_model.py",
-                      "(torch.profiler, self CPU time per op; the batches of "
-                      "test_bench_model.py):\n")
-        append_output(f, "Micro-measurements behind the design", "microbench.py",
-                      "(standalone medians, not interleaved; not asserted):\n\n")
+        subprocess.run(
+            [
+                py,
+                str(HERE / "report.py"),
+                str(HERE / "results.json"),
+                str(HERE / "machine_peaks.json"),
+            ],
+            stdout=f,
+            check=True,
+            cwd=HERE,
+        )
+        append_output(
+            f,
+            "Where the time goes",
+            "profile_model.py",
+            "(torch.profiler, self CPU time per op; the batches of test_bench_model.py):\n",
+        )
+        append_output(
+            f,
+            "Micro-measurements behind the design",
+            "microbench.py",
+            "(standalone medians, not interleaved; not asserted):\n\n",
+        )
     print(f"wrote {REPO / 'BENCHMARKS.md'}; pytest exit code {code} (non-zero: a target missed)")
     return code
 

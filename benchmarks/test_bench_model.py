@@ -8,15 +8,27 @@
   to their longest. Target: >= 2x PEFT's sentences/s.
 Targets are recorded as met or missed (benchmarks/conftest.py), not asserted.
 """
+
 import random
 
 import pytest
 import torch
-
 from conftest import interleaved, ratio_info, record_targets, require_shared
 
-EVAL_LANGS = ["eng_Latn", "zho_Hans", "arb_Arab", "hin_Deva", "amh_Ethi", "dzo_Tibt",
-              "mya_Mymr", "yor_Latn", "rus_Cyrl", "jpn_Jpan", "tam_Taml", "kor_Hang"]
+EVAL_LANGS = [
+    "eng_Latn",
+    "zho_Hans",
+    "arb_Arab",
+    "hin_Deva",
+    "amh_Ethi",
+    "dzo_Tibt",
+    "mya_Mymr",
+    "yor_Latn",
+    "rus_Cyrl",
+    "jpn_Jpan",
+    "tam_Taml",
+    "kor_Hang",
+]
 PER_LANG = 64  # test sentences per language (keeps one evaluation pass near 30 s here)
 
 
@@ -36,11 +48,19 @@ def setup():
     torch.manual_seed(0)
     base = T.BertForSequenceClassification(cfg)
     base.bert.load_state_dict(e5.state_dict(), strict=False)
-    pm = peft.get_peft_model(base, peft.PromptEncoderConfig(
-        task_type="SEQ_CLS", num_virtual_tokens=20, encoder_hidden_size=256,
-        encoder_reparameterization_type="MLP", modules_to_save=["pooler"]))
-    ours = PromptedEncoderForSequenceClassification(e5, 7, num_virtual_tokens=20,
-                                                    encoder_ratio=1.0, encoder_hidden_size=256)
+    pm = peft.get_peft_model(
+        base,
+        peft.PromptEncoderConfig(
+            task_type="SEQ_CLS",
+            num_virtual_tokens=20,
+            encoder_hidden_size=256,
+            encoder_reparameterization_type="MLP",
+            modules_to_save=["pooler"],
+        ),
+    )
+    ours = PromptedEncoderForSequenceClassification(
+        e5, 7, num_virtual_tokens=20, encoder_ratio=1.0, encoder_hidden_size=256
+    )
     data = SIB200(shared / "sib200")
     return {"pm": pm, "ours": ours, "tok": tok, "data": data, "pad": e5.config.pad_token_id}
 
@@ -73,8 +93,10 @@ def test_training_step(benchmark, setup, precision, threads):
     from xpe_fast.device import autocast, cpu_has_fast_bf16
 
     if precision == "bf16" and not cpu_has_fast_bf16():
-        pytest.skip("this CPU has neither AMX nor AVX-512 bf16: bf16 matmuls run emulated, "
-                    "about 10x slower than fp32, so bf16 training is not measured here")
+        pytest.skip(
+            "this CPU has neither AMX nor AVX-512 bf16: bf16 matmuls run emulated, "
+            "about 10x slower than fp32, so bf16 training is not measured here"
+        )
 
     ids, mask, labels = train_batch(setup)
     pm, ours = setup["pm"], setup["ours"]
@@ -100,15 +122,24 @@ def test_training_step(benchmark, setup, precision, threads):
     stats = interleaved({"xpe_fast": step_ours, "peft": step_peft}, rounds=5, warmup=1)
     info = ratio_info(stats, "xpe_fast")
     flops = step_flops(ours, ids)
-    benchmark.extra_info.update({
-        "precision": precision, "threads": threads, "batch_tokens": list(ids.shape), **info,
-        "samples_per_s_xpe_fast": 32 / stats["xpe_fast"]["median"],
-        "samples_per_s_peft": 32 / stats["peft"]["median"],
-        "step_gflop": flops / 1e9,
-        "achieved_gflops_xpe_fast": flops / stats["xpe_fast"]["median"] / 1e9})
+    benchmark.extra_info.update(
+        {
+            "precision": precision,
+            "threads": threads,
+            "batch_tokens": list(ids.shape),
+            **info,
+            "samples_per_s_xpe_fast": 32 / stats["xpe_fast"]["median"],
+            "samples_per_s_peft": 32 / stats["peft"]["median"],
+            "step_gflop": flops / 1e9,
+            "achieved_gflops_xpe_fast": flops / stats["xpe_fast"]["median"] / 1e9,
+        }
+    )
     benchmark.pedantic(step_ours, rounds=2, iterations=1)
-    record_targets(benchmark, {"peft": (info["speedup_vs_peft"], 1.5)},
-                   f"training step {precision} {threads} thread(s)")
+    record_targets(
+        benchmark,
+        {"peft": (info["speedup_vs_peft"], 1.5)},
+        f"training step {precision} {threads} thread(s)",
+    )
 
 
 @pytest.mark.parametrize("threads", [2], indirect=True)
@@ -118,8 +149,9 @@ def test_evaluation_throughput(benchmark, setup, threads):
     from xpe_fast.evaluate import evaluate_encoded
 
     s = setup
-    enc = concat([encode(s["tok"], s["data"].split(l, "test")[:PER_LANG], 164, l)
-                  for l in EVAL_LANGS])
+    enc = concat(
+        [encode(s["tok"], s["data"].split(l, "test")[:PER_LANG], 164, l) for l in EVAL_LANGS]
+    )
     precision = resolve_precision("auto")
     pm, ours = s["pm"], s["ours"]
     pm.eval(), ours.eval()
@@ -132,18 +164,31 @@ def test_evaluation_throughput(benchmark, setup, threads):
     @torch.inference_mode()
     def eval_peft():
         for i in range(0, len(enc.ids), bs):  # dataset order, padded to the batch's longest
-            ids, mask, _ = collate(enc.ids[i:i + bs], enc.labels[i:i + bs], s["pad"], multiple=1)
+            ids, mask, _ = collate(
+                enc.ids[i : i + bs], enc.labels[i : i + bs], s["pad"], multiple=1
+            )
             from xpe_fast.device import autocast
+
             with autocast(precision, dev):
                 pm(input_ids=ids, attention_mask=mask).logits.argmax(-1)
 
     stats = interleaved({"xpe_fast": eval_ours, "peft": eval_peft}, rounds=3, warmup=0)
     info = ratio_info(stats, "xpe_fast")
     n = len(enc.ids)
-    benchmark.extra_info.update({"sentences": n, "languages": EVAL_LANGS, "threads": threads,
-                                 "precision": precision, **info,
-                                 "sentences_per_s_xpe_fast": n / stats["xpe_fast"]["median"],
-                                 "sentences_per_s_peft": n / stats["peft"]["median"]})
+    benchmark.extra_info.update(
+        {
+            "sentences": n,
+            "languages": EVAL_LANGS,
+            "threads": threads,
+            "precision": precision,
+            **info,
+            "sentences_per_s_xpe_fast": n / stats["xpe_fast"]["median"],
+            "sentences_per_s_peft": n / stats["peft"]["median"],
+        }
+    )
     benchmark.pedantic(eval_ours, rounds=1, iterations=1)
-    record_targets(benchmark, {"peft": (info["speedup_vs_peft"], 2.0)},
-                   f"evaluation {precision} {threads} thread(s)")
+    record_targets(
+        benchmark,
+        {"peft": (info["speedup_vs_peft"], 2.0)},
+        f"evaluation {precision} {threads} thread(s)",
+    )

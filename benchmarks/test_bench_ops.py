@@ -8,25 +8,30 @@ assemble_embeddings forward+backward >= 2x torch.compile and within 2x of its lo
 must read and write); prompt_encoder_mlp forward+backward >= 2x eager. (An earlier target of
 4x eager for the assembly was withdrawn: the gather alone takes most of that budget.)
 """
+
 import pytest
 import torch
-
 from conftest import interleaved, ratio_info, record_targets
+
 from xpe_fast import ops
 from xpe_fast.reference import assemble_embeddings_reference, prompt_encoder_mlp_reference
 
-SHAPES = {"paper-d1024": dict(B=32, L=128, N=20, d=1024, h=256, V=250002, P=514),
-          "e5-d384": dict(B=32, L=128, N=20, d=384, h=256, V=250037, P=512)}
+SHAPES = {
+    "paper-d1024": dict(B=32, L=128, N=20, d=1024, h=256, V=250002, P=514),
+    "e5-d384": dict(B=32, L=128, N=20, d=384, h=256, V=250037, P=512),
+}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-TARGETS = {("assemble", "fwd+bwd"): {"compile": 2.0, "lower_bound": 0.5},
-           ("mlp", "fwd+bwd"): {"eager": 2.0}}
+TARGETS = {
+    ("assemble", "fwd+bwd"): {"compile": 2.0, "lower_bound": 0.5},
+    ("mlp", "fwd+bwd"): {"eager": 2.0},
+}
 _compiled = {}
 
 
 def assemble_inputs(s, dtype):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, s["V"], (s["B"], s["L"]), generator=g)
-    ids[:, -s["L"] // 3:] = 1  # real padding
+    ids[:, -s["L"] // 3 :] = 1  # real padding
     word = torch.randn(s["V"], s["d"], generator=g).to(dtype)
     pos = torch.randn(s["P"], s["d"], generator=g).to(dtype)
     typ, w, b = (torch.randn(s["d"], generator=g).to(dtype) for _ in range(3))
@@ -39,9 +44,14 @@ def mlp_inputs(s, dtype):
     g = torch.Generator().manual_seed(0)
     d, h = s["d"], s["h"]
     x = torch.randn(s["N"], d, generator=g)
-    ws = [torch.randn(h, d, generator=g) * d ** -0.5, torch.zeros(h),
-          torch.randn(h, h, generator=g) * h ** -0.5, torch.zeros(h),
-          torch.randn(d, h, generator=g) * h ** -0.5, torch.zeros(d)]
+    ws = [
+        torch.randn(h, d, generator=g) * d**-0.5,
+        torch.zeros(h),
+        torch.randn(h, h, generator=g) * h**-0.5,
+        torch.zeros(h),
+        torch.randn(d, h, generator=g) * h**-0.5,
+        torch.zeros(d),
+    ]
     return [t.to(dtype).requires_grad_() for t in [x] + ws]
 
 
@@ -77,12 +87,15 @@ def variants(op, pas, shape, dtype):
 
     def wrap(f):
         if pas == "fwd":
+
             def run():
                 with torch.no_grad():
                     f()
         else:
+
             def run():
                 torch.autograd.grad(f(), grad_of, gout)
+
         return run
 
     fns = {"xpe_fast": wrap(fused), "eager": wrap(eager), "compile": wrap(comp)}
@@ -100,10 +113,23 @@ def test_op(benchmark, op, pas, shape, dtype, threads):
     fns = variants(op, pas, shape, dtype)
     stats = interleaved(fns, rounds=15)
     info = ratio_info(stats, "xpe_fast")
-    benchmark.extra_info.update({"op": op, "pass": pas, "shape": shape, "dtype": dtype,
-                                 "threads": threads, **info,
-                                 **{f"median_{k}_ms": 1e3 * v["median"] for k, v in stats.items()}})
+    benchmark.extra_info.update(
+        {
+            "op": op,
+            "pass": pas,
+            "shape": shape,
+            "dtype": dtype,
+            "threads": threads,
+            **info,
+            **{f"median_{k}_ms": 1e3 * v["median"] for k, v in stats.items()},
+        }
+    )
     benchmark.pedantic(fns["xpe_fast"], rounds=10, iterations=1, warmup_rounds=1)
-    record_targets(benchmark, {other: (info[f"speedup_vs_{other}"], target) for other, target
-                               in TARGETS.get((op, pas), {}).items()},
-                   f"{op} {pas} {shape} {dtype} {threads} thread(s)")
+    record_targets(
+        benchmark,
+        {
+            other: (info[f"speedup_vs_{other}"], target)
+            for other, target in TARGETS.get((op, pas), {}).items()
+        },
+        f"{op} {pas} {shape} {dtype} {threads} thread(s)",
+    )

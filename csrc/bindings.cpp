@@ -7,14 +7,13 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "xpe_fast C++ CPU kernels";
-  m.def("assemble_embeddings_forward", &xpe_cpu::assemble_embeddings_forward,
-        py::arg("input_ids"), py::arg("prompt"), py::arg("word_embeddings"),
-        py::arg("position_embeddings"), py::arg("token_type_embedding"), py::arg("ln_weight"),
-        py::arg("ln_bias"), py::arg("eps"), py::arg("position_offset"));
-  m.def("assemble_embeddings_backward", &xpe_cpu::assemble_embeddings_backward,
-        py::arg("grad_out"), py::arg("prompt"), py::arg("position_embeddings"),
-        py::arg("token_type_embedding"), py::arg("ln_weight"), py::arg("eps"),
-        py::arg("position_offset"), py::arg("seq_len"));
+  m.def("assemble_embeddings_forward", &xpe_cpu::assemble_embeddings_forward, py::arg("input_ids"),
+        py::arg("prompt"), py::arg("word_embeddings"), py::arg("position_embeddings"),
+        py::arg("token_type_embedding"), py::arg("ln_weight"), py::arg("ln_bias"), py::arg("eps"),
+        py::arg("position_offset"));
+  m.def("assemble_embeddings_backward", &xpe_cpu::assemble_embeddings_backward, py::arg("grad_out"),
+        py::arg("prompt"), py::arg("position_embeddings"), py::arg("token_type_embedding"),
+        py::arg("ln_weight"), py::arg("eps"), py::arg("position_offset"), py::arg("seq_len"));
   m.def("assemble_embeddings_autograd", &xpe_cpu::assemble_embeddings_autograd,
         py::arg("input_ids"), py::arg("prompt"), py::arg("word_embeddings"),
         py::arg("position_embeddings"), py::arg("token_type_embedding"), py::arg("ln_weight"),
@@ -22,10 +21,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("prompt_encoder_mlp_forward", &xpe_cpu::prompt_encoder_mlp_forward, py::arg("x"),
         py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"), py::arg("w3"), py::arg("b3"),
         py::arg("mask1") = py::none(), py::arg("mask2") = py::none());
-  m.def("prompt_encoder_mlp_backward", &xpe_cpu::prompt_encoder_mlp_backward,
-        py::arg("grad_out"), py::arg("x"), py::arg("w1"), py::arg("w2"), py::arg("w3"),
-        py::arg("h1"), py::arg("h2"), py::arg("mask1") = py::none(),
-        py::arg("mask2") = py::none());
+  m.def("prompt_encoder_mlp_backward", &xpe_cpu::prompt_encoder_mlp_backward, py::arg("grad_out"),
+        py::arg("x"), py::arg("w1"), py::arg("w2"), py::arg("w3"), py::arg("h1"), py::arg("h2"),
+        py::arg("mask1") = py::none(), py::arg("mask2") = py::none());
   m.def("prompt_encoder_mlp_autograd", &xpe_cpu::prompt_encoder_mlp_autograd, py::arg("x"),
         py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"), py::arg("w3"), py::arg("b3"),
         py::arg("mask1") = py::none(), py::arg("mask2") = py::none());
@@ -41,8 +39,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bias") = py::none());
   m.def("skinny_gemm_nn", &xpe_cpu::skinny_gemm_nn, py::arg("a"), py::arg("b"));
   m.def("skinny_gemm_tn", &xpe_cpu::skinny_gemm_tn, py::arg("g"), py::arg("h"));
-  m.def("skinny_gemm_tn_nn", &xpe_cpu::skinny_gemm_tn_nn, py::arg("g"), py::arg("h"),
-        py::arg("b"));
+  m.def("skinny_gemm_tn_nn", &xpe_cpu::skinny_gemm_tn_nn, py::arg("g"), py::arg("h"), py::arg("b"));
   m.def("cpu_isa_level", &xpe_cpu::active_isa_level,
         "ISA level of the CPU kernels: 3 AVX-512 + AVX512-BF16, 2 AVX-512, 1 AVX2, 0 baseline");
   m.def("residual_layer_norm_forward", &xpe_cpu::residual_layer_norm_forward, py::arg("x"),

@@ -10,6 +10,7 @@ runs/table1/ (or runs/curves/), and copy each finished run's small result file (
 per-language accuracies, configuration, the command, machine, wall time) into results/,
 which is committed; `report` reads nothing else. Each may be interrupted and restarted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,28 @@ RESULTS = REPO / "results"
 RUNS = REPO / "runs"
 
 # The schedule, chosen from the learning curves (RESULTS.md says why).
-SCHEDULE = ["--steps", "600", "--eval-every", "50", "--schedule", "cosine", "--warmup", "0.1",
-            "--lr-prompt", "3e-2", "--lr", "1e-2", "--batch-size", "32", "--patience", "20",
-            "--max-length", "164", "--precision", "auto"]
+SCHEDULE = [
+    "--steps",
+    "600",
+    "--eval-every",
+    "50",
+    "--schedule",
+    "cosine",
+    "--warmup",
+    "0.1",
+    "--lr-prompt",
+    "3e-2",
+    "--lr",
+    "1e-2",
+    "--batch-size",
+    "32",
+    "--patience",
+    "20",
+    "--max-length",
+    "164",
+    "--precision",
+    "auto",
+]
 THREADS = ["--threads", "1"]
 
 # (source, methods, seeds, targets)
@@ -40,11 +60,24 @@ PLAN = [
 
 # Learning curves: constant learning rate (no decay that would flatten any curve by itself),
 # 1,000 steps, source dev accuracy and loss every 50 steps.
-CURVE_STEPS = ["--steps", "1000", "--eval-every", "50", "--schedule", "constant",
-               "--patience", "100000", "--targets", "yor_Latn"]
-CURVES = {"spt": ["--method", "spt"], "xpe": ["--method", "xpe"],
-          "spt-lr3e-2": ["--method", "spt", "--lr-prompt", "3e-2"],
-          "xpe-lr3e-2": ["--method", "xpe", "--lr-prompt", "3e-2"]}
+CURVE_STEPS = [
+    "--steps",
+    "1000",
+    "--eval-every",
+    "50",
+    "--schedule",
+    "constant",
+    "--patience",
+    "100000",
+    "--targets",
+    "yor_Latn",
+]
+CURVES = {
+    "spt": ["--method", "spt"],
+    "xpe": ["--method", "xpe"],
+    "spt-lr3e-2": ["--method", "spt", "--lr-prompt", "3e-2"],
+    "xpe-lr3e-2": ["--method", "xpe", "--lr-prompt", "3e-2"],
+}
 
 
 def method_args(tag: str) -> list[str]:
@@ -60,20 +93,30 @@ def machine() -> dict:
     model = platform.processor()
     try:
         info = Path("/proc/cpuinfo").read_text()
-        model = next(l.split(":", 1)[1].strip() for l in info.splitlines()
-                     if l.startswith("model name"))
+        model = next(
+            l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")
+        )
         flags = next(l.split(":", 1)[1] for l in info.splitlines() if l.startswith("flags"))
     except (OSError, StopIteration):
         pass
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f} " in f" {flags} "]
-    return {"cpu": model, "cpu_count": os.cpu_count(), "isa": isa, "torch": torch.__version__,
-            "python": platform.python_version()}
+    return {
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "isa": isa,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def commit() -> str:
     r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "xpe_fast", "csrc"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "xpe_fast", "csrc"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return r.stdout.strip() + ("-dirty" if dirty else "")
 
 
@@ -86,8 +129,7 @@ def atomic_json(path: Path, obj) -> None:
 
 def train(args: list[str], out: Path) -> int:
     """One `python -m xpe_fast.train` run into `out` (continued if it was interrupted)."""
-    cmd = [sys.executable, "-m", "xpe_fast.train", *args, "--output-dir", str(out),
-           "--no-progress"]
+    cmd = [sys.executable, "-m", "xpe_fast.train", *args, "--output-dir", str(out), "--no-progress"]
     if (out / "run_config.json").is_file():
         cmd.append("--resume")
     print("+", " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
@@ -99,22 +141,36 @@ def train(args: list[str], out: Path) -> int:
 def export(out: Path, dest: Path, meta: dict) -> None:
     """The small result file of a finished run: what `report` needs, and how to redo it."""
     seed_dir = next(out.glob("seed-*"))
-    res = json.loads((seed_dir / "results.json").read_text()) \
-        if (seed_dir / "results.json").is_file() else {}
+    res = (
+        json.loads((seed_dir / "results.json").read_text())
+        if (seed_dir / "results.json").is_file()
+        else {}
+    )
     phase = json.loads((seed_dir / "source_done.json").read_text())
-    summary = json.loads((out / "summary.json").read_text()) \
-        if (out / "summary.json").is_file() else {}
+    summary = (
+        json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    )
     cfg = json.loads((out / "run_config.json").read_text())
-    atomic_json(dest, {
-        **meta, "config": cfg, "machine": machine(), "commit": commit(),
-        "precision": cfg["precision"],
-        "groups": {g: r["mean"] for g, r in summary.get("groups", {}).get("zero_shot", {}).items()},
-        "per_language": res.get("zero_shot", {}),
-        "source_dev_accuracy": phase["best_acc"], "best_step": phase["best_step"],
-        "history": phase["history"], "train_seconds": phase.get("train_seconds"),
-        "eval_seconds": res.get("eval_seconds"),
-        "wall_seconds_total": summary.get("wall_seconds_total"),
-    })
+    atomic_json(
+        dest,
+        {
+            **meta,
+            "config": cfg,
+            "machine": machine(),
+            "commit": commit(),
+            "precision": cfg["precision"],
+            "groups": {
+                g: r["mean"] for g, r in summary.get("groups", {}).get("zero_shot", {}).items()
+            },
+            "per_language": res.get("zero_shot", {}),
+            "source_dev_accuracy": phase["best_acc"],
+            "best_step": phase["best_step"],
+            "history": phase["history"],
+            "train_seconds": phase.get("train_seconds"),
+            "eval_seconds": res.get("eval_seconds"),
+            "wall_seconds_total": summary.get("wall_seconds_total"),
+        },
+    )
 
 
 def plan_runs():
@@ -135,15 +191,32 @@ def cmd_run(_args) -> int:
         if dest.is_file():
             continue
         out = RUNS / "table1" / source / f"{tag}-seed{seed}"
-        args = [*method_args(tag), "--source", source, "--targets", targets, "--seeds",
-                str(seed), *SCHEDULE, *THREADS]
+        args = [
+            *method_args(tag),
+            "--source",
+            source,
+            "--targets",
+            targets,
+            "--seeds",
+            str(seed),
+            *SCHEDULE,
+            *THREADS,
+        ]
         if train(args, out) != 0:
             print(f"! {source} {tag} seed {seed} failed; see {out}.log", flush=True)
             failed += 1
             continue
-        export(out, dest, {"source": source, "method": tag, "seed": seed, "targets": targets,
-                           "command": "python -m xpe_fast.train " + " ".join(args)
-                           + " --output-dir OUT"})
+        export(
+            out,
+            dest,
+            {
+                "source": source,
+                "method": tag,
+                "seed": seed,
+                "targets": targets,
+                "command": "python -m xpe_fast.train " + " ".join(args) + " --output-dir OUT",
+            },
+        )
         print(f"= {dest.relative_to(REPO)}", flush=True)
     return 1 if failed else 0
 
@@ -158,8 +231,14 @@ def cmd_curves(_args) -> int:
         if train(args, out) != 0 and not (out / "seed-0" / "source_done.json").is_file():
             print(f"! curve {name} failed", flush=True)
             return 1
-        export(out, dest, {"curve": name, "command": "python -m xpe_fast.train "
-                           + " ".join(args) + " --output-dir OUT"})
+        export(
+            out,
+            dest,
+            {
+                "curve": name,
+                "command": "python -m xpe_fast.train " + " ".join(args) + " --output-dir OUT",
+            },
+        )
     return 0
 
 
@@ -186,8 +265,9 @@ def main(argv=None) -> int:
     for name in ("run", "curves", "report", "status"):
         sub.add_parser(name)
     args = ap.parse_args(argv)
-    return {"run": cmd_run, "curves": cmd_curves, "report": cmd_report,
-            "status": cmd_status}[args.cmd](args)
+    return {"run": cmd_run, "curves": cmd_curves, "report": cmd_report, "status": cmd_status}[
+        args.cmd
+    ](args)
 
 
 if __name__ == "__main__":

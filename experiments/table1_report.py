@@ -1,6 +1,7 @@
 """RESULTS.md and its plots from the result files under results/ (and nothing else):
 `python experiments/table1.py report`. Every number is computed here from those files, so
 the same files always give the same RESULTS.md."""
+
 from __future__ import annotations
 
 import json
@@ -9,18 +10,23 @@ from pathlib import Path
 
 import numpy as np
 
-GROUPS = [("low-performing", "Low-Performing"), ("unseen", "Unseen"),
-          ("seen-wo-joshi5", "Seen w/o Joshi5"), ("all-wo-joshi5", "All w/o Joshi5")]
+GROUPS = [
+    ("low-performing", "Low-Performing"),
+    ("unseen", "Unseen"),
+    ("seen-wo-joshi5", "Seen w/o Joshi5"),
+    ("all-wo-joshi5", "All w/o Joshi5"),
+]
 METHODS = [("spt", "SPT"), ("xpe", "XPE"), ("dual-0.3", "DUAL-30"), ("dual-0.7", "DUAL-70")]
 SOURCES = [("joshi5", "Joshi5"), ("enarzho", "EnArZho"), ("seen-92", "Seen-92")]
 # XPE_SPEC.md, "Published numbers" (XLM-R large, 10 seeds).
-PAPER = {("joshi5", "low-performing"): {"spt": 36.0, "xpe": 39.1, "dual-0.3": 36.8,
-                                        "dual-0.7": 37.3},
-         ("joshi5", "unseen"): {"spt": 56.0, "xpe": 57.2},
-         ("joshi5", "seen-wo-joshi5"): {"spt": 85.6, "xpe": 84.5, "dual-0.7": 86.6},
-         ("joshi5", "all-wo-joshi5"): {"spt": 68.7, "xpe": 69.0},
-         ("enarzho", "low-performing"): {"spt": 35.2, "xpe": 35.3},
-         ("seen-92", "low-performing"): {"spt": 39.1, "xpe": 41.9}}
+PAPER = {
+    ("joshi5", "low-performing"): {"spt": 36.0, "xpe": 39.1, "dual-0.3": 36.8, "dual-0.7": 37.3},
+    ("joshi5", "unseen"): {"spt": 56.0, "xpe": 57.2},
+    ("joshi5", "seen-wo-joshi5"): {"spt": 85.6, "xpe": 84.5, "dual-0.7": 86.6},
+    ("joshi5", "all-wo-joshi5"): {"spt": 68.7, "xpe": 69.0},
+    ("enarzho", "low-performing"): {"spt": 35.2, "xpe": 35.3},
+    ("seen-92", "low-performing"): {"spt": 39.1, "xpe": 41.9},
+}
 BOOTSTRAP = 10_000
 
 
@@ -29,8 +35,11 @@ def load(results: Path) -> list[dict]:
 
 
 def cell(runs, source, tag, group):
-    vals = [100 * r["groups"][group] for r in runs
-            if r["source"] == source and r["method"] == tag and group in r["groups"]]
+    vals = [
+        100 * r["groups"][group]
+        for r in runs
+        if r["source"] == source and r["method"] == tag and group in r["groups"]
+    ]
     return vals
 
 
@@ -62,10 +71,18 @@ def paired(runs, source, a, b, langs):
     idx = rng.integers(0, len(diff), size=(BOOTSTRAP, len(diff)))
     boots = diff[idx].mean(axis=1)
     lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"mean": float(diff.mean()), "lo": float(lo), "hi": float(hi),
-            "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()), "n": len(diff),
-            "seeds": (sum(r["source"] == source and r["method"] == a for r in runs),
-                      sum(r["source"] == source and r["method"] == b for r in runs))}
+    return {
+        "mean": float(diff.mean()),
+        "lo": float(lo),
+        "hi": float(hi),
+        "wins": int((diff > 0).sum()),
+        "losses": int((diff < 0).sum()),
+        "n": len(diff),
+        "seeds": (
+            sum(r["source"] == source and r["method"] == a for r in runs),
+            sum(r["source"] == source and r["method"] == b for r in runs),
+        ),
+    }
 
 
 def low_performing():
@@ -79,13 +96,14 @@ def low_performing():
 
 def plot_groups(runs, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(GROUPS), figsize=(13, 3.6), dpi=110)
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     for ax, (g, title) in zip(axes, GROUPS):
-        for i, ((tag, name), c) in enumerate(zip(METHODS, colors)):
+        for i, ((tag, _name), c) in enumerate(zip(METHODS, colors)):
             vals = cell(runs, "joshi5", tag, g)
             if not vals:
                 continue
@@ -100,8 +118,9 @@ def plot_groups(runs, path: Path) -> None:
         ax.set_title(f"Joshi5 -> {title}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("zero-shot accuracy %")
-    fig.suptitle("dots: seeds (e5-small, this package); bars: mean; x: the paper "
-                 "(XLM-R large)", fontsize=8)
+    fig.suptitle(
+        "dots: seeds (e5-small, this package); bars: mean; x: the paper (XLM-R large)", fontsize=8
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -110,7 +129,7 @@ def plot_groups(runs, path: Path) -> None:
 def smooth(vals, k=3):
     out = []
     for i in range(len(vals)):
-        w = vals[max(0, i - k + 1):i + 1]
+        w = vals[max(0, i - k + 1) : i + 1]
         out.append(sum(w) / len(w))
     return out
 
@@ -120,10 +139,14 @@ def curves(results: Path):
     for p in sorted((results / "curves").glob("*.json")):
         r = json.loads(p.read_text())
         h = r["history"]
-        out[r["curve"]] = {"steps": [e["step"] for e in h],
-                           "acc": [100 * e["dev_accuracy"] for e in h],
-                           "loss": [e["dev_loss"] for e in h], "command": r["command"],
-                           "precision": r["precision"], "machine": r["machine"]}
+        out[r["curve"]] = {
+            "steps": [e["step"] for e in h],
+            "acc": [100 * e["dev_accuracy"] for e in h],
+            "loss": [e["dev_loss"] for e in h],
+            "command": r["command"],
+            "precision": r["precision"],
+            "machine": r["machine"],
+        }
     return out
 
 
@@ -137,12 +160,13 @@ def level_off(c, tol=1.0):
 
 def plot_curves(cs, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110)
     for name, c in cs.items():
-        line, = a1.plot(c["steps"], smooth(c["acc"]), label=f"{name} (mean of 3)")
+        (line,) = a1.plot(c["steps"], smooth(c["acc"]), label=f"{name} (mean of 3)")
         a1.plot(c["steps"], c["acc"], color=line.get_color(), alpha=0.25, lw=0.8)
         a2.plot(c["steps"], smooth(c["loss"]), color=line.get_color(), label=name)
     a1.set_xlabel("step")
@@ -161,21 +185,27 @@ def plot_curves(cs, path: Path) -> None:
 
 def orderings(runs) -> list[str]:
     """The paper's claims, each checked against these runs."""
+
     def mean(source, tag, g):
         v = cell(runs, source, tag, g)
-        return (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else float("nan"),
-                len(v)) if v else None
+        return (
+            (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else float("nan"), len(v))
+            if v
+            else None
+        )
 
-    claims = [("joshi5", "low-performing", "xpe", "spt"),
-              ("joshi5", "low-performing", "xpe", "dual-0.7"),
-              ("joshi5", "low-performing", "dual-0.7", "dual-0.3"),
-              ("joshi5", "low-performing", "dual-0.3", "spt"),
-              ("joshi5", "unseen", "xpe", "spt"),
-              ("joshi5", "seen-wo-joshi5", "spt", "xpe"),
-              ("joshi5", "seen-wo-joshi5", "dual-0.7", "spt"),
-              ("joshi5", "all-wo-joshi5", "xpe", "spt"),
-              ("enarzho", "low-performing", "xpe", "spt"),
-              ("seen-92", "low-performing", "xpe", "spt")]
+    claims = [
+        ("joshi5", "low-performing", "xpe", "spt"),
+        ("joshi5", "low-performing", "xpe", "dual-0.7"),
+        ("joshi5", "low-performing", "dual-0.7", "dual-0.3"),
+        ("joshi5", "low-performing", "dual-0.3", "spt"),
+        ("joshi5", "unseen", "xpe", "spt"),
+        ("joshi5", "seen-wo-joshi5", "spt", "xpe"),
+        ("joshi5", "seen-wo-joshi5", "dual-0.7", "spt"),
+        ("joshi5", "all-wo-joshi5", "xpe", "spt"),
+        ("enarzho", "low-performing", "xpe", "spt"),
+        ("seen-92", "low-performing", "xpe", "spt"),
+    ]
     names = dict(METHODS)
     out = []
     for source, g, a, b in claims:
@@ -185,84 +215,120 @@ def orderings(runs) -> list[str]:
             continue
         d = ma[0] - mb[0]
         noise = max(ma[1], mb[1])
-        paper = f"paper {pa:.1f} vs {pb:.1f}" if pa is not None and pb is not None else \
-            "paper: a summary claim"
+        paper = (
+            f"paper {pa:.1f} vs {pb:.1f}"
+            if pa is not None and pb is not None
+            else "paper: a summary claim"
+        )
         verdict = ("holds" if d > 0 else "does not hold") + (
-            " (within one seed std, so not resolved by these seeds)" if abs(d) <= noise else "")
-        out.append(f"- {dict(SOURCES)[source]} -> {dict(GROUPS)[g]}: {names[a]} > {names[b]} "
-                   f"{verdict}: {ma[0]:.1f} vs {mb[0]:.1f} ({d:+.1f} points; seed std up to "
-                   f"{noise:.1f}; {paper}).")
+            " (within one seed std, so not resolved by these seeds)" if abs(d) <= noise else ""
+        )
+        out.append(
+            f"- {dict(SOURCES)[source]} -> {dict(GROUPS)[g]}: {names[a]} > {names[b]} "
+            f"{verdict}: {ma[0]:.1f} vs {mb[0]:.1f} ({d:+.1f} points; seed std up to "
+            f"{noise:.1f}; {paper})."
+        )
     return out
 
 
-def write_report(results: Path, dest: Path, plan, schedule, curve_specs,
-                 plot_dir: Path | None = None) -> str:
+def write_report(
+    results: Path, dest: Path, plan, schedule, curve_specs, plot_dir: Path | None = None
+) -> str:
     """Writes RESULTS.md to `dest` (and its plots to `plot_dir`, default `results`); returns
     the text."""
     plot_dir = plot_dir or results
     runs = load(results)
     lp = low_performing()
-    lines = ["# Results: the paper's Table 1 at CPU scale", "",
-             "Generated by `python experiments/table1.py report` from the result files in "
-             "`results/` alone (one JSON per finished run: its configuration, the command that "
-             "reproduces it, per-language accuracies, group means, machine and wall time). "
-             "`python experiments/table1.py run` runs what is missing.", ""]
+    lines = [
+        "# Results: the paper's Table 1 at CPU scale",
+        "",
+        "Generated by `python experiments/table1.py report` from the result files in "
+        "`results/` alone (one JSON per finished run: its configuration, the command that "
+        "reproduces it, per-language accuracies, group means, machine and wall time). "
+        "`python experiments/table1.py run` runs what is missing.",
+        "",
+    ]
     # ---- setup
     prec = sorted({r["precision"] for r in runs})
-    machines = sorted({f"{r['machine']['cpu']} ({', '.join(r['machine']['isa'])}), "
-                       f"torch {r['machine']['torch']}" for r in runs})
+    machines = sorted(
+        {
+            f"{r['machine']['cpu']} ({', '.join(r['machine']['isa'])}), "
+            f"torch {r['machine']['torch']}"
+            for r in runs
+        }
+    )
     walls = [r["wall_seconds_total"] for r in runs if r.get("wall_seconds_total")]
     trains = [r["train_seconds"] for r in runs if r.get("train_seconds")]
     evals = [r["eval_seconds"] for r in runs if r.get("eval_seconds")]
-    lines += ["## Setup", "",
-              "- Backbone: multilingual-e5-small (the embedded backbone, 12 layers, hidden 384, "
-              "frozen), not the paper's XLM-R large; N = 20 virtual tokens, MLP h = 256, "
-              "dropout 0.1 on the sources.",
-              f"- Schedule (every run): `{' '.join(schedule)}`, AdamW, gradient clipping 1.0, "
-              "best checkpoint by source dev accuracy; 1 thread per run.",
-              f"- Precision: {', '.join(prec) or '-'} (`auto`: bf16 autocast on CPUs with "
-              "AVX-512 bf16 or AMX).",
-              f"- Machine(s): {'; '.join(machines) or '-'}.",
-              "- Wall time per run (1 thread): " + (
-                  f"median {statistics.median(walls) / 60:.1f} min (training "
-                  f"{statistics.median(trains) / 60:.1f} min, zero-shot evaluation "
-                  f"{statistics.median(evals) / 60:.1f} min), {len(runs)} runs, "
-                  f"{sum(walls) / 3600:.1f} h in all." if walls else "-"),
-              "- Plan: " + "; ".join(f"{s} with {', '.join(m)}, seeds {sd[0]}-{sd[-1]}, "
-                                     f"targets {t}" for s, m, sd, t in plan) + ".", ""]
+    lines += [
+        "## Setup",
+        "",
+        "- Backbone: multilingual-e5-small (the embedded backbone, 12 layers, hidden 384, "
+        "frozen), not the paper's XLM-R large; N = 20 virtual tokens, MLP h = 256, "
+        "dropout 0.1 on the sources.",
+        f"- Schedule (every run): `{' '.join(schedule)}`, AdamW, gradient clipping 1.0, "
+        "best checkpoint by source dev accuracy; 1 thread per run.",
+        f"- Precision: {', '.join(prec) or '-'} (`auto`: bf16 autocast on CPUs with "
+        "AVX-512 bf16 or AMX).",
+        f"- Machine(s): {'; '.join(machines) or '-'}.",
+        "- Wall time per run (1 thread): "
+        + (
+            f"median {statistics.median(walls) / 60:.1f} min (training "
+            f"{statistics.median(trains) / 60:.1f} min, zero-shot evaluation "
+            f"{statistics.median(evals) / 60:.1f} min), {len(runs)} runs, "
+            f"{sum(walls) / 3600:.1f} h in all."
+            if walls
+            else "-"
+        ),
+        "- Plan: "
+        + "; ".join(
+            f"{s} with {', '.join(m)}, seeds {sd[0]}-{sd[-1]}, targets {t}" for s, m, sd, t in plan
+        )
+        + ".",
+        "",
+    ]
     # ---- the table
-    lines += ["## Table 1 (zero-shot accuracy %, mean ± std over seeds)", "",
-              "Each cell: this package on e5-small | the paper on XLM-R large (blank: not "
-              "reported).", "",
-              "| source -> target | " + " | ".join(n for _, n in METHODS) + " |",
-              "|---|" + "---|" * len(METHODS)]
+    lines += [
+        "## Table 1 (zero-shot accuracy %, mean ± std over seeds)",
+        "",
+        "Each cell: this package on e5-small | the paper on XLM-R large (blank: not reported).",
+        "",
+        "| source -> target | " + " | ".join(n for _, n in METHODS) + " |",
+        "|---|" + "---|" * len(METHODS),
+    ]
     for source, sname in SOURCES:
         for g, gname in GROUPS:
             row = []
             for tag, _ in METHODS:
                 ours = fmt(cell(runs, source, tag, g))
                 paper = PAPER.get((source, g), {}).get(tag)
-                row.append(f"{ours or '—'} \\| {paper:.1f}" if paper is not None else
-                           (ours or ""))
+                row.append(f"{ours or '—'} \\| {paper:.1f}" if paper is not None else (ours or ""))
             if any(row):
                 lines.append(f"| {sname} -> {gname} | " + " | ".join(row) + " |")
     lines += ["", "![per group, each seed a dot](results/table1.png)", ""]
     if runs:
         plot_groups(runs, plot_dir / "table1.png")
     # ---- paired analysis
-    lines += ["## XPE - SPT on the 46 low-performing languages (paired)", "",
-              "Per language: XPE's accuracy averaged over its seeds minus SPT's; the mean of "
-              f"those 46 differences, with a bootstrap 95 % interval over languages "
-              f"({BOOTSTRAP:,} resamples, generator seed 0).", "",
-              "| source | XPE - SPT (points) | 95 % interval | languages XPE better / worse | "
-              "seeds (XPE, SPT) |", "|---|---|---|---|---|"]
+    lines += [
+        "## XPE - SPT on the 46 low-performing languages (paired)",
+        "",
+        "Per language: XPE's accuracy averaged over its seeds minus SPT's; the mean of "
+        f"those 46 differences, with a bootstrap 95 % interval over languages "
+        f"({BOOTSTRAP:,} resamples, generator seed 0).",
+        "",
+        "| source | XPE - SPT (points) | 95 % interval | languages XPE better / worse | "
+        "seeds (XPE, SPT) |",
+        "|---|---|---|---|---|",
+    ]
     pairs = {}
     for source, sname in SOURCES:
         p = paired(runs, source, "xpe", "spt", lp)
         if p:
             pairs[source] = p
-            lines.append(f"| {sname} | {p['mean']:+.2f} | [{p['lo']:+.2f}, {p['hi']:+.2f}] | "
-                         f"{p['wins']} / {p['losses']} | {p['seeds'][0]}, {p['seeds'][1]} |")
+            lines.append(
+                f"| {sname} | {p['mean']:+.2f} | [{p['lo']:+.2f}, {p['hi']:+.2f}] | "
+                f"{p['wins']} / {p['losses']} | {p['seeds'][0]}, {p['seeds'][1]} |"
+            )
     lines += [""]
     # ---- orderings
     lines += ["## Which of the paper's orderings hold at this scale", ""]
@@ -270,48 +336,77 @@ def write_report(results: Path, dest: Path, plan, schedule, curve_specs,
     if "joshi5" in pairs:
         p = pairs["joshi5"]
         sure = p["lo"] > 0 or p["hi"] < 0
-        lines += ["", f"In short: on the low-performing languages, XPE minus SPT from Joshi5 is "
-                  f"{p['mean']:+.2f} points, 95 % interval [{p['lo']:+.2f}, {p['hi']:+.2f}]: "
-                  + ("the interval excludes zero, so the sign is settled at this scale"
-                     if sure else "the interval includes zero, so these runs do not settle the "
-                     "sign at this scale") + f" (the paper: {39.1 - 36.0:+.1f} on XLM-R large)."]
+        lines += [
+            "",
+            f"In short: on the low-performing languages, XPE minus SPT from Joshi5 is "
+            f"{p['mean']:+.2f} points, 95 % interval [{p['lo']:+.2f}, {p['hi']:+.2f}]: "
+            + (
+                "the interval excludes zero, so the sign is settled at this scale"
+                if sure
+                else "the interval includes zero, so these runs do not settle the "
+                "sign at this scale"
+            )
+            + f" (the paper: {39.1 - 36.0:+.1f} on XLM-R large).",
+        ]
     lines += [""]
     # ---- the schedule
     cs = curves(results)
     lines += ["## The schedule, from learning curves", ""]
     if cs:
         plot_curves(cs, plot_dir / "curves.png")
-        lines += ["Source (Joshi5) dev accuracy and loss every 50 steps for 1,000 steps at a "
-                  "constant learning rate (no decay, so a curve levels off only when the method "
-                  "has converged), seed 0:", "", "![learning curves](results/curves.png)", "",
-                  "| curve | steps to within 1 point of its best (mean of 3 evaluations) | best "
-                  "(mean of 3) | command |", "|---|---|---|---|"]
+        lines += [
+            "Source (Joshi5) dev accuracy and loss every 50 steps for 1,000 steps at a "
+            "constant learning rate (no decay, so a curve levels off only when the method "
+            "has converged), seed 0:",
+            "",
+            "![learning curves](results/curves.png)",
+            "",
+            "| curve | steps to within 1 point of its best (mean of 3 evaluations) | best "
+            "(mean of 3) | command |",
+            "|---|---|---|---|",
+        ]
         for name, c in cs.items():
             step, best = level_off(c)
             lines.append(f"| {name} | {step} | {best:.1f} | `{c['command']}` |")
         slowest = max(level_off(c)[0] for c in cs.values())
         steps = int(schedule[schedule.index("--steps") + 1])
-        lines += ["", f"The slowest curve levels off by step {slowest}; the grid runs "
-                  f"{steps} steps with cosine decay, " + (
-                      "so it does not stop while SPT, which has no encoder and converges more "
-                      "slowly, is still climbing." if steps >= slowest else
-                      f"{slowest - steps} steps fewer: a caveat for the comparison.")]
+        lines += [
+            "",
+            f"The slowest curve levels off by step {slowest}; the grid runs "
+            f"{steps} steps with cosine decay, "
+            + (
+                "so it does not stop while SPT, which has no encoder and converges more "
+                "slowly, is still climbing."
+                if steps >= slowest
+                else f"{slowest - steps} steps fewer: a caveat for the comparison."
+            ),
+        ]
     else:
         lines += ["(no curves in results/curves/ yet)"]
     lines += [""]
     # ---- every run
-    lines += ["## Every run", "", "| source | method | seed | precision | best step | source "
-              "dev % | LP % | Unseen % | Seen w/o J5 % | All w/o J5 % | wall min | commit |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Every run",
+        "",
+        "| source | method | seed | precision | best step | source "
+        "dev % | LP % | Unseen % | Seen w/o J5 % | All w/o J5 % | wall min | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(runs, key=lambda r: (r["source"], r["method"], r["seed"])):
         gs = [f"{100 * r['groups'][g]:.1f}" if g in r["groups"] else "" for g, _ in GROUPS]
-        lines.append(f"| {r['source']} | {r['method']} | {r['seed']} | {r['precision']} | "
-                     f"{r['best_step']} | {100 * r['source_dev_accuracy']:.1f} | "
-                     + " | ".join(gs) + f" | {(r.get('wall_seconds_total') or 0) / 60:.1f} | "
-                     f"{r['commit'][:10]} |")
+        lines.append(
+            f"| {r['source']} | {r['method']} | {r['seed']} | {r['precision']} | "
+            f"{r['best_step']} | {100 * r['source_dev_accuracy']:.1f} | "
+            + " | ".join(gs)
+            + f" | {(r.get('wall_seconds_total') or 0) / 60:.1f} | "
+            f"{r['commit'][:10]} |"
+        )
     if runs:
-        lines += ["", f"Reproduce one: `{runs[0]['command']}` at its commit, on the same kind of "
-                  "CPU and precision."]
+        lines += [
+            "",
+            f"Reproduce one: `{runs[0]['command']}` at its commit, on the same kind of "
+            "CPU and precision.",
+        ]
     text = "\n".join(lines) + "\n"
     dest.write_text(text)
     return text

@@ -3,6 +3,7 @@
 TRITON_INTERPRET is read when @triton.jit decorates a function, so it is set here, before any
 xpe_fast module that defines Triton kernels can be imported.
 """
+
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -35,8 +36,10 @@ requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not insta
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
-        pytest.skip(f"../shared/ is absent ({SHARED}): the SIB-200 copy and the reference "
-                    "tokenizer live there")
+        pytest.skip(
+            f"../shared/ is absent ({SHARED}): the SIB-200 copy and the reference "
+            "tokenizer live there"
+        )
     return SHARED
 
 

@@ -1,4 +1,5 @@
 """Shared test helpers: tolerances per dtype, random inputs with real padding, tiny backbones."""
+
 import torch
 
 # Relative tolerances per dtype (compared to the largest magnitude of the expected tensor).
@@ -29,10 +30,17 @@ def tiny_config(kind, vocab=211, hidden=24, layers=2, heads=4, ffn=37, max_pos=8
     import transformers as T
 
     cls = {"xlmr": T.XLMRobertaConfig, "bert": T.BertConfig}[kind]
-    return cls(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-               num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=max_pos,
-               hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-               pad_token_id=1)
+    return cls(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=max_pos,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        pad_token_id=1,
+    )
 
 
 def tiny_backbone(kind, **kw):
@@ -58,4 +66,5 @@ def assert_close_or_better(actual, expected, exact, dtype, msg=""):
     ref_err = (e - x).abs().max().item()
     assert err_exact <= ref_err + tol * scale, (
         f"{msg} max abs err {err:.3e} vs reference, {err_exact:.3e} vs float64 "
-        f"(reference's own: {ref_err:.3e}), tolerance {tol:.1e} * {scale:.3e}")
+        f"(reference's own: {ref_err:.3e}), tolerance {tol:.1e} * {scale:.3e}"
+    )

@@ -1,30 +1,35 @@
 """acceleration.accelerate / restore: every change the package makes to a backbone is undone,
 leaving the Hugging Face object it was (compared with a freshly built copy)."""
+
 import pytest
 import torch
-
 from helpers import padded_ids, tiny_backbone
+
 from xpe_fast import PromptedEncoderForSequenceClassification
 from xpe_fast.acceleration import accelerate, is_accelerated, restore
 
 
 def fingerprint(m: torch.nn.Module) -> dict:
     """Classes, instance attributes, config and tensors of every submodule."""
-    return {"classes": [(n, type(x)) for n, x in m.named_modules()],
-            "dicts": [(n, sorted(k for k in x.__dict__ if k not in ("_parameters", "_buffers",
-                                                                      "_modules")))
-                      for n, x in m.named_modules()],
-            "config": m.config.to_dict(),
-            "attn": m.config._attn_implementation,
-            "state": {k: v.clone() for k, v in m.state_dict().items()}}
+    return {
+        "classes": [(n, type(x)) for n, x in m.named_modules()],
+        "dicts": [
+            (n, sorted(k for k in x.__dict__ if k not in ("_parameters", "_buffers", "_modules")))
+            for n, x in m.named_modules()
+        ],
+        "config": m.config.to_dict(),
+        "attn": m.config._attn_implementation,
+        "state": {k: v.clone() for k, v in m.state_dict().items()},
+    }
 
 
 @pytest.mark.parametrize("kind", ["xlmr", "bert"])
 def test_restore_gives_back_the_hugging_face_backbone(kind):
     fresh = fingerprint(tiny_backbone(kind, dropout=0.1))
     bb = tiny_backbone(kind, dropout=0.1)
-    model = PromptedEncoderForSequenceClassification(bb, 7, num_virtual_tokens=4,
-                                                     encoder_hidden_size=8)
+    model = PromptedEncoderForSequenceClassification(
+        bb, 7, num_virtual_tokens=4, encoder_hidden_size=8
+    )
     assert is_accelerated(bb) and fingerprint(bb)["classes"] != fresh["classes"]
     ids, mask = padded_ids(3, 9, 211)
     model.train()

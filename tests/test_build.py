@@ -1,5 +1,6 @@
 """Build checks: the compiled extension, the CMake build, nvcc compiles of the CUDA kernels,
 and the pure-PyTorch fallback when the extension cannot be imported."""
+
 import os
 import shutil
 import subprocess
@@ -17,8 +18,12 @@ def test_extension_is_built_and_loaded():
     import xpe_fast._C as C
 
     assert xpe_fast.has_compiled_extension()
-    for name in ("assemble_embeddings_forward", "assemble_embeddings_backward",
-                 "prompt_encoder_mlp_forward", "prompt_encoder_mlp_backward"):
+    for name in (
+        "assemble_embeddings_forward",
+        "assemble_embeddings_backward",
+        "prompt_encoder_mlp_forward",
+        "prompt_encoder_mlp_backward",
+    ):
         assert hasattr(C, name)
 
 
@@ -40,16 +45,29 @@ def test_cuda_kernels_compile_with_nvcc(cu, arch, tmp_path):
         pytest.skip("nvcc is not installed: the CUDA kernels cannot be compile-checked here")
     env = dict(os.environ)
     env.setdefault("CUDA_HOME", "/usr/local/cuda")
-    cmd = [nvcc, f"-arch={arch}", "-std=c++17", "-O3", f"-I{REPO / 'csrc' / 'include'}",
-           "-Werror", "all-warnings", "-c", str(cu), "-o", str(tmp_path / (cu.stem + ".o"))]
+    cmd = [
+        nvcc,
+        f"-arch={arch}",
+        "-std=c++17",
+        "-O3",
+        f"-I{REPO / 'csrc' / 'include'}",
+        "-Werror",
+        "all-warnings",
+        "-c",
+        str(cu),
+        "-o",
+        str(tmp_path / (cu.stem + ".o")),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / (cu.stem + ".o")).stat().st_size > 0
 
 
 def test_cuda_sources_are_torch_free():
-    for cu in CU_FILES + [REPO / "csrc" / "cuda" / "launchers.h",
-                          REPO / "csrc" / "include" / "xpe_fast" / "kernel_math.h"]:
+    for cu in CU_FILES + [
+        REPO / "csrc" / "cuda" / "launchers.h",
+        REPO / "csrc" / "include" / "xpe_fast" / "kernel_math.h",
+    ]:
         text = cu.read_text()
         assert "torch/" not in text and "ATen/" not in text and "c10/" not in text, cu
 
@@ -63,8 +81,18 @@ def test_cmake_builds_an_importable_module(tmp_path):
 
     build = tmp_path / "build"
     cfg = subprocess.run(
-        [cmake, "-S", str(REPO), "-B", str(build), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-         f"-DPython3_EXECUTABLE={sys.executable}"], capture_output=True, text=True)
+        [
+            cmake,
+            "-S",
+            str(REPO),
+            "-B",
+            str(build),
+            f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert cfg.returncode == 0, cfg.stdout + cfg.stderr
     bld = subprocess.run([cmake, "--build", str(build), "-j2"], capture_output=True, text=True)
     assert bld.returncode == 0, bld.stdout[-4000:] + bld.stderr[-4000:]

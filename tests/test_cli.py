@@ -1,4 +1,5 @@
 """The command-line tools end to end on a tiny random XLM-R and three SIB-200 languages."""
+
 import json
 from pathlib import Path
 
@@ -14,9 +15,15 @@ def tiny_xlmr(folder, hidden=16, seed=0):
     import transformers as T
 
     torch.manual_seed(seed)
-    cfg = T.XLMRobertaConfig(vocab_size=250002, hidden_size=hidden, num_hidden_layers=2,
-                             num_attention_heads=2, intermediate_size=32,
-                             max_position_embeddings=220, pad_token_id=1)
+    cfg = T.XLMRobertaConfig(
+        vocab_size=250002,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=220,
+        pad_token_id=1,
+    )
     T.XLMRobertaModel(cfg).save_pretrained(folder)
     return str(folder)
 
@@ -24,17 +31,48 @@ def tiny_xlmr(folder, hidden=16, seed=0):
 @pytest.fixture(scope="module")
 def env(shared_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    return {"backbone": tiny_xlmr(root / "tiny"), "other": tiny_xlmr(root / "other", hidden=8),
-            "tokenizer": str(shared_dir / "xlmr-tokenizer" / "tokenizer.json"),
-            "data": str(shared_dir / "sib200"), "root": root}
+    return {
+        "backbone": tiny_xlmr(root / "tiny"),
+        "other": tiny_xlmr(root / "other", hidden=8),
+        "tokenizer": str(shared_dir / "xlmr-tokenizer" / "tokenizer.json"),
+        "data": str(shared_dir / "sib200"),
+        "root": root,
+    }
 
 
 def base_args(env, out, *extra):
-    return ["--backbone", env["backbone"], "--tokenizer", env["tokenizer"], "--data-dir",
-            env["data"], "--source", "eng_Latn", "--targets", "amh_Ethi,fra_Latn",
-            "--steps", "4", "--eval-every", "2", "--batch-size", "8", "--eval-batch-size", "64",
-            "--num-virtual-tokens", "4", "--encoder-hidden-size", "8", "--threads", "1",
-            "--precision", "fp32", "--no-progress", "--output-dir", str(out), *extra]
+    return [
+        "--backbone",
+        env["backbone"],
+        "--tokenizer",
+        env["tokenizer"],
+        "--data-dir",
+        env["data"],
+        "--source",
+        "eng_Latn",
+        "--targets",
+        "amh_Ethi,fra_Latn",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "--batch-size",
+        "8",
+        "--eval-batch-size",
+        "64",
+        "--num-virtual-tokens",
+        "4",
+        "--encoder-hidden-size",
+        "8",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def run_train(args, capsys):
@@ -48,9 +86,17 @@ def test_train_writes_every_output(env, capsys):
     out = env["root"] / "run"
     code, cap = run_train(base_args(env, out), capsys)
     assert code == 0, cap.err
-    for name in ("summary.json", "accuracy.csv", "accuracy.png", "train.log", "run_config.json",
-                 "seed-0/adapter/adapter.safetensors", "seed-0/adapter/adapter_config.json",
-                 "seed-0/zero_shot_accuracy.csv", "seed-0/results.json"):
+    for name in (
+        "summary.json",
+        "accuracy.csv",
+        "accuracy.png",
+        "train.log",
+        "run_config.json",
+        "seed-0/adapter/adapter.safetensors",
+        "seed-0/adapter/adapter_config.json",
+        "seed-0/zero_shot_accuracy.csv",
+        "seed-0/results.json",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["per_language"]["zero_shot"]) == {"amh_Ethi", "fra_Latn"}
@@ -71,26 +117,56 @@ def test_train_writes_every_output(env, capsys):
     assert code == 2 and "holds another run" in cap.err
 
     # Evaluate the saved adapter; a different backbone is refused.
-    code = evaluate.main(["--adapter", str(out / "seed-0/adapter"), "--backbone", env["backbone"],
-                          "--tokenizer", env["tokenizer"], "--data-dir", env["data"],
-                          "--languages", "amh_Ethi", "--no-progress", "--precision", "fp32"])
+    code = evaluate.main(
+        [
+            "--adapter",
+            str(out / "seed-0/adapter"),
+            "--backbone",
+            env["backbone"],
+            "--tokenizer",
+            env["tokenizer"],
+            "--data-dir",
+            env["data"],
+            "--languages",
+            "amh_Ethi",
+            "--no-progress",
+            "--precision",
+            "fp32",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 0, cap.err
-    code = evaluate.main(["--adapter", str(out / "seed-0/adapter"), "--backbone", env["other"],
-                          "--tokenizer", env["tokenizer"], "--data-dir", env["data"],
-                          "--languages", "amh_Ethi", "--no-progress"])
+    code = evaluate.main(
+        [
+            "--adapter",
+            str(out / "seed-0/adapter"),
+            "--backbone",
+            env["other"],
+            "--tokenizer",
+            env["tokenizer"],
+            "--data-dir",
+            env["data"],
+            "--languages",
+            "amh_Ethi",
+            "--no-progress",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 2 and "saved for backbone" in cap.err and "Traceback" not in cap.err
 
 
-METHODS = {"spt": ["--method", "spt"], "xpe": ["--method", "xpe"],
-           "dual-0.3": ["--method", "dual", "--encoder-ratio", "0.3"],
-           "dual-0.7": ["--method", "dual", "--encoder-ratio", "0.7"]}
+METHODS = {
+    "spt": ["--method", "spt"],
+    "xpe": ["--method", "xpe"],
+    "dual-0.3": ["--method", "dual", "--encoder-ratio", "0.3"],
+    "dual-0.7": ["--method", "dual", "--encoder-ratio", "0.7"],
+}
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_each_method_trains_resumes_exactly_and_evaluates(env, capsys, monkeypatch, tmp_path,
-                                                         method):
+def test_each_method_trains_resumes_exactly_and_evaluates(
+    env, capsys, monkeypatch, tmp_path, method
+):
     full = tmp_path / "full"
     args = base_args(env, full, "--steps", "6", *METHODS[method])
     assert run_train(args, capsys)[0] == 0
@@ -108,8 +184,9 @@ def test_each_method_trains_resumes_exactly_and_evaluates(env, capsys, monkeypat
     code, cap = run_train(base_args(env, part, "--steps", "6", *METHODS[method]), capsys)
     assert code == 130 and "--resume" in cap.err
     monkeypatch.setattr(D, "collate", real)
-    code, cap = run_train(base_args(env, part, "--steps", "6", "--resume", *METHODS[method]),
-                          capsys)
+    code, cap = run_train(
+        base_args(env, part, "--steps", "6", "--resume", *METHODS[method]), capsys
+    )
     assert code == 0, cap.err
     a = load_file(str(full / "seed-0/adapter/adapter.safetensors"))
     b = load_file(str(part / "seed-0/adapter/adapter.safetensors"))
@@ -124,10 +201,25 @@ def test_each_method_trains_resumes_exactly_and_evaluates(env, capsys, monkeypat
     assert summary["wall_seconds_total"] >= summary["wall_seconds"] > 0
     # The saved adapter evaluates to the run's own numbers (the backbone given with a
     # trailing slash is the same backbone).
-    code = evaluate.main(["--adapter", str(part / "seed-0/adapter"), "--backbone",
-                          env["backbone"] + "/", "--tokenizer", env["tokenizer"], "--data-dir",
-                          env["data"], "--languages", "amh_Ethi,fra_Latn", "--no-progress",
-                          "--precision", "fp32", "--output", str(tmp_path / "acc.csv")])
+    code = evaluate.main(
+        [
+            "--adapter",
+            str(part / "seed-0/adapter"),
+            "--backbone",
+            env["backbone"] + "/",
+            "--tokenizer",
+            env["tokenizer"],
+            "--data-dir",
+            env["data"],
+            "--languages",
+            "amh_Ethi,fra_Latn",
+            "--no-progress",
+            "--precision",
+            "fp32",
+            "--output",
+            str(tmp_path / "acc.csv"),
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 0, cap.err
     rows = (tmp_path / "acc.csv").read_text().splitlines()[1:]
@@ -138,8 +230,7 @@ def test_each_method_trains_resumes_exactly_and_evaluates(env, capsys, monkeypat
 
 def test_grid_runs_every_method_and_seed_and_continues(env, capsys, tmp_path):
     out = tmp_path / "grid"
-    args = base_args(env, out, "--steps", "2", "--methods", "spt,xpe,dual-30",
-                     "--seeds", "0,1")
+    args = base_args(env, out, "--steps", "2", "--methods", "spt,xpe,dual-30", "--seeds", "0,1")
     code, cap = run_train(args, capsys)
     assert code == 0, cap.err
     for tag in ("spt", "xpe", "dual-0.3"):
@@ -240,12 +331,20 @@ def bad_data_dir(root, env, lang, split, content):
     return data
 
 
-@pytest.mark.parametrize("lang,split,content,match", [
-    ("fra_Latn", "test", "index_id\tcategory\ttext\n1\tpolitics\n", "fra_Latn/test.tsv, line 2"),
-    ("amh_Ethi", "test", "index_id\tcategory\ttext\n1\tweather\thello\n", "unknown label"),
-    ("eng_Latn", "dev", "id\tlabel\n", "expected the header"),
-    ("eng_Latn", "train", "index_id\tcategory\ttext\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    "lang,split,content,match",
+    [
+        (
+            "fra_Latn",
+            "test",
+            "index_id\tcategory\ttext\n1\tpolitics\n",
+            "fra_Latn/test.tsv, line 2",
+        ),
+        ("amh_Ethi", "test", "index_id\tcategory\ttext\n1\tweather\thello\n", "unknown label"),
+        ("eng_Latn", "dev", "id\tlabel\n", "expected the header"),
+        ("eng_Latn", "train", "index_id\tcategory\ttext\n", "no rows"),
+    ],
+)
 def test_data_errors_before_any_work(env, capsys, tmp_path, lang, split, content, match):
     data = bad_data_dir(tmp_path, env, lang, split, content)
     before = snapshot(tmp_path)
@@ -279,9 +378,24 @@ def test_config_file_and_unknown_keys(env, capsys, tmp_path):
 
 def test_supervised_regime_trains_on_each_target(env, capsys, tmp_path):
     out = tmp_path / "sup"
-    args = base_args(env, out, "--regime", "supervised", "--targets", "amh_Ethi",
-                     "--steps", "2", "--target-steps", "2", "--eval-every", "1",
-                     "--method", "dual", "--encoder-ratio", "0.5")
+    args = base_args(
+        env,
+        out,
+        "--regime",
+        "supervised",
+        "--targets",
+        "amh_Ethi",
+        "--steps",
+        "2",
+        "--target-steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--method",
+        "dual",
+        "--encoder-ratio",
+        "0.5",
+    )
     code, cap = run_train(args, capsys)
     assert code == 0, cap.err
     summary = json.loads((out / "summary.json").read_text())
@@ -336,6 +450,7 @@ def _edit_config(**kw):
         cfg = json.loads((d / "adapter_config.json").read_text())
         cfg.update(kw)
         (d / "adapter_config.json").write_text(json.dumps(cfg))
+
     return edit
 
 
@@ -364,27 +479,53 @@ def test_corrupt_adapters_are_one_line_errors(env, trained_adapter, capsys, tmp_
     d = tmp_path / "adapter"
     shutil.copytree(trained_adapter, d)
     corrupt(d)
-    code = evaluate.main(["--adapter", str(d), "--backbone", env["backbone"], "--tokenizer",
-                          env["tokenizer"], "--data-dir", env["data"], "--languages", "amh_Ethi",
-                          "--no-progress"])
+    code = evaluate.main(
+        [
+            "--adapter",
+            str(d),
+            "--backbone",
+            env["backbone"],
+            "--tokenizer",
+            env["tokenizer"],
+            "--data-dir",
+            env["data"],
+            "--languages",
+            "amh_Ethi",
+            "--no-progress",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 2 and "Traceback" not in cap.err, cap.err
     assert match in cap.err and cap.err.count("\n") == 1, cap.err
 
 
-@pytest.mark.parametrize("extra,match", [
-    (["--adapter", "/nonexistent/adapter"], "does not exist"),
-    (["--backend", "foo"], "--backend"),
-    (["--backend", "cuda"], "--backend cuda"),
-    (["--device", "cuda:3"], "--device"),
-    (["--languages", "xx_Yyyy"], "unknown language"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--max-length", "-3"], "--max-length"),
-])
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--adapter", "/nonexistent/adapter"], "does not exist"),
+        (["--backend", "foo"], "--backend"),
+        (["--backend", "cuda"], "--backend cuda"),
+        (["--device", "cuda:3"], "--device"),
+        (["--languages", "xx_Yyyy"], "unknown language"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--max-length", "-3"], "--max-length"),
+    ],
+)
 def test_evaluate_user_errors(env, trained_adapter, capsys, extra, match):
-    args = ["--adapter", str(trained_adapter), "--backbone", env["backbone"], "--tokenizer",
-            env["tokenizer"], "--data-dir", env["data"], "--languages", "amh_Ethi",
-            "--no-progress", *extra]
+    args = [
+        "--adapter",
+        str(trained_adapter),
+        "--backbone",
+        env["backbone"],
+        "--tokenizer",
+        env["tokenizer"],
+        "--data-dir",
+        env["data"],
+        "--languages",
+        "amh_Ethi",
+        "--no-progress",
+        *extra,
+    ]
     code = evaluate.main(args)
     cap = capsys.readouterr()
     assert code == 2 and match in cap.err and cap.err.count("\n") == 1, cap.err
@@ -393,9 +534,14 @@ def test_evaluate_user_errors(env, trained_adapter, capsys, extra, match):
 def test_unsupported_encoder_is_refused_before_anything_is_written(env, capsys, tmp_path):
     import transformers as T
 
-    cfg = T.DebertaV2Config(vocab_size=250002, hidden_size=16, num_hidden_layers=1,
-                            num_attention_heads=2, intermediate_size=32,
-                            max_position_embeddings=220)
+    cfg = T.DebertaV2Config(
+        vocab_size=250002,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=220,
+    )
     T.DebertaV2Model(cfg).save_pretrained(tmp_path / "deberta")
     capsys.readouterr()
     before = snapshot(tmp_path)
@@ -415,30 +561,67 @@ def test_export_import_and_continue_training(env, trained_adapter, capsys, tmp_p
     cap = capsys.readouterr()
     assert code == 2 and "exists" in cap.err and cap.err.count("\n") == 1
     # evaluating the PEFT export gives the xpe_fast adapter's numbers
-    args = ["--backbone", env["backbone"], "--tokenizer", env["tokenizer"], "--data-dir",
-            env["data"], "--languages", "amh_Ethi,fra_Latn", "--no-progress", "--precision",
-            "fp32"]
+    args = [
+        "--backbone",
+        env["backbone"],
+        "--tokenizer",
+        env["tokenizer"],
+        "--data-dir",
+        env["data"],
+        "--languages",
+        "amh_Ethi,fra_Latn",
+        "--no-progress",
+        "--precision",
+        "fp32",
+    ]
     outs = {}
     for name, folder in (("ours", trained_adapter), ("peft", peft_dir)):
-        assert evaluate.main(["--adapter", str(folder), *args, "--output",
-                              str(tmp_path / f"{name}.csv")]) == 0
+        assert (
+            evaluate.main(
+                ["--adapter", str(folder), *args, "--output", str(tmp_path / f"{name}.csv")]
+            )
+            == 0
+        )
         outs[name] = (tmp_path / f"{name}.csv").read_text().splitlines()
     assert outs["ours"] == outs["peft"]
     capsys.readouterr()
     # continue training from an adapter: after one step at a negligible learning rate the
     # tensors are the imported ones
     out = tmp_path / "cont"
-    code, cap = run_train(base_args(env, out, "--steps", "1", "--eval-every", "1", "--lr",
-                                    "1e-12", "--lr-prompt", "1e-12", "--init-adapter",
-                                    str(trained_adapter)), capsys)
+    code, cap = run_train(
+        base_args(
+            env,
+            out,
+            "--steps",
+            "1",
+            "--eval-every",
+            "1",
+            "--lr",
+            "1e-12",
+            "--lr-prompt",
+            "1e-12",
+            "--init-adapter",
+            str(trained_adapter),
+        ),
+        capsys,
+    )
     assert code == 0, cap.err
     a = load_file(str(trained_adapter / "adapter.safetensors"))
     b = load_file(str(out / "seed-0/adapter/adapter.safetensors"))
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
     # an adapter that does not fit the run: one line, nothing written
-    code, cap = run_train(base_args(env, tmp_path / "bad", "--num-virtual-tokens", "5",
-                                    "--init-adapter", str(trained_adapter)), capsys)
+    code, cap = run_train(
+        base_args(
+            env,
+            tmp_path / "bad",
+            "--num-virtual-tokens",
+            "5",
+            "--init-adapter",
+            str(trained_adapter),
+        ),
+        capsys,
+    )
     assert code == 2 and "does not fit" in cap.err and cap.err.count("\n") == 1
     assert not (tmp_path / "bad").exists()
 
@@ -449,8 +632,11 @@ def own_data(root):
     import random
 
     rng = random.Random(0)
-    words = {"sport": ["ball", "goal", "team"], "food": ["bread", "soup", "rice"],
-             "music": ["song", "drum", "tune"]}
+    words = {
+        "sport": ["ball", "goal", "team"],
+        "food": ["bread", "soup", "rice"],
+        "music": ["song", "drum", "tune"],
+    }
 
     def rows(lang, n):
         out = []
@@ -469,8 +655,9 @@ def own_data(root):
                 path.write_text("".join(json.dumps(r) + "\n" for r in data))
             else:
                 with open(path, "w", newline="") as f:
-                    w = csv.DictWriter(f, ["id", "sentence", "topic"],
-                                       delimiter="\t" if ext == "tsv" else ",")
+                    w = csv.DictWriter(
+                        f, ["id", "sentence", "topic"], delimiter="\t" if ext == "tsv" else ","
+                    )
                     w.writeheader()
                     w.writerows(data)
     groups = root / "groups.csv"
@@ -481,11 +668,41 @@ def own_data(root):
 def test_train_and_evaluate_on_own_data(env, capsys, tmp_path):
     data, groups = own_data(tmp_path / "mydata")
     out = tmp_path / "run"
-    args = ["--backbone", env["backbone"], "--tokenizer", env["tokenizer"], "--data", str(data),
-            "--text-column", "sentence", "--label-column", "topic", "--groups", str(groups),
-            "--source", "xx_Aaaa", "--targets", "far,near", "--steps", "3", "--eval-every", "3",
-            "--batch-size", "8", "--num-virtual-tokens", "4", "--encoder-hidden-size", "8",
-            "--threads", "1", "--precision", "fp32", "--no-progress", "--output-dir", str(out)]
+    args = [
+        "--backbone",
+        env["backbone"],
+        "--tokenizer",
+        env["tokenizer"],
+        "--data",
+        str(data),
+        "--text-column",
+        "sentence",
+        "--label-column",
+        "topic",
+        "--groups",
+        str(groups),
+        "--source",
+        "xx_Aaaa",
+        "--targets",
+        "far,near",
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--batch-size",
+        "8",
+        "--num-virtual-tokens",
+        "4",
+        "--encoder-hidden-size",
+        "8",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+    ]
     code, cap = run_train(args, capsys)
     assert code == 0, cap.err
     summary = json.loads((out / "summary.json").read_text())
@@ -493,10 +710,27 @@ def test_train_and_evaluate_on_own_data(env, capsys, tmp_path):
     assert set(summary["groups"]["zero_shot"]) == {"far", "near", "all-targets"}
     cfg = json.loads((out / "seed-0/adapter/adapter_config.json").read_text())
     assert cfg["labels"] == ["food", "music", "sport"] and cfg["num_labels"] == 3
-    code = evaluate.main(["--adapter", str(out / "seed-0/adapter"), "--backbone",
-                          env["backbone"], "--tokenizer", env["tokenizer"], "--data", str(data),
-                          "--text-column", "sentence", "--label-column", "topic",
-                          "--languages", "zz_Cccc", "--no-progress", "--precision", "fp32"])
+    code = evaluate.main(
+        [
+            "--adapter",
+            str(out / "seed-0/adapter"),
+            "--backbone",
+            env["backbone"],
+            "--tokenizer",
+            env["tokenizer"],
+            "--data",
+            str(data),
+            "--text-column",
+            "sentence",
+            "--label-column",
+            "topic",
+            "--languages",
+            "zz_Cccc",
+            "--no-progress",
+            "--precision",
+            "fp32",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 0, cap.err
     assert f"{100 * summary['per_language']['zero_shot']['zz_Cccc']:.1f}" in cap.out
@@ -510,10 +744,22 @@ def test_train_and_evaluate_on_own_data(env, capsys, tmp_path):
 
 
 def test_hub_adapter_offline_says_what_to_download(env, capsys):
-    code = evaluate.main(["--adapter", "mikaberidze/xlmr-large-sib200-peft-xpe-joshi5",
-                          "--revision", "seed-01", "--data-dir", env["data"],
-                          "--languages", "amh_Ethi", "--no-progress"])
+    code = evaluate.main(
+        [
+            "--adapter",
+            "mikaberidze/xlmr-large-sib200-peft-xpe-joshi5",
+            "--revision",
+            "seed-01",
+            "--data-dir",
+            env["data"],
+            "--languages",
+            "amh_Ethi",
+            "--no-progress",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 2 and cap.err.count("\n") == 1, cap.err
-    assert "huggingface-cli download mikaberidze/xlmr-large-sib200-peft-xpe-joshi5 " \
-           "--revision seed-01" in cap.err
+    assert (
+        "huggingface-cli download mikaberidze/xlmr-large-sib200-peft-xpe-joshi5 "
+        "--revision seed-01" in cap.err
+    )

@@ -22,14 +22,17 @@ def test_quoted_rows_are_unescaped(tmp_path):
     assert rows[0].label == D.LABEL_TO_ID["sports"] and rows[1].index_id == 2
 
 
-@pytest.mark.parametrize("text,match", [
-    ("index_id\tcategory\ttext\n1\tsports\n", "malformed row"),
-    ("index_id\tcategory\ttext\n1\tcooking\tx\n", "unknown label 'cooking'"),
-    ("index_id\tcategory\ttext\n1\tsports\t  \n", "empty text"),
-    ("index_id\tcategory\ttext\nabc\tsports\tx\n", "not an integer"),
-    ("id\tlabel\ttext\n1\tsports\tx\n", "header"),
-    ("index_id\tcategory\ttext\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("index_id\tcategory\ttext\n1\tsports\n", "malformed row"),
+        ("index_id\tcategory\ttext\n1\tcooking\tx\n", "unknown label 'cooking'"),
+        ("index_id\tcategory\ttext\n1\tsports\t  \n", "empty text"),
+        ("index_id\tcategory\ttext\nabc\tsports\tx\n", "not an integer"),
+        ("id\tlabel\ttext\n1\tsports\tx\n", "header"),
+        ("index_id\tcategory\ttext\n", "no rows"),
+    ],
+)
 def test_malformed_files_raise_clear_errors(tmp_path, text, match):
     with pytest.raises(D.DataError, match=match):
         D.parse_tsv(write(tmp_path, text))
@@ -63,6 +66,7 @@ def test_the_real_copy(shared_dir):
 class _Tok:
     def encode_batch(self, texts):
         from types import SimpleNamespace
+
         return [SimpleNamespace(ids=[0] + list(range(5, 5 + len(t.split()))) + [2]) for t in texts]
 
 

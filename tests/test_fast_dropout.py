@@ -1,4 +1,5 @@
 """The backbone's dropout with counter-based masks (xpe_fast.fast_dropout, _C.dropout_apply)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,9 +24,11 @@ def test_keep_rate_scale_and_backward_mask(p, dtype):
     assert abs(rate - (1 - p)) < 6 * sigma, (rate, 1 - p)
     scale = 1.0 / (1.0 - p)
     expect = (x.detach().float() * torch.tensor(scale, dtype=torch.float32)).to(dtype)
-    torch.testing.assert_close(y[kept].detach(), expect[kept], rtol=0, atol=0) \
-        if dtype != torch.float64 else \
-        torch.testing.assert_close(y[kept].detach(), x.detach()[kept] * scale)
+    torch.testing.assert_close(
+        y[kept].detach(), expect[kept], rtol=0, atol=0
+    ) if dtype != torch.float64 else torch.testing.assert_close(
+        y[kept].detach(), x.detach()[kept] * scale
+    )
     g = torch.randn(n, dtype=torch.float64).to(dtype)
     (gx,) = torch.autograd.grad(y, x, g)
     assert torch.equal(gx != 0, kept & (g != 0))  # the forward's mask, recomputed
@@ -84,8 +87,11 @@ def test_attention_without_dropout_equals_sdpa(mask_kind):
     q, k, v = (torch.randn(B, H, S, hd) for _ in range(3))
     keep = torch.ones(B, 1, 1, S, dtype=torch.bool)
     keep[0, ..., -5:] = False
-    mask = {"none": None, "bool": keep,
-            "float": torch.zeros(B, 1, 1, S).masked_fill(~keep, float("-inf"))}[mask_kind]
+    mask = {
+        "none": None,
+        "bool": keep,
+        "float": torch.zeros(B, 1, 1, S).masked_fill(~keep, float("-inf")),
+    }[mask_kind]
     out = FD.attention_with_dropout(q, k, v, mask, 0.3, 0.0)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -1,12 +1,17 @@
 """FrozenLinear (the backbone's linear layers on oneDNN) against nn.Linear."""
+
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from xpe_fast.frozen_linear import (FrozenLinear, onednn_available, prepare_frozen_linears,
-                                    set_frozen_linears_fast)
+from xpe_fast.frozen_linear import (
+    FrozenLinear,
+    onednn_available,
+    prepare_frozen_linears,
+    set_frozen_linears_fast,
+)
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
 

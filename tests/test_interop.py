@@ -1,13 +1,14 @@
 """Adapters across formats: xpe_fast -> PEFT (PeftModel gives the same logits), PEFT ->
 xpe_fast (prompt tuning and P-tuning, written by PEFT itself), the paper's layout (with the
 old key of its XPE table), round trips, and continuing training from an imported adapter."""
+
 import json
 
 import pytest
 import torch
+from helpers import padded_ids, tiny_config
 from safetensors.torch import load_file, save_file
 
-from helpers import padded_ids, tiny_config
 from xpe_fast import PromptedEncoderForSequenceClassification
 from xpe_fast.adapter import AdapterMismatchError, load_adapter, save_adapter
 from xpe_fast.interop import export_peft, read_any_adapter
@@ -31,9 +32,13 @@ def trained_model(base, ratio, seed=0):
     import transformers as T
 
     torch.manual_seed(seed)
-    m = PromptedEncoderForSequenceClassification(T.AutoModel.from_pretrained(base), 7,
-                                                 num_virtual_tokens=6, encoder_ratio=ratio,
-                                                 encoder_hidden_size=10)
+    m = PromptedEncoderForSequenceClassification(
+        T.AutoModel.from_pretrained(base),
+        7,
+        num_virtual_tokens=6,
+        encoder_ratio=ratio,
+        encoder_hidden_size=10,
+    )
     with torch.no_grad():  # not the initial values: every trained tensor moved
         for p in m.parameters():
             if p.requires_grad:
@@ -60,7 +65,8 @@ def test_export_to_peft_gives_the_same_logits_and_round_trips(tmp_path, kind, ra
     assert cfg["num_virtual_tokens"] == 6 and cfg["token_dim"] == 24
     pm = peft.PeftModel.from_pretrained(
         T.AutoModelForSequenceClassification.from_pretrained(base, num_labels=7),
-        str(tmp_path / "peft")).eval()
+        str(tmp_path / "peft"),
+    ).eval()
     ids, mask = padded_ids(4, 13, 211)
     with torch.no_grad():
         theirs = pm(input_ids=ids, attention_mask=mask).logits
@@ -70,8 +76,7 @@ def test_export_to_peft_gives_the_same_logits_and_round_trips(tmp_path, kind, ra
     saved = load_file(str(tmp_path / "adapter" / "adapter.safetensors"))
     assert conf["method"] == "spt"
     torch.testing.assert_close(t["prompt.spt_embedding"], saved["static_prompt"], rtol=0, atol=0)
-    for k in ("head.dense.weight", "head.dense.bias", "head.out_proj.weight",
-              "head.out_proj.bias"):
+    for k in ("head.dense.weight", "head.dense.bias", "head.out_proj.weight", "head.out_proj.bias"):
         torch.testing.assert_close(t[k], saved[k], rtol=0, atol=0, msg=k)
     back = trained_model(base, 0.0, seed=5)
     load_adapter(tmp_path / "peft", back, base, (conf, t))
@@ -85,14 +90,18 @@ def test_adapters_written_by_peft_load_with_peft_logits(tmp_path, kind, peft_typ
 
     base = saved_backbone(tmp_path, kind)
     if peft_type == "p_tuning":
-        pc = peft.PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=5,
-                                      encoder_hidden_size=12,
-                                      encoder_reparameterization_type="MLP")
+        pc = peft.PromptEncoderConfig(
+            task_type="SEQ_CLS",
+            num_virtual_tokens=5,
+            encoder_hidden_size=12,
+            encoder_reparameterization_type="MLP",
+        )
     else:
         pc = peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5)
     torch.manual_seed(3)
-    pm = peft.get_peft_model(T.AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=7), pc)
+    pm = peft.get_peft_model(
+        T.AutoModelForSequenceClassification.from_pretrained(base, num_labels=7), pc
+    )
     with torch.no_grad():
         for p in pm.parameters():
             if p.requires_grad:
@@ -100,15 +109,20 @@ def test_adapters_written_by_peft_load_with_peft_logits(tmp_path, kind, peft_typ
     pm.save_pretrained(tmp_path / "peft")
     loaded = peft.PeftModel.from_pretrained(
         T.AutoModelForSequenceClassification.from_pretrained(base, num_labels=7),
-        str(tmp_path / "peft")).eval()
+        str(tmp_path / "peft"),
+    ).eval()
     ids, mask = padded_ids(3, 11, 211)
     with torch.no_grad():
         theirs = loaded(input_ids=ids, attention_mask=mask).logits
     conf, t = read_any_adapter(tmp_path / "peft")
     ours = trained_model(base, 0.0, seed=9)
     ours = PromptedEncoderForSequenceClassification(
-        ours.backbone, 7, num_virtual_tokens=conf["num_virtual_tokens"], encoder_ratio=0.0,
-        head_style=conf["head_style"]).eval()
+        ours.backbone,
+        7,
+        num_virtual_tokens=conf["num_virtual_tokens"],
+        encoder_ratio=0.0,
+        head_style=conf["head_style"],
+    ).eval()
     load_adapter(tmp_path / "peft", ours, base, (conf, t))
     torch.testing.assert_close(logits(ours, ids, mask), theirs, rtol=0, atol=1e-5)
 
@@ -124,23 +138,29 @@ def paper_layout(m, folder, ratio_in_config, old_key=False):
         t[pre + f"prompt_encoder.default.{key}.weight"] = m.prompt.xpe_embedding
         for fc, i in (("fc1", 0), ("fc2", 3), ("fc3", 6)):
             for w in ("weight", "bias"):
-                t[pre + f"prompt_encoder.default.xpe_head.{i}.{w}"] = \
-                    getattr(getattr(m.prompt.encoder, fc), w)
+                t[pre + f"prompt_encoder.default.xpe_head.{i}.{w}"] = getattr(
+                    getattr(m.prompt.encoder, fc), w
+                )
     for ours, theirs in (("dense", "dense"), ("out_proj", "out_proj")):
         for w in ("weight", "bias"):
-            t[pre + f"classifier.modules_to_save.default.{theirs}.{w}"] = \
-                getattr(getattr(m.head, ours), w)
+            t[pre + f"classifier.modules_to_save.default.{theirs}.{w}"] = getattr(
+                getattr(m.head, ours), w
+            )
     folder.mkdir()
-    save_file({k: v.detach().contiguous() for k, v in t.items()},
-              str(folder / "adapter_model.safetensors"))
+    save_file(
+        {k: v.detach().contiguous() for k, v in t.items()},
+        str(folder / "adapter_model.safetensors"),
+    )
     cfg = {"peft_type": "P_TUNING", "task_type": "SEQ_CLS", "num_virtual_tokens": 6}
     if ratio_in_config is not None:
         cfg["encoder_ratio"] = ratio_in_config
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("ratio,in_config,old_key", [(1.0, 1, False), (1.0, None, True),
-                                                     (1.0, 1, True), (0.5, 50, False)])
+@pytest.mark.parametrize(
+    "ratio,in_config,old_key",
+    [(1.0, 1, False), (1.0, None, True), (1.0, 1, True), (0.5, 50, False)],
+)
 def test_the_papers_layout_loads_with_its_mlp(tmp_path, ratio, in_config, old_key):
     base = saved_backbone(tmp_path, "xlmr")
     src = trained_model(base, ratio)
@@ -148,8 +168,9 @@ def test_the_papers_layout_loads_with_its_mlp(tmp_path, ratio, in_config, old_ke
     conf, t = read_any_adapter(tmp_path / "paper")
     assert conf["encoder_ratio"] == ratio and conf["source_format"] == "bmikaberidze/XPE"
     # the old key is the XPE input table, not random inputs
-    torch.testing.assert_close(t["prompt.xpe_embedding"], src.prompt.xpe_embedding.detach(),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        t["prompt.xpe_embedding"], src.prompt.xpe_embedding.detach(), rtol=0, atol=0
+    )
     dst = trained_model(base, ratio, seed=4)
     load_adapter(tmp_path / "paper", dst, base, (conf, t))
     ids, mask = padded_ids(3, 9, 211)

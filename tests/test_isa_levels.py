@@ -2,6 +2,7 @@
 baseline: csrc/cpu/clones.h)
 against the eager reference. The variant is chosen once per process, so each level runs in a
 subprocess with XPE_FAST_CPU_ISA set; levels the CPU lacks fall back to the best it has."""
+
 import os
 import subprocess
 import sys
@@ -81,8 +82,9 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("isa", ["avx512bf16", "avx512", "avx2", "baseline"])
 def test_every_isa_variant_matches_the_reference(isa):
     env = {**os.environ, "XPE_FAST_CPU_ISA": isa, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0 and r.stdout.strip().split()[-2] == "ok", r.stderr[-3000:]
     level = int(r.stdout.split()[-1])
     assert level <= {"avx512bf16": 3, "avx512": 2, "avx2": 1, "baseline": 0}[isa]

@@ -1,6 +1,7 @@
 """A run killed (SIGKILL) at random moments, many times, and resumed each time ends with the
 same adapter and the same accuracies as the uninterrupted run: every file it writes is
 replaced atomically, so a kill leaves the previous checkpoint or the next, never a mix."""
+
 import json
 import os
 import random
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_cli import base_args, tiny_xlmr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,15 +22,19 @@ REPO = Path(__file__).resolve().parents[1]
 def launch(args, resume):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "xpe_fast.train", *args] + (["--resume"] if resume else [])
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.slow
 def test_killed_at_random_moments_resumes_to_the_same_result(shared_dir, tmp_path):
     backbone = tiny_xlmr(tmp_path / "tiny")
-    env = {"backbone": backbone, "tokenizer": str(shared_dir / "xlmr-tokenizer/tokenizer.json"),
-           "data": str(shared_dir / "sib200")}
+    env = {
+        "backbone": backbone,
+        "tokenizer": str(shared_dir / "xlmr-tokenizer/tokenizer.json"),
+        "data": str(shared_dir / "sib200"),
+    }
     extra = ["--steps", "240", "--eval-every", "2", "--method", "dual", "--encoder-ratio", "0.5"]
     full = tmp_path / "full"
     t_full = time.time()
@@ -42,7 +46,7 @@ def test_killed_at_random_moments_resumes_to_the_same_result(shared_dir, tmp_pat
     part = tmp_path / "part"
     rng = random.Random(1234)
     kills = 0
-    for attempt in range(40):
+    for _ in range(40):
         resume = (part / "run_config.json").is_file()
         p = launch(base_args(env, part, *extra), resume)
         if kills < 8:

@@ -1,7 +1,14 @@
 import pytest
 
-from xpe_fast.languages import (ENARZHO, JOSHI5, UnknownLanguageError, groups, groups_of,
-                                language_table, resolve_languages)
+from xpe_fast.languages import (
+    ENARZHO,
+    JOSHI5,
+    UnknownLanguageError,
+    groups,
+    groups_of,
+    language_table,
+    resolve_languages,
+)
 
 
 def test_table_has_205_languages():
@@ -12,9 +19,19 @@ def test_table_has_205_languages():
     assert all(not l.xlmr_seen for l in t.values() if l.low_performing)
 
 
-@pytest.mark.parametrize("name,count", [
-    ("joshi5", 7), ("enarzho", 3), ("seen-92", 92), ("low-performing", 46), ("unseen", 113),
-    ("seen-wo-joshi5", 85), ("all-wo-joshi5", 198), ("all", 205)])
+@pytest.mark.parametrize(
+    "name,count",
+    [
+        ("joshi5", 7),
+        ("enarzho", 3),
+        ("seen-92", 92),
+        ("low-performing", 46),
+        ("unseen", 113),
+        ("seen-wo-joshi5", 85),
+        ("all-wo-joshi5", 198),
+        ("all", 205),
+    ],
+)
 def test_group_sizes_match_the_paper(name, count):
     assert len(resolve_languages(name)) == count
     assert len(set(groups()[name])) == count

@@ -1,10 +1,11 @@
 """End to end: the model on the fused CPU kernels equals the model on the reference path."""
+
 import copy
 
 import pytest
 import torch
-
 from helpers import padded_ids, tiny_backbone
+
 from xpe_fast import PromptedEncoderForSequenceClassification
 
 
@@ -12,9 +13,15 @@ from xpe_fast import PromptedEncoderForSequenceClassification
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 1.0])
 def test_cpu_backend_matches_reference_logits_and_gradients(kind, ratio):
     backbone = tiny_backbone(kind)
-    fused = PromptedEncoderForSequenceClassification(backbone, 5, num_virtual_tokens=6,
-                                                     encoder_ratio=ratio, encoder_hidden_size=12,
-                                                     prompt_dropout=0.0, backend="cpu")
+    fused = PromptedEncoderForSequenceClassification(
+        backbone,
+        5,
+        num_virtual_tokens=6,
+        encoder_ratio=ratio,
+        encoder_hidden_size=12,
+        prompt_dropout=0.0,
+        backend="cpu",
+    )
     ref = copy.deepcopy(fused)
     ref.set_backend("reference")
     fused.train(), ref.train()  # dropout 0 everywhere (tiny config), so train mode is exact
@@ -36,8 +43,9 @@ def test_cpu_backend_matches_reference_logits_and_gradients(kind, ratio):
 def test_triton_backend_in_the_model():
     pytest.importorskip("triton")
     backbone = tiny_backbone("xlmr")
-    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
-                                                 encoder_hidden_size=8, backend="triton").eval()
+    m = PromptedEncoderForSequenceClassification(
+        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="triton"
+    ).eval()
     ids, mask = padded_ids(2, 7, backbone.config.vocab_size)
     out = m(ids, mask)
     m.set_backend("reference")
@@ -49,14 +57,19 @@ def test_backbone_dropout_runs_on_counter_based_masks(kind, monkeypatch):
     from xpe_fast import fast_dropout
 
     backbone = tiny_backbone(kind, dropout=0.2)
-    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
-                                                 encoder_hidden_size=8, backend="cpu")
+    m = PromptedEncoderForSequenceClassification(
+        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu"
+    )
     calls = []
     real = fast_dropout.attention_with_dropout
-    monkeypatch.setattr(fast_dropout, "attention_with_dropout",
-                        lambda *a: calls.append(a[-1]) or real(*a))
-    assert all(type(d) is fast_dropout.FastDropout for d in m.backbone.modules()
-               if isinstance(d, torch.nn.Dropout))
+    monkeypatch.setattr(
+        fast_dropout, "attention_with_dropout", lambda *a: calls.append(a[-1]) or real(*a)
+    )
+    assert all(
+        type(d) is fast_dropout.FastDropout
+        for d in m.backbone.modules()
+        if isinstance(d, torch.nn.Dropout)
+    )
     ids, mask = padded_ids(4, 9, backbone.config.vocab_size)
     labels = torch.tensor([0, 1, 2, 0])
     m.train()
@@ -90,13 +103,13 @@ def test_inference_layer_equals_the_hugging_face_layer(kind, precision, L, hidde
     from xpe_fast.encoder_fast_path import inference_layer
 
     backbone = tiny_backbone(kind, max_pos=128, hidden=hidden, heads=heads)
-    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
-                                                 encoder_hidden_size=8, backend="cpu").eval()
+    m = PromptedEncoderForSequenceClassification(
+        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu"
+    ).eval()
     ids, mask = padded_ids(3, L, backbone.config.vocab_size)
     layer = m.backbone.encoder.layer[0]
     tol = 1e-5 if precision == "fp32" else 2e-2
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
-                                         enabled=precision == "bf16"):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         hidden = m.embed(ids)
         ext = m._extended_mask(ids, mask)
         add = torch.zeros(ext.shape).masked_fill_(ext == 0, float("-inf"))[:, None, None, :]
@@ -106,8 +119,10 @@ def test_inference_layer_equals_the_hugging_face_layer(kind, precision, L, hidde
         ours_k, ours_k16 = inference_layer(layer, hidden, add, add[:, 0, 0, :].contiguous(), h16)
         m.set_backend("reference")
         from transformers.masking_utils import create_bidirectional_mask
-        mask4d = create_bidirectional_mask(config=m.backbone.config, inputs_embeds=hidden,
-                                           attention_mask=ext)
+
+        mask4d = create_bidirectional_mask(
+            config=m.backbone.config, inputs_embeds=hidden, attention_mask=ext
+        )
         ref = layer(hidden, mask4d)
         ref = ref[0] if isinstance(ref, tuple) else ref
     for out, out16 in ((ours, ours16), (ours_k, ours_k16)):
@@ -129,15 +144,19 @@ def test_inference_path_equals_the_reference_route(kind, precision, monkeypatch)
     calls = []
     for name in ("packed_attention_forward", "residual_layer_norm_forward"):
         fn = getattr(_extension._C, name)
-        monkeypatch.setattr(_extension._C, name,
-                            lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+        monkeypatch.setattr(
+            _extension._C, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k)
+        )
     backbone = tiny_backbone(kind, max_pos=128, hidden=64, heads=2, layers=3)
-    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=5,
-                                                 encoder_hidden_size=8, backend="cpu").eval()
+    m = PromptedEncoderForSequenceClassification(
+        backbone, 3, num_virtual_tokens=5, encoder_hidden_size=8, backend="cpu"
+    ).eval()
     ids, mask = padded_ids(5, 23, backbone.config.vocab_size)
     tol = 1e-5 if precision == "fp32" else 3e-2
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
-                                                enabled=precision == "bf16"):
+    with (
+        torch.inference_mode(),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
+    ):
         ours = m(ids, mask)
         m.set_backend("reference")
         ref = m(ids, mask)
@@ -147,8 +166,7 @@ def test_inference_path_equals_the_reference_route(kind, precision, monkeypatch)
     from xpe_fast import cpu_paths
 
     assert calls.count("packed_attention_forward") == 2 * cpu_paths.use_packed_attention()
-    assert calls.count("residual_layer_norm_forward") == \
-        4 * cpu_paths.use_residual_layer_norm()
+    assert calls.count("residual_layer_norm_forward") == 4 * cpu_paths.use_residual_layer_norm()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -156,8 +174,9 @@ def test_evaluate_then_train(precision):
     # Caches built during an inference_mode evaluation (bf16 weights, fused QKV) must not
     # leak inference tensors into the next training step.
     backbone = tiny_backbone("xlmr", dropout=0.1)
-    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
-                                                 encoder_hidden_size=8, backend="cpu")
+    m = PromptedEncoderForSequenceClassification(
+        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu"
+    )
     ids, mask = padded_ids(3, 11, backbone.config.vocab_size)
     ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     m.eval()
@@ -185,8 +204,9 @@ def test_evaluation_draws_nothing_from_the_generator():
     # Building the fused QKV layer must not initialize weights randomly: that would shift
     # every later dropout mask of a seeded run that evaluates first.
     backbone = tiny_backbone("xlmr", dropout=0.1)
-    m = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4,
-                                                 encoder_hidden_size=8, backend="cpu").eval()
+    m = PromptedEncoderForSequenceClassification(
+        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu"
+    ).eval()
     ids, mask = padded_ids(3, 11, backbone.config.vocab_size)
     torch.manual_seed(0)
     with torch.inference_mode():

@@ -1,11 +1,12 @@
 """assemble_embeddings: every backend against the eager reference, forward and gradient."""
+
 import itertools
 
 import pytest
 import torch
-
 from conftest import requires_triton
 from helpers import assert_close, assert_close_or_better, padded_ids
+
 from xpe_fast import ops
 from xpe_fast.reference import assemble_embeddings_reference
 
@@ -35,8 +36,9 @@ def check_backend(backend, B, L, N, d, dtype, shared, offset=2):
     (g_ref,) = torch.autograd.grad(ref, p_ref, grad)
     (g_out,) = torch.autograd.grad(out, p_fused, grad)
     p64 = prompt.double().requires_grad_()
-    exact = assemble_embeddings_reference(ids, p64, *[t.double() if torch.is_tensor(t) else t
-                                                      for t in rest])
+    exact = assemble_embeddings_reference(
+        ids, p64, *[t.double() if torch.is_tensor(t) else t for t in rest]
+    )
     (g_exact,) = torch.autograd.grad(exact, p64, grad.double())
     assert_close_or_better(out, ref, exact, dtype, f"forward {backend}")
     assert_close_or_better(g_out, g_ref, g_exact, dtype, f"grad prompt {backend}")
@@ -83,8 +85,9 @@ def test_cpu_bert_and_xlmr_offsets(offset):
 
 @requires_triton
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("B,L,N,d", [(1, 1, 1, 1), (3, 13, 7, 127), (5, 7, 20, 384),
-                                     (2, 5, 3, 1024)])
+@pytest.mark.parametrize(
+    "B,L,N,d", [(1, 1, 1, 1), (3, 13, 7, 127), (5, 7, 20, 384), (2, 5, 3, 1024)]
+)
 @pytest.mark.parametrize("shared", [True, False])
 def test_triton_interpreter(B, L, N, d, dtype, shared):
     check_backend("triton", B, L, N, d, dtype, shared)
@@ -109,8 +112,10 @@ def test_cpu_matches_an_independent_loop():
             x = src + pos[off + j] + typ
             mu = sum(x.tolist()) / len(x)
             var = sum((v - mu) ** 2 for v in x.tolist()) / len(x)
-            y = [(v - mu) / (var + eps) ** 0.5 * float(w[k]) + float(b[k])
-                 for k, v in enumerate(x.tolist())]
+            y = [
+                (v - mu) / (var + eps) ** 0.5 * float(w[k]) + float(b[k])
+                for k, v in enumerate(x.tolist())
+            ]
             torch.testing.assert_close(out[bi, j], torch.tensor(y, dtype=torch.float64))
 
 
@@ -139,9 +144,18 @@ def test_cpu_nan_and_inf_propagate_as_in_eager(dtype, where):
 def test_noncontiguous_inputs_are_accepted():
     ids, prompt, word, pos, typ, w, b, eps, off = make_inputs(3, 9, 4, 16, torch.float32)
     ref = assemble_embeddings_reference(ids, prompt, word, pos, typ, w, b, eps, off)
-    out = ops.assemble_embeddings(ids.t().contiguous().t(), prompt.t().contiguous().t(),
-                                  word.t().contiguous().t(), pos, typ, w, b, eps, off,
-                                  backend="cpu")
+    out = ops.assemble_embeddings(
+        ids.t().contiguous().t(),
+        prompt.t().contiguous().t(),
+        word.t().contiguous().t(),
+        pos,
+        typ,
+        w,
+        b,
+        eps,
+        off,
+        backend="cpu",
+    )
     assert_close(out, ref)
 
 
@@ -172,7 +186,9 @@ def _bad_cases():
     ]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference", pytest.param("triton", marks=requires_triton)])
+@pytest.mark.parametrize(
+    "backend", ["cpu", "reference", pytest.param("triton", marks=requires_triton)]
+)
 @pytest.mark.parametrize("match,args", _bad_cases(), ids=[c[0] for c in _bad_cases()])
 def test_bad_input_raises_a_clear_error(backend, match, args):
     with pytest.raises((ValueError, TypeError, IndexError), match=match):
@@ -182,8 +198,9 @@ def test_bad_input_raises_a_clear_error(backend, match, args):
 def test_gradient_of_frozen_tables_is_refused():
     ids, prompt, word, *rest = make_inputs(2, 4, 3, 8, torch.float32)
     with pytest.raises(ValueError, match="word_embeddings requires grad"):
-        ops.assemble_embeddings(ids, prompt.requires_grad_(), word.requires_grad_(), *rest,
-                                backend="cpu")
+        ops.assemble_embeddings(
+            ids, prompt.requires_grad_(), word.requires_grad_(), *rest, backend="cpu"
+        )
 
 
 def test_unknown_backend():
@@ -200,8 +217,11 @@ def test_environment_variable_overrides_the_default(monkeypatch):
 def test_torch_compile_traces_around_the_op():
     args = make_inputs(2, 5, 3, 16, torch.float32)
     ids, prompt, *rest = args
-    f = torch.compile(lambda p: ops.assemble_embeddings(ids, p, *rest, backend="cpu").sum(),
-                      backend="eager", fullgraph=True)
+    f = torch.compile(
+        lambda p: ops.assemble_embeddings(ids, p, *rest, backend="cpu").sum(),
+        backend="eager",
+        fullgraph=True,
+    )
     p = prompt.clone().requires_grad_()
     f(p).backward()
     p2 = prompt.clone().requires_grad_()

@@ -3,11 +3,12 @@
 offsets, ids at and beyond the word table's edges. Every call either matches the eager
 reference (forward and every gradient) or raises a Python exception, exactly when the
 reference rejects the input too; none may crash the process."""
+
 import pytest
 import torch
-
-from helpers import TOL
 from conftest import requires_triton
+from helpers import TOL
+
 from xpe_fast import ops
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed")
@@ -16,8 +17,11 @@ from hypothesis import strategies as st  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 SIZES = st.sampled_from([1, 2, 3, 5, 7, 13, 16, 17, 31, 64, 97, 128, 257])
-SETTINGS = dict(deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
@@ -54,12 +58,12 @@ def close(a, e, x, dtype, what):
     ref_x = (e.double() - x).abs().max().item()
     assert err_x <= 2 * ref_x + tol * scale, (
         f"{what}: {err:.3e} from the reference, {err_x:.3e} from float64 (the reference's "
-        f"own: {ref_x:.3e})")
+        f"own: {ref_x:.3e})"
+    )
 
 
 def as_double(ts):
-    return [t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-            for t in ts]
+    return [t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in ts]
 
 
 @st.composite
@@ -75,8 +79,9 @@ def assemble_case(draw):
     ids = torch.randint(0, V, (B, L), generator=g)
     edge = draw(st.sampled_from(["none", "first", "last", "minus1", "V", "huge"]))
     i, j = draw(st.integers(0, B - 1)), draw(st.integers(0, L - 1))
-    ids[i, j] = {"none": ids[i, j], "first": 0, "last": V - 1, "minus1": -1, "V": V,
-                 "huge": 2**40}[edge]
+    ids[i, j] = {"none": ids[i, j], "first": 0, "last": V - 1, "minus1": -1, "V": V, "huge": 2**40}[
+        edge
+    ]
     prompt = torch.randn(*(([B] if draw(st.booleans()) else []) + [N, d]), generator=g)
     word = torch.randn(V, d, generator=g)
     pos = torch.randn(max(P, 1), d, generator=g)
@@ -126,8 +131,9 @@ def mlp_case(draw):
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
 
     def lin(o, i):
-        return (torch.rand(o, i, generator=g) * 2 - 1) * i ** -0.5, \
-            (torch.rand(o, generator=g) * 2 - 1) * i ** -0.5
+        return (torch.rand(o, i, generator=g) * 2 - 1) * i**-0.5, (
+            torch.rand(o, generator=g) * 2 - 1
+        ) * i**-0.5
 
     x = torch.randn(N, d_in, generator=g)
     w1, b1 = lin(h, d_in)
@@ -174,8 +180,10 @@ def check_mlp(backend, case):
         return
     assert err is None, f"{backend} raised on a valid input: {err!r}"
     exact = run_mlp("reference", as_double(ts), p, training, gdtype=dtype)
-    what = f"{backend}, {dtype}, x {tuple(ts[0].shape)}, h {ts[1].shape[0]}, d {ts[5].shape[0]}, " \
+    what = (
+        f"{backend}, {dtype}, x {tuple(ts[0].shape)}, h {ts[1].shape[0]}, d {ts[5].shape[0]}, "
         f"p {p}, training {training}"
+    )
     close(got[0], ref[0], exact[0], dtype, f"{what}: forward")
     for name, a, e, x in zip(["x", "w1", "b1", "w2", "b2", "w3", "b3"], got[1], ref[1], exact[1]):
         close(a, e, x, dtype, f"{what}: grad {name}")

@@ -1,12 +1,12 @@
 """ops.packed_attention (C++ kernel, csrc/cpu/packed_attention.cpp) against its eager
 reference, on odd sizes with real key padding, and its input checks."""
+
 import pytest
 import torch
+from helpers import TOL
 
 from xpe_fast import _extension, ops
 from xpe_fast.reference import packed_attention_reference
-
-from helpers import TOL
 
 pytestmark = pytest.mark.skipif(_extension._C is None, reason="the C++ extension is not built")
 
@@ -21,14 +21,25 @@ def padded_key_mask(B, S, g):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("B,S,H,hd", [(1, 1, 1, 16), (3, 7, 2, 32), (2, 31, 3, 32),
-                                      (2, 33, 5, 32), (4, 97, 12, 32), (1, 164, 2, 32),
-                                      (3, 17, 3, 64), (2, 13, 1, 128), (5, 63, 2, 16)])
+@pytest.mark.parametrize(
+    "B,S,H,hd",
+    [
+        (1, 1, 1, 16),
+        (3, 7, 2, 32),
+        (2, 31, 3, 32),
+        (2, 33, 5, 32),
+        (4, 97, 12, 32),
+        (1, 164, 2, 32),
+        (3, 17, 3, 64),
+        (2, 13, 1, 128),
+        (5, 63, 2, 16),
+    ],
+)
 def test_matches_the_reference(dtype, B, S, H, hd):
     g = torch.Generator().manual_seed(B * 1000 + S * 10 + H)
     qkv = (torch.randn(B, S, 3 * H * hd, generator=g) * 2).to(dtype)
     mask = padded_key_mask(B, S, g)
-    scale = hd ** -0.5
+    scale = hd**-0.5
     out = ops.packed_attention(qkv, mask, H, scale, backend="cpu")
     ref = packed_attention_reference(qkv, mask, H, scale)
     exact = packed_attention_reference(qkv.double(), mask.double(), H, scale)
@@ -38,7 +49,7 @@ def test_matches_the_reference(dtype, B, S, H, hd):
     # fp32 accumulation: as close to float64 as the output dtype's rounding allows
     err = (out.double() - exact).abs().max().item()
     big = max(1.0, exact.abs().max().item())
-    assert err <= (1e-5 if dtype == torch.float32 else 2 ** -8) * big
+    assert err <= (1e-5 if dtype == torch.float32 else 2**-8) * big
 
 
 def test_no_mask_equals_a_zero_mask_and_sdpa():
@@ -50,8 +61,7 @@ def test_no_mask_equals_a_zero_mask_and_sdpa():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     q, k, v = qkv.view(B, S, 3, H, hd).permute(2, 0, 3, 1, 4)
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
-    torch.testing.assert_close(a, sdpa.transpose(1, 2).reshape(B, S, H * hd), rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(a, sdpa.transpose(1, 2).reshape(B, S, H * hd), rtol=1e-5, atol=1e-5)
 
 
 def test_finite_additive_mask_values_and_a_fully_masked_row():
@@ -59,7 +69,7 @@ def test_finite_additive_mask_values_and_a_fully_masked_row():
     B, S, H, hd = 3, 11, 2, 16
     qkv = torch.randn(B, S, 3 * H * hd, generator=g)
     mask = torch.randn(B, S, generator=g) * 3  # any additive bias, not only 0 / -inf
-    mask[2] = float("-inf")                    # sample 2 attends to nothing
+    mask[2] = float("-inf")  # sample 2 attends to nothing
     out = ops.packed_attention(qkv, mask, H, 0.25)
     ref = packed_attention_reference(qkv, mask, H, 0.25)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -73,8 +83,12 @@ def test_non_contiguous_inputs():
     qkv = big[:, ::2]
     mask = torch.zeros(S, B).t()
     assert not qkv.is_contiguous() and not mask.is_contiguous()
-    torch.testing.assert_close(ops.packed_attention(qkv, mask, H, 0.2),
-                               packed_attention_reference(qkv, mask, H, 0.2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ops.packed_attention(qkv, mask, H, 0.2),
+        packed_attention_reference(qkv, mask, H, 0.2),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_the_kernel_serves_inference_only():

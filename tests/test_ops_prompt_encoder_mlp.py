@@ -1,9 +1,10 @@
 """prompt_encoder_mlp: every backend against the eager reference, forward and all gradients."""
+
 import pytest
 import torch
-
 from conftest import requires_triton
 from helpers import assert_close_or_better
+
 from xpe_fast import ops
 from xpe_fast.reference import prompt_encoder_mlp_reference
 
@@ -12,8 +13,10 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 def make_params(N, d_in, h, d, dtype):
     def lin(o, i):
-        bound = i ** -0.5  # nn.Linear's scale keeps activations O(1)
-        return ((torch.rand(o, i) * 2 - 1) * bound).to(dtype), ((torch.rand(o) * 2 - 1) * bound).to(dtype)
+        bound = i**-0.5  # nn.Linear's scale keeps activations O(1)
+        return ((torch.rand(o, i) * 2 - 1) * bound).to(dtype), ((torch.rand(o) * 2 - 1) * bound).to(
+            dtype
+        )
 
     x = torch.randn(N, d_in, dtype=dtype)
     w1, b1 = lin(h, d_in)
@@ -51,8 +54,16 @@ def check(backend, N, d_in, h, d, dtype, p=0.0, training=False):
 # 16-column and scalar tails (145 = 2 * 64 + 16 + 1); bf16 with N <= 64 runs
 # skinny_gemm_bf16.cpp where the CPU has AVX512-BF16 (odd widths: masked tails and a lone
 # last pair); N = 66 takes ATen's BLAS instead.
-SHAPES = [(1, 1, 1, 1), (7, 3, 5, 3), (20, 127, 64, 127), (20, 384, 256, 384),
-          (7, 1024, 256, 1024), (13, 64, 31, 1), (23, 203, 97, 145), (66, 40, 33, 20)]
+SHAPES = [
+    (1, 1, 1, 1),
+    (7, 3, 5, 3),
+    (20, 127, 64, 127),
+    (20, 384, 256, 384),
+    (7, 1024, 256, 1024),
+    (13, 64, 31, 1),
+    (23, 203, 97, 145),
+    (66, 40, 33, 20),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -156,7 +167,9 @@ def test_dropout_masks_are_reused_in_backward_and_drop_units():
     assert not torch.allclose(out2, out3)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference", pytest.param("triton", marks=requires_triton)])
+@pytest.mark.parametrize(
+    "backend", ["cpu", "reference", pytest.param("triton", marks=requires_triton)]
+)
 def test_bad_input_raises_a_clear_error(backend):
     x, w1, b1, w2, b2, w3, b3 = make_params(4, 6, 5, 3, torch.float32)
     cases = [
@@ -177,5 +190,6 @@ def test_bad_input_raises_a_clear_error(backend):
 def test_noncontiguous_weights_are_accepted():
     params = make_params(6, 8, 10, 4, torch.float32)
     nc = [params[0]] + [t.t().contiguous().t() if t.dim() == 2 else t for t in params[1:]]
-    torch.testing.assert_close(ops.prompt_encoder_mlp(*nc, backend="cpu"),
-                               prompt_encoder_mlp_reference(*params))
+    torch.testing.assert_close(
+        ops.prompt_encoder_mlp(*nc, backend="cpu"), prompt_encoder_mlp_reference(*params)
+    )

@@ -1,18 +1,21 @@
 """ops.residual_layer_norm (C++ kernel, csrc/cpu/residual_layer_norm.cpp) against its eager
 reference (the add, LayerNorm and bf16 cast that eager PyTorch does under bf16 autocast)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TOL
 
 from xpe_fast import _extension, ops
 from xpe_fast.reference import residual_layer_norm_reference
 
-from helpers import TOL
-
 pytestmark = pytest.mark.skipif(_extension._C is None, reason="the C++ extension is not built")
 
-PAIRS = [(torch.bfloat16, torch.float32), (torch.float32, torch.float32),
-         (torch.bfloat16, torch.bfloat16)]
+PAIRS = [
+    (torch.bfloat16, torch.float32),
+    (torch.float32, torch.float32),
+    (torch.bfloat16, torch.bfloat16),
+]
 
 
 @pytest.mark.parametrize("xd,rd", PAIRS)

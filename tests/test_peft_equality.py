@@ -6,10 +6,11 @@ identical logits (fp32, atol 1e-5) and identical gradients of the prompt table, 
 For a BERT-family backbone PEFT leaves the pooler frozen, so it is put in modules_to_save there
 to make both heads the same.
 """
+
 import pytest
 import torch
-
 from helpers import padded_ids, tiny_config
+
 from xpe_fast import PromptedEncoderForSequenceClassification
 
 peft = pytest.importorskip("peft")
@@ -21,16 +22,26 @@ def build_pair(base_factory, kind, method):
     base = base_factory()  # each model gets its own copy of the (identical) backbone
     mods = ["pooler"] if kind == "bert" else None
     if method == "xpe":
-        cfg = peft.PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=N,
-                                       encoder_hidden_size=H, modules_to_save=mods,
-                                       encoder_reparameterization_type="MLP")
+        cfg = peft.PromptEncoderConfig(
+            task_type="SEQ_CLS",
+            num_virtual_tokens=N,
+            encoder_hidden_size=H,
+            modules_to_save=mods,
+            encoder_reparameterization_type="MLP",
+        )
     else:
-        cfg = peft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=N,
-                                      modules_to_save=mods)
+        cfg = peft.PromptTuningConfig(
+            task_type="SEQ_CLS", num_virtual_tokens=N, modules_to_save=mods
+        )
     pm = peft.get_peft_model(base, cfg)
     ours = PromptedEncoderForSequenceClassification(
-        base_factory(), LABELS, num_virtual_tokens=N, encoder_ratio=1.0 if method == "xpe" else 0.0,
-        encoder_hidden_size=H, prompt_dropout=0.0)
+        base_factory(),
+        LABELS,
+        num_virtual_tokens=N,
+        encoder_ratio=1.0 if method == "xpe" else 0.0,
+        encoder_hidden_size=H,
+        prompt_dropout=0.0,
+    )
     trained = {n: p for n, p in pm.named_parameters() if p.requires_grad}
 
     def find(*keys):
@@ -43,8 +54,9 @@ def build_pair(base_factory, kind, method):
         pairs.append((ours.prompt.xpe_embedding, find("prompt_encoder", "embedding")))
         for i, fc in ((0, "fc1"), (2, "fc2"), (4, "fc3")):
             for w in ("weight", "bias"):
-                pairs.append((getattr(getattr(ours.prompt.encoder, fc), w),
-                              find(f"mlp_head.{i}.{w}")))
+                pairs.append(
+                    (getattr(getattr(ours.prompt.encoder, fc), w), find(f"mlp_head.{i}.{w}"))
+                )
     else:
         pairs.append((ours.prompt.spt_embedding, find("prompt_encoder", "embedding")))
     if kind == "xlmr":
@@ -67,8 +79,10 @@ def tiny_factory(kind):
         torch.manual_seed(7)
         cfg = tiny_config(kind)
         cfg.num_labels = LABELS
-        cls = {"xlmr": T.XLMRobertaForSequenceClassification,
-               "bert": T.BertForSequenceClassification}[kind]
+        cls = {
+            "xlmr": T.XLMRobertaForSequenceClassification,
+            "bert": T.BertForSequenceClassification,
+        }[kind]
         return cls(cfg)
 
     return make
@@ -105,8 +119,14 @@ def test_embedded_backbone(method):
     e5 = load_backbone()
 
     def make():
-        cfg = T.BertConfig(**{**e5.config.to_dict(), "num_labels": LABELS,
-                              "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+        cfg = T.BertConfig(
+            **{
+                **e5.config.to_dict(),
+                "num_labels": LABELS,
+                "hidden_dropout_prob": 0.0,
+                "attention_probs_dropout_prob": 0.0,
+            }
+        )
         torch.manual_seed(3)
         model = T.BertForSequenceClassification(cfg)
         model.bert.load_state_dict(e5.state_dict(), strict=False)

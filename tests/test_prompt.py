@@ -6,17 +6,28 @@ import torch
 from xpe_fast import CrossPromptEncoder, split_virtual_tokens
 
 
-@pytest.mark.parametrize("n,r,expected", [
-    (20, 0.0, (20, 0)), (20, 1.0, (0, 20)), (20, 0.3, (14, 6)), (20, 0.7, (6, 14)),
-    (20, 0.01, (19, 1)), (20, 0.99, (1, 19)), (2, 0.5, (1, 1)), (1, 0.0, (1, 0)), (1, 1.0, (0, 1)),
-    (100, 0.29, (71, 29)),
-])
+@pytest.mark.parametrize(
+    "n,r,expected",
+    [
+        (20, 0.0, (20, 0)),
+        (20, 1.0, (0, 20)),
+        (20, 0.3, (14, 6)),
+        (20, 0.7, (6, 14)),
+        (20, 0.01, (19, 1)),
+        (20, 0.99, (1, 19)),
+        (2, 0.5, (1, 1)),
+        (1, 0.0, (1, 0)),
+        (1, 1.0, (0, 1)),
+        (100, 0.29, (71, 29)),
+    ],
+)
 def test_split(n, r, expected):
     assert split_virtual_tokens(n, r) == expected
 
 
-@pytest.mark.parametrize("n,r", [(0, 1.0), (-3, 0.0), (20, -0.1), (20, 1.5), (20, math.nan),
-                                 (1, 0.5)])
+@pytest.mark.parametrize(
+    "n,r", [(0, 1.0), (-3, 0.0), (20, -0.1), (20, 1.5), (20, math.nan), (1, 0.5)]
+)
 def test_split_rejects_bad_configuration(n, r):
     with pytest.raises(ValueError):
         split_virtual_tokens(n, r)
@@ -27,8 +38,10 @@ def test_split_rejects_non_int():
         split_virtual_tokens(2.5, 1.0)
 
 
-@pytest.mark.parametrize("r,method,spt,xpe", [(0.0, "spt", 20, 0), (1.0, "xpe", 0, 20),
-                                              (0.3, "dual", 14, 6), (0.7, "dual", 6, 14)])
+@pytest.mark.parametrize(
+    "r,method,spt,xpe",
+    [(0.0, "spt", 20, 0), (1.0, "xpe", 0, 20), (0.3, "dual", 14, 6), (0.7, "dual", 6, 14)],
+)
 def test_tables_sized_to_their_own_parts(r, method, spt, xpe):
     p = CrossPromptEncoder(20, 48, r, encoder_hidden_size=16)
     assert p.method == method

@@ -1,6 +1,7 @@
 """The few-row GEMMs of the prompt-encoder MLP against torch.mm in float64, over sizes that hit
 every block and tail of the loops: float32 (csrc/cpu/skinny_gemm.cpp) and bfloat16
 (csrc/cpu/skinny_gemm_bf16.cpp, on CPUs with AVX512-BF16; elsewhere bf16 goes to ATen)."""
+
 import os
 import re
 
@@ -12,10 +13,22 @@ from xpe_fast import _extension
 pytestmark = pytest.mark.skipif(_extension._C is None, reason="the C++ extension is not built")
 
 # M up to 64 (the MLP's rows); K and N around the 16-wide vectors and 64-column blocks.
-SIZES = [(1, 1, 1), (3, 5, 7), (4, 16, 16), (20, 1024, 256), (20, 256, 1024), (7, 203, 145),
-         (13, 64, 65), (64, 33, 130), (5, 0, 9), (17, 31, 1),
-         (21, 7, 2048),  # tn with rows 4 KB apart: the packed variant
-         (20, 256, 1024), (2, 129, 97), (9, 2, 31)]  # bf16: odd K (a lone last pair), column tails
+SIZES = [
+    (1, 1, 1),
+    (3, 5, 7),
+    (4, 16, 16),
+    (20, 1024, 256),
+    (20, 256, 1024),
+    (7, 203, 145),
+    (13, 64, 65),
+    (64, 33, 130),
+    (5, 0, 9),
+    (17, 31, 1),
+    (21, 7, 2048),  # tn with rows 4 KB apart: the packed variant
+    (20, 256, 1024),
+    (2, 129, 97),
+    (9, 2, 31),
+]  # bf16: odd K (a lone last pair), column tails
 
 
 def close(out, exact, K):
@@ -48,7 +61,7 @@ def close_bf16(out, exact, K):
     assert out.shape == exact.shape and out.dtype == torch.bfloat16
     if exact.numel() == 0:
         return
-    tol = 2.0 ** -8 * exact.abs() + 1e-6 * max(1.0, K) ** 0.5 * max(1.0, exact.abs().max().item())
+    tol = 2.0**-8 * exact.abs() + 1e-6 * max(1.0, K) ** 0.5 * max(1.0, exact.abs().max().item())
     err = (out.double() - exact).abs()
     assert (err <= tol).all(), f"max error {err.max().item()} (at {err.argmax().item()})"
 
@@ -68,8 +81,17 @@ def test_bf16_nt_nn_tn_match_float64(M, K, N):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("M,N1,N2,N", [(20, 1024, 256, 1024), (20, 256, 1024, 256), (7, 5, 3, 130),
-                                       (1, 1, 1, 1), (13, 67, 129, 65), (4, 0, 3, 5)])
+@pytest.mark.parametrize(
+    "M,N1,N2,N",
+    [
+        (20, 1024, 256, 1024),
+        (20, 256, 1024, 256),
+        (7, 5, 3, 130),
+        (1, 1, 1, 1),
+        (13, 67, 129, 65),
+        (4, 0, 3, 5),
+    ],
+)
 def test_tn_nn_together_match_float64(M, N1, N2, N, dtype, threads):
     """The backward's two GEMMs in one parallel region (blocks of both split among threads by
     FLOPs): the same results as apart, at every split."""

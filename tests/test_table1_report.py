@@ -1,6 +1,6 @@
 """experiments/table1.py report: RESULTS.md from the result files alone, the same every time,
 and the committed RESULTS.md regenerated exactly from the committed results/."""
-import json
+
 import random
 import sys
 from pathlib import Path
@@ -12,6 +12,7 @@ sys.path.insert(0, str(REPO / "experiments"))
 
 import table1  # noqa: E402
 from table1_report import write_report  # noqa: E402
+
 from xpe_fast.languages import groups  # noqa: E402
 
 
@@ -22,22 +23,47 @@ def fake_results(root: Path) -> None:
     for tag, bonus in (("spt", 0.0), ("xpe", 0.03)):
         for seed in (0, 1, 2):
             per = {l: base[seed][l] + bonus for l in langs}
-            gm = {g: sum(per[l] for l in groups()[g]) / len(groups()[g])
-                  for g in ("low-performing", "unseen", "seen-wo-joshi5", "all-wo-joshi5")}
-            table1.atomic_json(root / "table1" / "joshi5" / tag / f"seed-{seed}.json", {
-                "source": "joshi5", "method": tag, "seed": seed, "targets": "all-wo-joshi5",
-                "command": f"python -m xpe_fast.train --method {tag}", "config": {},
-                "machine": {"cpu": "test CPU", "isa": ["avx2"], "torch": "x"},
-                "commit": "0123456789abcdef", "precision": "fp32", "groups": gm,
-                "per_language": per, "source_dev_accuracy": 0.8, "best_step": 450,
-                "history": [], "train_seconds": 60.0, "eval_seconds": 120.0,
-                "wall_seconds_total": 190.0})
+            gm = {
+                g: sum(per[l] for l in groups()[g]) / len(groups()[g])
+                for g in ("low-performing", "unseen", "seen-wo-joshi5", "all-wo-joshi5")
+            }
+            table1.atomic_json(
+                root / "table1" / "joshi5" / tag / f"seed-{seed}.json",
+                {
+                    "source": "joshi5",
+                    "method": tag,
+                    "seed": seed,
+                    "targets": "all-wo-joshi5",
+                    "command": f"python -m xpe_fast.train --method {tag}",
+                    "config": {},
+                    "machine": {"cpu": "test CPU", "isa": ["avx2"], "torch": "x"},
+                    "commit": "0123456789abcdef",
+                    "precision": "fp32",
+                    "groups": gm,
+                    "per_language": per,
+                    "source_dev_accuracy": 0.8,
+                    "best_step": 450,
+                    "history": [],
+                    "train_seconds": 60.0,
+                    "eval_seconds": 120.0,
+                    "wall_seconds_total": 190.0,
+                },
+            )
     for name in ("spt", "xpe"):
-        hist = [{"step": s, "dev_accuracy": min(0.85, s / 600), "dev_loss": 1 / s}
-                for s in range(50, 1001, 50)]
-        table1.atomic_json(root / "curves" / f"{name}.json", {
-            "curve": name, "command": "python -m xpe_fast.train ...", "precision": "fp32",
-            "machine": {}, "history": hist})
+        hist = [
+            {"step": s, "dev_accuracy": min(0.85, s / 600), "dev_loss": 1 / s}
+            for s in range(50, 1001, 50)
+        ]
+        table1.atomic_json(
+            root / "curves" / f"{name}.json",
+            {
+                "curve": name,
+                "command": "python -m xpe_fast.train ...",
+                "precision": "fp32",
+                "machine": {},
+                "history": hist,
+            },
+        )
 
 
 def test_report_from_result_files_is_deterministic(tmp_path):
@@ -55,9 +81,16 @@ def test_report_from_result_files_is_deterministic(tmp_path):
     assert (tmp_path / "table1.png").is_file()
 
 
-@pytest.mark.skipif(not (REPO / "results" / "table1").is_dir(),
-                    reason="no results/table1 committed yet")
+@pytest.mark.skipif(
+    not (REPO / "results" / "table1").is_dir(), reason="no results/table1 committed yet"
+)
 def test_committed_results_md_is_regenerated_exactly(tmp_path):
-    text = write_report(REPO / "results", tmp_path / "RESULTS.md", table1.PLAN,
-                        table1.SCHEDULE, table1.CURVES, plot_dir=tmp_path)
+    text = write_report(
+        REPO / "results",
+        tmp_path / "RESULTS.md",
+        table1.PLAN,
+        table1.SCHEDULE,
+        table1.CURVES,
+        plot_dir=tmp_path,
+    )
     assert text == (REPO / "RESULTS.md").read_text()

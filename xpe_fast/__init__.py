@@ -4,8 +4,8 @@ Implements the Cross-Prompt Encoder (XPE), the standard soft prompt (SPT) and th
 Prompt (DUAL) of "Cross-Prompt Encoder for Low-Performing Languages" (arXiv 2508.10352),
 with fused C++ / Triton / CUDA kernels for the prompt-encoder MLP and the embedding stream.
 """
-from . import _extension
-from . import ops
+
+from . import _extension, ops
 from .model import PromptedEncoderForSequenceClassification, find_embedding_parts
 from .prompt import CrossPromptEncoder, PromptEncoderMLP, split_virtual_tokens
 from .reference import assemble_embeddings_reference, prompt_encoder_mlp_reference
@@ -13,9 +13,15 @@ from .reference import assemble_embeddings_reference, prompt_encoder_mlp_referen
 __version__ = "0.1.0"
 
 __all__ = [
-    "CrossPromptEncoder", "PromptEncoderMLP", "PromptedEncoderForSequenceClassification",
-    "assemble_embeddings_reference", "find_embedding_parts", "ops",
-    "prompt_encoder_mlp_reference", "split_virtual_tokens", "__version__",
+    "CrossPromptEncoder",
+    "PromptEncoderMLP",
+    "PromptedEncoderForSequenceClassification",
+    "assemble_embeddings_reference",
+    "find_embedding_parts",
+    "ops",
+    "prompt_encoder_mlp_reference",
+    "split_virtual_tokens",
+    "__version__",
 ]
 
 

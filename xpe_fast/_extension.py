@@ -3,6 +3,7 @@
 A failed or missing build never makes the package unusable: `import xpe_fast` still works on
 the reference path and warns once.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,7 +25,10 @@ def _load():
         warnings.warn(
             "xpe_fast: the compiled extension xpe_fast._C could not be imported "
             f"({e}); using the pure PyTorch reference path (slower). Reinstall with "
-            "`pip install .` to build it.", RuntimeWarning, stacklevel=3)
+            "`pip install .` to build it.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     try:
         _cuda = importlib.import_module("xpe_fast._cuda")
     except ImportError:

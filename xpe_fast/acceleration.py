@@ -15,6 +15,7 @@ makes it, `restore` undoes it. The backbone computes the same function either wa
 every cache and flag the package left on the modules: afterwards the backbone is the Hugging
 Face object it was (what `tests/test_acceleration.py` checks against a fresh copy).
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -69,5 +70,7 @@ def restore(backbone: nn.Module) -> nn.Module:
 def attends_fast(backbone: nn.Module) -> bool:
     """Whether the backbone attends through fast_dropout's implementation (the additive
     key-padding mask the inference kernels read)."""
-    return getattr(getattr(backbone, "config", None), "_attn_implementation", None) == \
-        fast_dropout.ATTN_IMPLEMENTATION
+    return (
+        getattr(getattr(backbone, "config", None), "_attn_implementation", None)
+        == fast_dropout.ATTN_IMPLEMENTATION
+    )

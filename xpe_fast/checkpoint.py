@@ -2,6 +2,7 @@
 optimizer state, schedule, step, RNG states, the best weights so far) in one safetensors file,
 its non-tensor state as JSON in the file's metadata. One file, renamed into place: a kill at
 any moment leaves the previous checkpoint or the next one."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def save_checkpoint(folder: Path, model, opt, sched, state: dict) -> None:
     meta["optimizer"] = opt_meta
     meta["scheduler"] = sched.state_dict()
     meta["rng_python"] = random.getstate()
-    atomic_save_tensors(Path(folder) / NAME, tensors,
-                        metadata={"format": FORMAT, "state": json.dumps(meta)})
+    atomic_save_tensors(
+        Path(folder) / NAME, tensors, metadata={"format": FORMAT, "state": json.dumps(meta)}
+    )
 
 
 def load_checkpoint(folder: Path, model, opt, sched) -> dict | None:
@@ -63,13 +65,16 @@ def load_checkpoint(folder: Path, model, opt, sched) -> dict | None:
             raise ValueError("its tensors do not match this model")
         opt_state = {}
         for pid, st in meta["optimizer"]["state"].items():
-            opt_state[int(pid)] = {k: (tensors[f"opt.{pid}.{k}"] if v == "__tensor__" else v)
-                                   for k, v in st.items()}
+            opt_state[int(pid)] = {
+                k: (tensors[f"opt.{pid}.{k}"] if v == "__tensor__" else v) for k, v in st.items()
+            }
         rng = tensors["rng.torch"]
         rs = meta["rng_python"]
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"checkpoint {path} cannot be read ({str(e).splitlines()[0][:200]}); "
-                        "delete it to restart that run from its beginning") from None
+        raise UserError(
+            f"checkpoint {path} cannot be read ({str(e).splitlines()[0][:200]}); "
+            "delete it to restart that run from its beginning"
+        ) from None
     with torch.no_grad():
         for k, v in restore.items():
             own[k].copy_(v)

@@ -1,4 +1,5 @@
 """What the command-line tools share: user errors as one clean line and a non-zero exit."""
+
 from __future__ import annotations
 
 import sys
@@ -16,8 +17,15 @@ def user_error_types():
     from .languages import UnknownLanguageError
     from .model import UnsupportedBackboneError
 
-    return (UserError, AdapterMismatchError, BackboneFileError, BackboneError, DataError,
-            UnknownLanguageError, UnsupportedBackboneError)
+    return (
+        UserError,
+        AdapterMismatchError,
+        BackboneFileError,
+        BackboneError,
+        DataError,
+        UnknownLanguageError,
+        UnsupportedBackboneError,
+    )
 
 
 def _one_line(msg) -> str:
@@ -40,6 +48,8 @@ def run_cli(run, parser, argv=None) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: what was written so far is kept; rerun with --resume to continue",
-              file=sys.stderr)
+        print(
+            "interrupted: what was written so far is kept; rerun with --resume to continue",
+            file=sys.stderr,
+        )
         return 130

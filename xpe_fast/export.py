@@ -9,6 +9,7 @@ num_labels=...), OUT)` gives the xpe_fast model's logits, for SPT, XPE and DUAL 
 inference every method is a static prompt). To continue training, keep the xpe_fast adapter:
 PEFT's format has no place for the MLP.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,16 +20,24 @@ from .cli_common import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m xpe_fast.export",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m xpe_fast.export", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--adapter", required=True, help="an xpe_fast adapter folder")
     ap.add_argument("--to", choices=["peft"], default="peft")
     ap.add_argument("--out", required=True, help="the folder to write (must not exist)")
-    ap.add_argument("--base-model", default=None,
-                    help="base_model_name_or_path to record [the adapter's backbone]")
-    ap.add_argument("--save-base-model", default=None, metavar="DIR",
-                    help="also write the backbone as a Hugging Face model folder (for the "
-                    "embedded backbone, which has no hub id); recorded as the base model")
+    ap.add_argument(
+        "--base-model",
+        default=None,
+        help="base_model_name_or_path to record [the adapter's backbone]",
+    )
+    ap.add_argument(
+        "--save-base-model",
+        default=None,
+        metavar="DIR",
+        help="also write the backbone as a Hugging Face model folder (for the "
+        "embedded backbone, which has no hub id); recorded as the base model",
+    )
     return ap
 
 
@@ -51,9 +60,11 @@ def run(args) -> int:
         backbones.load(spec).model.save_pretrained(args.save_base_model)
         base = base or str(Path(args.save_base_model).resolve())
     export_peft(args.adapter, out, base)
-    print(f"wrote {out}/ (adapter_config.json, adapter_model.safetensors): PEFT prompt tuning, "
-          f"{cfg['num_virtual_tokens']} virtual tokens, static prompt of the {cfg['method']} "
-          f"adapter, base model {base or cfg.get('backbone')}")
+    print(
+        f"wrote {out}/ (adapter_config.json, adapter_model.safetensors): PEFT prompt tuning, "
+        f"{cfg['num_virtual_tokens']} virtual tokens, static prompt of the {cfg['method']} "
+        f"adapter, base model {base or cfg.get('backbone')}"
+    )
     return 0
 
 

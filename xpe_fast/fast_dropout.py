@@ -15,6 +15,7 @@ backward recomputes the mask from the call's seed instead of storing it.
   with transformers as the attention implementation "xpe_fast_sdpa", which also serves
   evaluation: matmul + softmax up to SHORT_KEYS keys, torch's SDPA beyond.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,12 @@ ATTN_IMPLEMENTATION = "xpe_fast_sdpa"
 
 
 def available(x: torch.Tensor) -> bool:
-    return _extension._C is not None and x.device.type == "cpu" and \
-        x.dtype in (torch.float32, torch.float64, torch.bfloat16) and \
-        cpu_paths.use_dropout_kernel()
+    return (
+        _extension._C is not None
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+        and cpu_paths.use_dropout_kernel()
+    )
 
 
 class _DropoutFunction(torch.autograd.Function):
@@ -44,8 +48,12 @@ class _DropoutFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         # y = x * m / (1 - p), so dx = g * m / (1 - p): the same call with the same seed.
-        return (_extension._C.dropout_apply(g.contiguous(), ctx.p, ctx.seed, ctx.offset), None,
-                None, None)
+        return (
+            _extension._C.dropout_apply(g.contiguous(), ctx.p, ctx.seed, ctx.offset),
+            None,
+            None,
+            None,
+        )
 
 
 # Index, in the global batch, of the first sample of the batch this process computes (a
@@ -107,13 +115,22 @@ def attention_with_dropout(q, k, v, mask, scale: float, p: float) -> torch.Tenso
 SHORT_KEYS = 80
 
 
-def _hf_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                  scaling: float | None = None, **kwargs):
+def _hf_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if kwargs.get("is_causal") or getattr(module, "is_causal", False) or not available(query):
-        return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                      dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     out = attend(query, key, value, attention_mask, scaling, dropout)

@@ -16,6 +16,7 @@ FrozenLinear in place (same class for isinstance, same parameters and state_dict
 anything it cannot serve (float64, CUDA, weights that require grad, no oneDNN, bf16 where
 oneDNN has no bf16 kernels) falls back to nn.Linear's own forward.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,11 +30,10 @@ from .module_swap import swap_classes
 
 
 def onednn_available() -> bool:
-    return (torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def onednn_bf16_available() -> bool:
     """Whether oneDNN can build bf16 GEMMs on this CPU: it needs AVX-512 (or AMX); on AVX2-only
     CPUs, or with oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2, its bf16 inner product fails."""
@@ -46,11 +46,13 @@ def onednn_bf16_available() -> bool:
         return False
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-            post_op: str = "none") -> torch.Tensor:
+def _linear(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, post_op: str = "none"
+) -> torch.Tensor:
     """x w^T + b on oneDNN, with an optional fused elementwise post-op ("gelu": exact GELU)."""
-    return torch.ops.mkldnn._linear_pointwise(x, w, b, post_op, [],
-                                              "none" if post_op == "gelu" else "")
+    return torch.ops.mkldnn._linear_pointwise(
+        x, w, b, post_op, [], "none" if post_op == "gelu" else ""
+    )
 
 
 def tensor_version(t: torch.Tensor) -> int:
@@ -82,8 +84,11 @@ class FrozenLinear(nn.Linear):
     fast: bool = True
 
     def _bf16_weights(self):
-        key = (self.weight.data_ptr(), tensor_version(self.weight),
-               None if self.bias is None else tensor_version(self.bias))
+        key = (
+            self.weight.data_ptr(),
+            tensor_version(self.weight),
+            None if self.bias is None else tensor_version(self.bias),
+        )
         if self._bf16_cache is None or self._bf16_cache[0] != key:
             # Normal tensors even when first built under inference_mode: a later training
             # step saves them for backward.
@@ -96,13 +101,21 @@ class FrozenLinear(nn.Linear):
     def _operands(self, x: torch.Tensor):
         """(x, w, b) for oneDNN, cast as autocast would; None where nn.Linear must serve."""
         w, b = self.weight, self.bias
-        if not (self.fast and x.device.type == "cpu" and w.device.type == "cpu"
-                and not w.requires_grad and (b is None or not b.requires_grad)
-                and x.dim() >= 2 and x.shape[-1] == w.shape[1]):
+        if not (
+            self.fast
+            and x.device.type == "cpu"
+            and w.device.type == "cpu"
+            and not w.requires_grad
+            and (b is None or not b.requires_grad)
+            and x.dim() >= 2
+            and x.shape[-1] == w.shape[1]
+        ):
             return None
-        if torch.is_autocast_enabled("cpu") and \
-                torch.get_autocast_dtype("cpu") == torch.bfloat16 and \
-                x.dtype in (torch.float32, torch.bfloat16):
+        if (
+            torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and x.dtype in (torch.float32, torch.bfloat16)
+        ):
             if not onednn_bf16_available():
                 return None  # torch's own autocast linear works on every CPU
             w, b = self._bf16_weights()

@@ -14,6 +14,7 @@ completely before anything is loaded. What each layout carries:
   key `prompt_encoder.embedding` (which the paper's README warns about) loads that table as
   the XPE input table, never as random inputs.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,24 @@ from pathlib import Path
 
 import torch
 
-from .adapter import (CONFIG_NAME, FORMAT, WEIGHTS_NAME, AdapterMismatchError, expected_shapes,
-                      read_adapter)
+from .adapter import (
+    CONFIG_NAME,
+    FORMAT,
+    WEIGHTS_NAME,
+    AdapterMismatchError,
+    expected_shapes,
+    read_adapter,
+)
 
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PEFT_TYPES = ("PROMPT_TUNING", "P_TUNING")
 # Hugging Face's attribute of the bare encoder inside *ForSequenceClassification
-BASE_PREFIX = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta",
-               "camembert": "roberta"}
+BASE_PREFIX = {
+    "bert": "bert",
+    "roberta": "roberta",
+    "xlm-roberta": "roberta",
+    "camembert": "roberta",
+}
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -39,8 +50,10 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterMismatchError(f"{path} is not a readable safetensors file (truncated or "
-                                   f"corrupt?): {str(e).splitlines()[0][:200]}") from None
+        raise AdapterMismatchError(
+            f"{path} is not a readable safetensors file (truncated or "
+            f"corrupt?): {str(e).splitlines()[0][:200]}"
+        ) from None
 
 
 def _normalize(name: str) -> str:
@@ -68,13 +81,20 @@ def _head(t: dict, path: Path) -> tuple[str, dict]:
             p = pooler[0][: -len(".weight")]
             out["head.dense.weight"], out["head.dense.bias"] = t[p + ".weight"], t[p + ".bias"]
         return "bert", out
-    raise AdapterMismatchError(f"{path}: no classification head (expected "
-                               "base_model.classifier.dense/out_proj or base_model.classifier)")
+    raise AdapterMismatchError(
+        f"{path}: no classification head (expected "
+        "base_model.classifier.dense/out_proj or base_model.classifier)"
+    )
 
 
 def _base_config(cfg: dict, **kw) -> dict:
-    out = {"format": FORMAT, "imported": True, "encoder_hidden_size": 256,
-           "backbone": cfg.get("base_model_name_or_path") or "", "labels": None}
+    out = {
+        "format": FORMAT,
+        "imported": True,
+        "encoder_hidden_size": 256,
+        "backbone": cfg.get("base_model_name_or_path") or "",
+        "labels": None,
+    }
     out.update(kw)
     out["encoder_input_size"] = out.get("encoder_input_size") or out["hidden_size"]
     return out
@@ -84,8 +104,10 @@ def read_peft_adapter(folder: Path, cfg: dict) -> tuple[dict, dict]:
     """A PEFT prompt-tuning or P-tuning adapter as an SPT adapter (its static prompt)."""
     path = next((folder / n for n in PEFT_WEIGHTS if (folder / n).is_file()), None)
     if path is None or path.suffix != ".safetensors":
-        raise AdapterMismatchError(f"{folder}: PEFT adapter without adapter_model.safetensors "
-                                   "(pickled .bin files are not loaded: they can run code)")
+        raise AdapterMismatchError(
+            f"{folder}: PEFT adapter without adapter_model.safetensors "
+            "(pickled .bin files are not loaded: they can run code)"
+        )
     t = {_normalize(k): v for k, v in _load_safetensors(path).items()}
     prompt = t.get("prompt_embeddings")
     if prompt is None or prompt.dim() != 2:
@@ -93,9 +115,16 @@ def read_peft_adapter(folder: Path, cfg: dict) -> tuple[dict, dict]:
     style, head = _head(t, path)
     n, d = prompt.shape
     tensors = {"prompt.spt_embedding": prompt, "static_prompt": prompt.float(), **head}
-    conf = _base_config(cfg, method="spt", encoder_ratio=0.0, num_virtual_tokens=n,
-                        hidden_size=d, num_labels=int(head["head.out_proj.weight"].shape[0]),
-                        head_style=style, source_format=f"peft/{cfg.get('peft_type')}")
+    conf = _base_config(
+        cfg,
+        method="spt",
+        encoder_ratio=0.0,
+        num_virtual_tokens=n,
+        hidden_size=d,
+        num_labels=int(head["head.out_proj.weight"].shape[0]),
+        head_style=style,
+        source_format=f"peft/{cfg.get('peft_type')}",
+    )
     return conf, tensors
 
 
@@ -113,19 +142,23 @@ def read_paper_adapter(folder: Path, cfg: dict, path: Path) -> tuple[dict, dict]
         elif xpe is None or spt is None:
             ratio = 1  # one table and the MLP: XPE (under the new key or the old one)
         else:
-            raise AdapterMismatchError(f"{folder}/{CONFIG_NAME}: encoder_ratio is needed for "
-                                       "a DUAL adapter in the paper's layout")
+            raise AdapterMismatchError(
+                f"{folder}/{CONFIG_NAME}: encoder_ratio is needed for "
+                "a DUAL adapter in the paper's layout"
+            )
     ratio = float(ratio)
     if ratio > 1:
         ratio /= 100  # DUAL-30 written as 30
     if ratio == 1.0 and xpe is None and spt is not None:
         xpe, spt = spt, None  # the old key: the XPE input table, not random inputs
     if ratio > 0 and not has_mlp:
-        raise AdapterMismatchError(f"{path}: encoder_ratio {ratio} needs the MLP "
-                                   "prompt_encoder.xpe_head.{0,3,6}")
+        raise AdapterMismatchError(
+            f"{path}: encoder_ratio {ratio} needs the MLP prompt_encoder.xpe_head.{{0,3,6}}"
+        )
     if ratio < 1 and spt is None:
-        raise AdapterMismatchError(f"{path}: encoder_ratio {ratio} needs the SPT table "
-                                   "prompt_encoder.embedding.weight")
+        raise AdapterMismatchError(
+            f"{path}: encoder_ratio {ratio} needs the SPT table prompt_encoder.embedding.weight"
+        )
     style, head = _head(t, path)
     d = int(head["head.out_proj.weight"].shape[1])
     n = sum(int(x.shape[0]) for x in (spt, xpe) if x is not None)
@@ -143,10 +176,18 @@ def read_paper_adapter(folder: Path, cfg: dict, path: Path) -> tuple[dict, dict]
     h = int(fc1.shape[0]) if fc1 is not None else 256
     d_in = int(xpe.shape[1]) if xpe is not None else d
     method = "spt" if ratio == 0 else "xpe" if ratio == 1 else "dual"
-    conf = _base_config(cfg, method=method, encoder_ratio=ratio, num_virtual_tokens=n,
-                        hidden_size=d, encoder_hidden_size=h, encoder_input_size=d_in,
-                        num_labels=int(head["head.out_proj.weight"].shape[0]), head_style=style,
-                        source_format="bmikaberidze/XPE")
+    conf = _base_config(
+        cfg,
+        method=method,
+        encoder_ratio=ratio,
+        num_virtual_tokens=n,
+        hidden_size=d,
+        encoder_hidden_size=h,
+        encoder_input_size=d_in,
+        num_labels=int(head["head.out_proj.weight"].shape[0]),
+        head_style=style,
+        source_format="bmikaberidze/XPE",
+    )
     return conf, tensors
 
 
@@ -168,8 +209,10 @@ def read_any_adapter(folder) -> tuple[dict, dict]:
     if cfg.get("format") == FORMAT:
         return read_adapter(folder)
     peft_type = str(cfg.get("peft_type") or "").upper()
-    paper_file = next((folder / n for n in ("adapter_model.safetensors", WEIGHTS_NAME)
-                       if (folder / n).is_file()), None)
+    paper_file = next(
+        (folder / n for n in ("adapter_model.safetensors", WEIGHTS_NAME) if (folder / n).is_file()),
+        None,
+    )
     if paper_file is not None:
         names = {_normalize(k) for k in _safetensors_names(paper_file)}
         if any("xpe_head" in n or "xpe_embedding" in n for n in names):
@@ -178,9 +221,11 @@ def read_any_adapter(folder) -> tuple[dict, dict]:
     if peft_type in PEFT_TYPES:
         conf, tensors = read_peft_adapter(folder, cfg)
         return conf, _check_imported(conf, tensors, folder)
-    raise AdapterMismatchError(f"{folder}: unknown adapter layout (config format "
-                               f"{cfg.get('format')!r}, peft_type {cfg.get('peft_type')!r}); "
-                               "known: xpe_fast, PEFT PROMPT_TUNING / P_TUNING, bmikaberidze/XPE")
+    raise AdapterMismatchError(
+        f"{folder}: unknown adapter layout (config format "
+        f"{cfg.get('format')!r}, peft_type {cfg.get('peft_type')!r}); "
+        "known: xpe_fast, PEFT PROMPT_TUNING / P_TUNING, bmikaberidze/XPE"
+    )
 
 
 def _safetensors_names(path: Path) -> list[str]:
@@ -190,8 +235,10 @@ def _safetensors_names(path: Path) -> list[str]:
         with safe_open(str(path), "pt") as f:
             return list(f.keys())
     except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterMismatchError(f"{path} is not a readable safetensors file (truncated or "
-                                   f"corrupt?): {str(e).splitlines()[0][:200]}") from None
+        raise AdapterMismatchError(
+            f"{path} is not a readable safetensors file (truncated or "
+            f"corrupt?): {str(e).splitlines()[0][:200]}"
+        ) from None
 
 
 def _check_imported(conf: dict, tensors: dict, where) -> dict:
@@ -205,14 +252,16 @@ def _check_imported(conf: dict, tensors: dict, where) -> dict:
         raise AdapterMismatchError(f"{where}: missing tensors {missing}")
     for name, t in tensors.items():
         if name in want and tuple(t.shape) != want[name]:
-            raise AdapterMismatchError(f"{where}: {name} has shape {tuple(t.shape)}, expected "
-                                       f"{want[name]}")
+            raise AdapterMismatchError(
+                f"{where}: {name} has shape {tuple(t.shape)}, expected {want[name]}"
+            )
         if not t.is_floating_point() or not torch.isfinite(t).all():
             raise AdapterMismatchError(f"{where}: {name} is not a finite float tensor")
     return {k: v.float() for k, v in tensors.items()}
 
 
 # ---- export ------------------------------------------------------------------------------
+
 
 def export_peft(adapter_dir, out_dir, base_model: str | None = None) -> Path:
     """Writes the xpe_fast adapter in `adapter_dir` as a PEFT prompt-tuning adapter (SEQ_CLS):
@@ -235,19 +284,32 @@ def export_peft(adapter_dir, out_dir, base_model: str | None = None) -> Path:
             tensors[f"base_model.{prefix}.pooler.dense.{w}"] = t[f"head.dense.{w}"]
             tensors[f"base_model.classifier.{w}"] = t[f"head.out_proj.{w}"]
         modules = ["pooler", "classifier", "score"]
-    peft_cfg = {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_CLS",
-                "num_virtual_tokens": cfg["num_virtual_tokens"], "token_dim": cfg["hidden_size"],
-                "num_transformer_submodules": 1, "num_attention_heads": None,
-                "num_layers": (cfg.get("backbone_fingerprint") or {}).get("num_hidden_layers"),
-                "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None,
-                "tokenizer_name_or_path": None, "tokenizer_kwargs": None,
-                "base_model_name_or_path": base_model or cfg.get("backbone"),
-                "revision": None, "inference_mode": True, "modules_to_save": modules,
-                "auto_mapping": None}
-    source = {"exported_from": str(adapter_dir), "method": cfg["method"],
-              "encoder_ratio": cfg["encoder_ratio"], "labels": cfg.get("labels"),
-              "note": "the static prompt and head only; continue training from the xpe_fast "
-              "adapter, which holds the MLP"}
+    peft_cfg = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "SEQ_CLS",
+        "num_virtual_tokens": cfg["num_virtual_tokens"],
+        "token_dim": cfg["hidden_size"],
+        "num_transformer_submodules": 1,
+        "num_attention_heads": None,
+        "num_layers": (cfg.get("backbone_fingerprint") or {}).get("num_hidden_layers"),
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+        "tokenizer_kwargs": None,
+        "base_model_name_or_path": base_model or cfg.get("backbone"),
+        "revision": None,
+        "inference_mode": True,
+        "modules_to_save": modules,
+        "auto_mapping": None,
+    }
+    source = {
+        "exported_from": str(adapter_dir),
+        "method": cfg["method"],
+        "encoder_ratio": cfg["encoder_ratio"],
+        "labels": cfg.get("labels"),
+        "note": "the static prompt and head only; continue training from the xpe_fast "
+        "adapter, which holds the MLP",
+    }
     out = Path(out_dir)
     with atomic_folder(out) as tmp:
         save_tensors(tmp / "adapter_model.safetensors", tensors, metadata={"format": "pt"})

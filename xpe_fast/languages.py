@@ -4,6 +4,7 @@ The table (`xpe_fast/data/languages.csv`, shipped in the package) gives per lang
 Joshi class, family, region, whether it was in XLM-R's pretraining data (`xlmr_seen`) and
 whether it is one of the paper's 46 Low-Performing languages.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,9 +39,15 @@ def language_table() -> dict[str, Language]:
     out = {}
     for row in csv.DictReader(text.splitlines()):
         jc = row["joshi_class"].strip()
-        out[row["code"]] = Language(row["code"], row["name"], int(jc) if jc else None,
-                                    row["family"], row["region"], row["xlmr_seen"] == "1",
-                                    row["low_performing"] == "1")
+        out[row["code"]] = Language(
+            row["code"],
+            row["name"],
+            int(jc) if jc else None,
+            row["family"],
+            row["region"],
+            row["xlmr_seen"] == "1",
+            row["low_performing"] == "1",
+        )
     return out
 
 
@@ -63,14 +70,25 @@ def _groups() -> dict[str, tuple[str, ...]]:
 
 
 GROUP_TITLES = {
-    "joshi5": "Joshi5", "enarzho": "EnArZho", "seen-92": "Seen-92",
-    "low-performing": "Low-Performing", "unseen": "Unseen",
-    "seen-wo-joshi5": "Seen w/o Joshi5", "all-wo-joshi5": "All w/o Joshi5", "all": "All",
+    "joshi5": "Joshi5",
+    "enarzho": "EnArZho",
+    "seen-92": "Seen-92",
+    "low-performing": "Low-Performing",
+    "unseen": "Unseen",
+    "seen-wo-joshi5": "Seen w/o Joshi5",
+    "all-wo-joshi5": "All w/o Joshi5",
+    "all": "All",
 }
 TARGET_GROUPS = ("low-performing", "unseen", "seen-wo-joshi5", "all-wo-joshi5")
-_ALIASES = {"seen92": "seen-92", "seen": "seen-92", "lowperforming": "low-performing",
-            "low_performing": "low-performing", "lp": "low-performing",
-            "seen_wo_joshi5": "seen-wo-joshi5", "all_wo_joshi5": "all-wo-joshi5"}
+_ALIASES = {
+    "seen92": "seen-92",
+    "seen": "seen-92",
+    "lowperforming": "low-performing",
+    "low_performing": "low-performing",
+    "lp": "low-performing",
+    "seen_wo_joshi5": "seen-wo-joshi5",
+    "all_wo_joshi5": "all-wo-joshi5",
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,13 +137,16 @@ def load_user_groups(path, codes: list[str]) -> dict[str, tuple[str, ...]]:
     with open(p, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"code", "group"} <= set(reader.fieldnames):
-            raise UnknownLanguageError(f"--groups: {path} needs the columns code,group; got "
-                                       f"{reader.fieldnames}")
+            raise UnknownLanguageError(
+                f"--groups: {path} needs the columns code,group; got {reader.fieldnames}"
+            )
         for row in reader:
             code, group = (row["code"] or "").strip(), (row["group"] or "").strip()
             if code not in codes:
-                raise UnknownLanguageError(f"--groups: {path}, line {reader.line_num}: language "
-                                           f"{code!r} is not in the dataset")
+                raise UnknownLanguageError(
+                    f"--groups: {path}, line {reader.line_num}: language "
+                    f"{code!r} is not in the dataset"
+                )
             if not group:
                 raise UnknownLanguageError(f"--groups: {path}, line {reader.line_num}: no group")
             out.setdefault(_normalize_group(group), []).append(code)
@@ -161,7 +182,8 @@ def resolve_languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
             close = difflib.get_close_matches(item, list(table) + list(gs), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UnknownLanguageError(
-                f"unknown language or group {item!r}{hint} (groups: {', '.join(gs)})")
+                f"unknown language or group {item!r}{hint} (groups: {', '.join(gs)})"
+            )
     if not out:
         raise UnknownLanguageError(f"no languages in {spec!r}")
     return list(dict.fromkeys(out))  # de-duplicate, keep order

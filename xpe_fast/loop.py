@@ -1,6 +1,7 @@
 """The training loop of one phase (the sources, or one target language in the supervised
 regime): optimizer, schedule, batches, dev evaluations, model selection, early stopping and
 checkpoints."""
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,10 @@ def param_groups(model, cfg: TrainConfig):
     for n, p in model.named_parameters():
         if p.requires_grad:
             (prompt_tables if n in PROMPT_TABLES else rest).append(p)
-    groups = [{"params": prompt_tables, "lr": cfg.lr_prompt, "weight_decay": 0.0},
-              {"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    groups = [
+        {"params": prompt_tables, "lr": cfg.lr_prompt, "weight_decay": 0.0},
+        {"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -42,8 +45,9 @@ def make_optimizer(model, cfg: TrainConfig):
     if cfg.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(groups, lr=cfg.lr, scale_parameter=False, relative_step=False,
-                         warmup_init=False)
+        return Adafactor(
+            groups, lr=cfg.lr, scale_parameter=False, relative_step=False, warmup_init=False
+        )
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
@@ -65,6 +69,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     try:
         import numpy as np
+
         np.random.seed(seed % 2**32)
     except ImportError:
         pass
@@ -91,14 +96,28 @@ def data_parallel(model, device: torch.device, world: World):
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     frozen += [n for n, _ in model.named_buffers()]
     DDP._set_params_and_buffers_to_ignore_for_model(model, frozen)
-    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-               broadcast_buffers=False)
+    return DDP(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+    )
 
 
-def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: TrainConfig, *, steps: int,
-                warmup: float, seed: int, pad_id: int, folder: Path, desc: str,
-                device: torch.device, precision: str, on_checkpoint=None,
-                world: World | None = None) -> dict:
+def train_phase(
+    model,
+    train: D.Encoded,
+    dev: D.Encoded,
+    cfg: TrainConfig,
+    *,
+    steps: int,
+    warmup: float,
+    seed: int,
+    pad_id: int,
+    folder: Path,
+    desc: str,
+    device: torch.device,
+    precision: str,
+    on_checkpoint=None,
+    world: World | None = None,
+) -> dict:
     """Trains `model` in place and leaves it holding the best dev-accuracy weights.
     Checkpoints into `folder` at each evaluation (rank 0 writes); continues from there if a
     checkpoint exists. `on_checkpoint()` runs after each checkpoint on rank 0 (e.g. to record
@@ -114,17 +133,31 @@ def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: TrainConfig, *, st
     steps_per_epoch = max(1, math.ceil(len(train.ids) / cfg.batch_size))
     eval_every = steps_per_epoch if cfg.eval_every == "epoch" else int(cfg.eval_every)
     eval_every = max(1, min(eval_every, steps))
-    state = {"step": 0, "best_acc": -1.0, "best_step": 0, "best_loss": float("inf"),
-             "bad_evals": 0, "history": [], "stopped_early": False, "best_tensors": None,
-             "train_seconds": 0.0}
+    state = {
+        "step": 0,
+        "best_acc": -1.0,
+        "best_step": 0,
+        "best_loss": float("inf"),
+        "bad_evals": 0,
+        "history": [],
+        "stopped_early": False,
+        "best_tensors": None,
+        "train_seconds": 0.0,
+    }
     resumed = load_checkpoint(folder, model, opt, sched)
     if resumed:
         state.update({k: resumed[k] for k in state if k in resumed})
         log.info("%s: resumed at step %d", desc, state["step"])
     it = batches_from([len(s) for s in train.ids], cfg.batch_size, seed, state["step"])
-    bar = tqdm(total=steps, initial=state["step"], desc=desc,
-               disable=not cfg.progress or not world.main, unit="step", file=sys.stderr,
-               mininterval=0.5 if sys.stderr.isatty() else 60)
+    bar = tqdm(
+        total=steps,
+        initial=state["step"],
+        desc=desc,
+        disable=not cfg.progress or not world.main,
+        unit="step",
+        file=sys.stderr,
+        mininterval=0.5 if sys.stderr.isatty() else 60,
+    )
     t0, seconds0 = time.time(), state["train_seconds"]
     trainable = [p for p in model.parameters() if p.requires_grad]
     while state["step"] < steps and not state["stopped_early"]:
@@ -133,9 +166,12 @@ def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: TrainConfig, *, st
         start, end = world.slice(len(idx))
         share = idx[start:end] or idx[:1]  # a rank left without samples weighs 0
         weight = (end - start) * world.size / len(idx)
-        ids, mask, labels = D.collate([train.ids[i] for i in share],
-                                      [train.labels[i] for i in share], pad_id,
-                                      length=max(len(train.ids[i]) for i in idx))
+        ids, mask, labels = D.collate(
+            [train.ids[i] for i in share],
+            [train.labels[i] for i in share],
+            pad_id,
+            length=max(len(train.ids[i]) for i in idx),
+        )
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         with autocast(precision, device), fast_dropout.global_batch_offset(start):
             loss, _ = net(ids, mask, labels=labels)
@@ -151,15 +187,28 @@ def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: TrainConfig, *, st
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if state["step"] % eval_every == 0 or state["step"] == steps:
-            acc, dloss, _ = evaluate_encoded(model, dev, cfg.eval_batch_size, pad_id, precision,
-                                             device, world=world)
+            acc, dloss, _ = evaluate_encoded(
+                model, dev, cfg.eval_batch_size, pad_id, precision, device, world=world
+            )
             train_loss = world.sum([loss.item() * weight])[0] / world.size
             state["train_seconds"] = seconds0 + time.time() - t0
-            state["history"].append({"step": state["step"], "dev_accuracy": acc,
-                                     "dev_loss": dloss, "train_loss": train_loss,
-                                     "seconds": state["train_seconds"]})
-            log.info("%s step %d: train loss %.4f, dev loss %.4f, dev accuracy %.4f", desc,
-                     state["step"], train_loss, dloss, acc)
+            state["history"].append(
+                {
+                    "step": state["step"],
+                    "dev_accuracy": acc,
+                    "dev_loss": dloss,
+                    "train_loss": train_loss,
+                    "seconds": state["train_seconds"],
+                }
+            )
+            log.info(
+                "%s step %d: train loss %.4f, dev loss %.4f, dev accuracy %.4f",
+                desc,
+                state["step"],
+                train_loss,
+                dloss,
+                acc,
+            )
             if acc > state["best_acc"]:
                 state.update(best_acc=acc, best_step=state["step"])
                 state["best_tensors"] = {k: v.clone() for k, v in trainable_state(model).items()}
@@ -169,8 +218,12 @@ def train_phase(model, train: D.Encoded, dev: D.Encoded, cfg: TrainConfig, *, st
                 state["bad_evals"] += 1
                 if state["bad_evals"] >= cfg.patience:
                     state["stopped_early"] = True
-                    log.info("%s: early stop at step %d (dev loss has not improved in %d "
-                             "evaluations)", desc, state["step"], cfg.patience)
+                    log.info(
+                        "%s: early stop at step %d (dev loss has not improved in %d evaluations)",
+                        desc,
+                        state["step"],
+                        cfg.patience,
+                    )
             if world.main:
                 save_checkpoint(folder, model, opt, sched, state)
                 if on_checkpoint is not None:

@@ -18,6 +18,7 @@ encoder_fast_path.py: the last layer for slot 0 only, and in inference query/key
 GEMM read directly by the attention kernel, each residual add + LayerNorm in one pass and the
 GELU fused into the feed-forward GEMM.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,14 +40,17 @@ class UnsupportedBackboneError(ValueError):
 def _supported_message() -> str:
     from .backbones import SUPPORTED_FAMILIES
 
-    return ("supported: " + ", ".join(SUPPORTED_FAMILIES) + " encoders (BERT-style layers, "
-            "absolute positions), or any encoder whose logits equal the plain Hugging Face "
-            "route's")
+    return (
+        "supported: " + ", ".join(SUPPORTED_FAMILIES) + " encoders (BERT-style layers, "
+        "absolute positions), or any encoder whose logits equal the plain Hugging Face "
+        "route's"
+    )
 
 
 @dataclass
 class EmbeddingParts:
     """The frozen pieces of a backbone's embedding layer that the prompt goes through."""
+
     word: nn.Embedding
     position: nn.Embedding
     token_type: nn.Embedding | None
@@ -61,29 +65,39 @@ def find_embedding_parts(backbone: nn.Module) -> EmbeddingParts:
     word = getattr(emb, "word_embeddings", None)
     pos = getattr(emb, "position_embeddings", None)
     ln = getattr(emb, "LayerNorm", None) or getattr(emb, "layer_norm", None)
-    if not isinstance(word, nn.Embedding) or not isinstance(pos, nn.Embedding) or \
-            not isinstance(ln, nn.LayerNorm):
+    if (
+        not isinstance(word, nn.Embedding)
+        or not isinstance(pos, nn.Embedding)
+        or not isinstance(ln, nn.LayerNorm)
+    ):
         raise UnsupportedBackboneError(
             f"{type(backbone).__name__} has no recognizable embedding layer: expected "
             "`.embeddings` with `word_embeddings`, `position_embeddings` (absolute) and "
-            "`LayerNorm`; " + _supported_message())
+            "`LayerNorm`; " + _supported_message()
+        )
     if not hasattr(backbone, "encoder"):
-        raise UnsupportedBackboneError(f"{type(backbone).__name__} has no `.encoder` stack; "
-                                       + _supported_message())
+        raise UnsupportedBackboneError(
+            f"{type(backbone).__name__} has no `.encoder` stack; " + _supported_message()
+        )
     kind = getattr(backbone.config, "position_embedding_type", "absolute")
     if kind not in (None, "absolute"):
-        raise UnsupportedBackboneError(f"position_embedding_type={kind!r} is not supported "
-                                       "(absolute only); " + _supported_message())
+        raise UnsupportedBackboneError(
+            f"position_embedding_type={kind!r} is not supported "
+            "(absolute only); " + _supported_message()
+        )
     tt = getattr(emb, "token_type_embeddings", None)
     # RoBERTa-family embeddings number positions from padding_idx + 1 when given inputs_embeds.
-    if hasattr(emb, "create_position_ids_from_inputs_embeds") and \
-            getattr(emb, "padding_idx", None) is not None:
+    if (
+        hasattr(emb, "create_position_ids_from_inputs_embeds")
+        and getattr(emb, "padding_idx", None) is not None
+    ):
         offset = int(emb.padding_idx) + 1
     else:
         offset = 0
     dropout = getattr(emb, "dropout", None) or nn.Identity()
-    return EmbeddingParts(word, pos, tt if isinstance(tt, nn.Embedding) else None, ln, dropout,
-                          offset)
+    return EmbeddingParts(
+        word, pos, tt if isinstance(tt, nn.Embedding) else None, ln, dropout, offset
+    )
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -103,8 +117,14 @@ class ClassificationHead(nn.Module):
     bert: pooler dense, tanh, dropout, classifier; the dense starts from the backbone's pooler.
     """
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, style: str,
-                 pooler_dense: nn.Linear | None = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        dropout: float,
+        style: str,
+        pooler_dense: nn.Linear | None = None,
+    ):
         super().__init__()
         self.style = style
         self.dense = nn.Linear(hidden_size, hidden_size)
@@ -145,11 +165,19 @@ class PromptedEncoderForSequenceClassification(nn.Module):
     acceleration.restore(model.backbone) gives back the unmodified Hugging Face object.
     """
 
-    def __init__(self, backbone: nn.Module, num_labels: int, num_virtual_tokens: int = 20,
-                 encoder_ratio: float = 1.0, encoder_hidden_size: int = 256,
-                 prompt_dropout: float = 0.1, classifier_dropout: float | None = None,
-                 backend: str | None = None, head_style: str | None = None,
-                 fast_path: FastPathOptions | None = None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_labels: int,
+        num_virtual_tokens: int = 20,
+        encoder_ratio: float = 1.0,
+        encoder_hidden_size: int = 256,
+        prompt_dropout: float = 0.1,
+        classifier_dropout: float | None = None,
+        backend: str | None = None,
+        head_style: str | None = None,
+        fast_path: FastPathOptions | None = None,
+    ):
         super().__init__()
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
@@ -167,10 +195,16 @@ class PromptedEncoderForSequenceClassification(nn.Module):
                 f"position table ({max_pos} rows, first usable position "
                 f"{self.parts.position_offset}): at most "
                 f"{max_pos - self.parts.position_offset - 1} virtual tokens leave room for one "
-                "input token")
-        self.prompt = CrossPromptEncoder(num_virtual_tokens, d, encoder_ratio,
-                                         encoder_hidden_size, dropout=prompt_dropout,
-                                         backend=backend)
+                "input token"
+            )
+        self.prompt = CrossPromptEncoder(
+            num_virtual_tokens,
+            d,
+            encoder_ratio,
+            encoder_hidden_size,
+            dropout=prompt_dropout,
+            backend=backend,
+        )
         if head_style is None:
             head_style = "roberta" if self.parts.position_offset > 0 else "bert"
         if head_style not in ("roberta", "bert"):
@@ -181,8 +215,13 @@ class PromptedEncoderForSequenceClassification(nn.Module):
             classifier_dropout = getattr(config, "hidden_dropout_prob", 0.1)
         pooler = getattr(backbone, "pooler", None)
         pooler_dense = getattr(pooler, "dense", None) if head_style == "bert" else None
-        self.head = ClassificationHead(d, num_labels, classifier_dropout, head_style,
-                                       pooler_dense if isinstance(pooler_dense, nn.Linear) else None)
+        self.head = ClassificationHead(
+            d,
+            num_labels,
+            classifier_dropout,
+            head_style,
+            pooler_dense if isinstance(pooler_dense, nn.Linear) else None,
+        )
         self.num_labels = num_labels
         self.set_backend(backend)
         from .backbones import SUPPORTED_FAMILIES
@@ -202,10 +241,11 @@ class PromptedEncoderForSequenceClassification(nn.Module):
                 torch.manual_seed(0)
                 V = self.parts.word.num_embeddings
                 L = max(2, min(6, self.max_input_length))
-                ids = torch.randint(min(3, V - 1), min(V, 100), (2, L),
-                                    device=self.parts.word.weight.device)
+                ids = torch.randint(
+                    min(3, V - 1), min(V, 100), (2, L), device=self.parts.word.weight.device
+                )
                 mask = torch.ones_like(ids)
-                mask[1, L // 2:] = 0
+                mask[1, L // 2 :] = 0
                 self.eval()
                 fused = self(ids, mask).float()
                 self.set_backend("reference")
@@ -214,7 +254,8 @@ class PromptedEncoderForSequenceClassification(nn.Module):
             raise UnsupportedBackboneError(
                 f"{name} ({getattr(self.backbone.config, 'model_type', '?')}) is not supported: "
                 f"the fused route fails on it ({e.__class__.__name__}: "
-                f"{str(e).splitlines()[0][:160]}); " + _supported_message()) from None
+                f"{str(e).splitlines()[0][:160]}); " + _supported_message()
+            ) from None
         finally:
             self.set_backend(backend)
             self.train(was_training)
@@ -223,7 +264,8 @@ class PromptedEncoderForSequenceClassification(nn.Module):
             raise UnsupportedBackboneError(
                 f"{name} ({getattr(self.backbone.config, 'model_type', '?')}) is not supported: "
                 f"its logits differ from the plain Hugging Face route by {err:.1e}; "
-                + _supported_message())
+                + _supported_message()
+            )
 
     def set_backend(self, backend: str | None) -> None:
         """Backend of both fused ops (None = best available, "reference" = plain PyTorch)."""
@@ -247,8 +289,11 @@ class PromptedEncoderForSequenceClassification(nn.Module):
     @property
     def max_input_length(self) -> int:
         """Longest token sequence (with <s> and </s>) that fits the position table."""
-        return (self.parts.position.num_embeddings - self.parts.position_offset
-                - self.num_virtual_tokens)
+        return (
+            self.parts.position.num_embeddings
+            - self.parts.position_offset
+            - self.num_virtual_tokens
+        )
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -259,10 +304,13 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device)
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
-                             f"input_ids {tuple(input_ids.shape)}")
-        ones = torch.ones(B, self.num_virtual_tokens, dtype=attention_mask.dtype,
-                          device=attention_mask.device)
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                f"input_ids {tuple(input_ids.shape)}"
+            )
+        ones = torch.ones(
+            B, self.num_virtual_tokens, dtype=attention_mask.dtype, device=attention_mask.device
+        )
         return torch.cat([ones, attention_mask], dim=1)
 
     def _check_inputs(self, input_ids: torch.Tensor):
@@ -272,7 +320,8 @@ class PromptedEncoderForSequenceClassification(nn.Module):
             raise ValueError(
                 f"inputs of {input_ids.shape[1]} tokens plus {self.num_virtual_tokens} virtual "
                 f"tokens exceed the backbone's {self.parts.position.num_embeddings} positions; "
-                f"truncate inputs to {self.max_input_length} tokens")
+                f"truncate inputs to {self.max_input_length} tokens"
+            )
 
     def embed(self, input_ids: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
         """The embedding stream [B, N + L, d] the encoder stack sees (before dropout)."""
@@ -285,12 +334,26 @@ class PromptedEncoderForSequenceClassification(nn.Module):
             type_row = p.token_type.weight[0]
         else:
             type_row = torch.zeros_like(p.layer_norm.weight)
-        return ops.assemble_embeddings(input_ids, prompt, word, p.position.weight, type_row,
-                                       p.layer_norm.weight, p.layer_norm.bias, p.layer_norm.eps,
-                                       p.position_offset, backend=self.backend)
+        return ops.assemble_embeddings(
+            input_ids,
+            prompt,
+            word,
+            p.position.weight,
+            type_row,
+            p.layer_norm.weight,
+            p.layer_norm.bias,
+            p.layer_norm.eps,
+            p.position_offset,
+            backend=self.backend,
+        )
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               prompt: torch.Tensor | None = None, first_row_only: bool = False) -> torch.Tensor:
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prompt: torch.Tensor | None = None,
+        first_row_only: bool = False,
+    ) -> torch.Tensor:
         """Final hidden states [B, N + L, d] (with `first_row_only`, possibly only [B, 1, d]:
         the rows the classifier reads)."""
         self._check_inputs(input_ids)
@@ -300,8 +363,9 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         if self.backend == "reference":
             # Exactly PEFT's route: the unmodified Hugging Face model with inputs_embeds.
             word = self.parts.word(input_ids)
-            embeds = torch.cat([prompt.to(word.dtype).unsqueeze(0).expand(
-                input_ids.shape[0], -1, -1), word], dim=1)
+            embeds = torch.cat(
+                [prompt.to(word.dtype).unsqueeze(0).expand(input_ids.shape[0], -1, -1), word], dim=1
+            )
             return self.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         from transformers.masking_utils import create_bidirectional_mask
 
@@ -313,13 +377,20 @@ class PromptedEncoderForSequenceClassification(nn.Module):
             mask4d = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
             mask4d = mask4d.masked_fill_(mask == 0, float("-inf"))[:, None, None, :]
         else:
-            mask4d = create_bidirectional_mask(config=self.backbone.config,
-                                               inputs_embeds=hidden, attention_mask=mask)
-        return run_encoder(self.backbone.encoder, hidden, mask4d, fast_attn, first_row_only,
-                           self.fast_path)
+            mask4d = create_bidirectional_mask(
+                config=self.backbone.config, inputs_embeds=hidden, attention_mask=mask
+            )
+        return run_encoder(
+            self.backbone.encoder, hidden, mask4d, fast_attn, first_row_only, self.fast_path
+        )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, prompt: torch.Tensor | None = None):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        prompt: torch.Tensor | None = None,
+    ):
         """Logits [B, num_labels]; with `labels`, (loss, logits)."""
         hidden = self.encode(input_ids, attention_mask, prompt, first_row_only=True)
         logits = self.head(hidden[:, 0])

@@ -1,5 +1,6 @@
 """In-place class swaps of a module tree's layers (same parameters, buffers and state_dict
 keys; isinstance of the original class still holds for subclasses)."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -7,6 +7,7 @@ rows and the rest SPT rows, the SPT rows first. Each part has its own table size
 own token count. The prompt is independent of the input, so forward() returns it once, as
 [N, d], and callers broadcast it over the batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,9 @@ from . import ops
 def split_virtual_tokens(num_virtual_tokens: int, encoder_ratio: float) -> tuple[int, int]:
     """(SPT rows, XPE rows) for N virtual tokens and encoder ratio r."""
     if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int):
-        raise TypeError(f"num_virtual_tokens must be an int, got {type(num_virtual_tokens).__name__}")
+        raise TypeError(
+            f"num_virtual_tokens must be an int, got {type(num_virtual_tokens).__name__}"
+        )
     if num_virtual_tokens < 1:
         raise ValueError(f"num_virtual_tokens must be >= 1, got {num_virtual_tokens}")
     r = float(encoder_ratio)
@@ -32,8 +35,10 @@ def split_virtual_tokens(num_virtual_tokens: int, encoder_ratio: float) -> tuple
     if r == 1.0:
         return 0, n
     if n < 2:
-        raise ValueError("DUAL (0 < encoder_ratio < 1) needs num_virtual_tokens >= 2 "
-                         f"to hold both parts, got {n}")
+        raise ValueError(
+            "DUAL (0 < encoder_ratio < 1) needs num_virtual_tokens >= 2 "
+            f"to hold both parts, got {n}"
+        )
     # round(., 9) only removes float fuzz (0.29 * 100 = 28.999999999999996); otherwise int(N*r).
     n_xpe = max(1, min(n - 1, int(round(n * r, 9))))
     return n - n_xpe, n_xpe
@@ -47,8 +52,14 @@ def method_name(encoder_ratio: float) -> str:
 class PromptEncoderMLP(nn.Module):
     """Linear(d_in, h), ReLU, Dropout, Linear(h, h), ReLU, Dropout, Linear(h, d), run fused."""
 
-    def __init__(self, input_size: int, hidden_size: int, output_size: int, dropout: float = 0.1,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        dropout: float = 0.1,
+        backend: str | None = None,
+    ):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -62,12 +73,20 @@ class PromptEncoderMLP(nn.Module):
         dtype = x.dtype
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
-        cast = (lambda t: t.to(dtype))
+        cast = lambda t: t.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
             return ops.prompt_encoder_mlp(
-                cast(x), cast(self.fc1.weight), cast(self.fc1.bias), cast(self.fc2.weight),
-                cast(self.fc2.bias), cast(self.fc3.weight), cast(self.fc3.bias),
-                dropout_p=self.dropout, training=self.training, backend=self.backend)
+                cast(x),
+                cast(self.fc1.weight),
+                cast(self.fc1.bias),
+                cast(self.fc2.weight),
+                cast(self.fc2.bias),
+                cast(self.fc3.weight),
+                cast(self.fc3.bias),
+                dropout_p=self.dropout,
+                training=self.training,
+                backend=self.backend,
+            )
 
     def extra_repr(self) -> str:
         return f"dropout={self.dropout}"
@@ -85,9 +104,16 @@ class CrossPromptEncoder(nn.Module):
         dropout: MLP dropout (0.1 on source languages, 0.0 on a target language).
     """
 
-    def __init__(self, num_virtual_tokens: int, hidden_size: int, encoder_ratio: float = 1.0,
-                 encoder_hidden_size: int = 256, encoder_input_size: int | None = None,
-                 dropout: float = 0.1, backend: str | None = None):
+    def __init__(
+        self,
+        num_virtual_tokens: int,
+        hidden_size: int,
+        encoder_ratio: float = 1.0,
+        encoder_hidden_size: int = 256,
+        encoder_input_size: int | None = None,
+        dropout: float = 0.1,
+        backend: str | None = None,
+    ):
         super().__init__()
         if hidden_size < 1 or encoder_hidden_size < 1:
             raise ValueError("hidden_size and encoder_hidden_size must be >= 1")
@@ -98,12 +124,14 @@ class CrossPromptEncoder(nn.Module):
         self.encoder_hidden_size = encoder_hidden_size
         self.encoder_input_size = encoder_input_size or hidden_size
         # N(0, 1) rows, as nn.Embedding's default init (not copies of vocabulary rows).
-        self.spt_embedding = (nn.Parameter(torch.randn(self.num_spt, hidden_size))
-                              if self.num_spt else None)
+        self.spt_embedding = (
+            nn.Parameter(torch.randn(self.num_spt, hidden_size)) if self.num_spt else None
+        )
         if self.num_xpe:
             self.xpe_embedding = nn.Parameter(torch.randn(self.num_xpe, self.encoder_input_size))
-            self.encoder = PromptEncoderMLP(self.encoder_input_size, encoder_hidden_size,
-                                            hidden_size, dropout, backend)
+            self.encoder = PromptEncoderMLP(
+                self.encoder_input_size, encoder_hidden_size, hidden_size, dropout, backend
+            )
         else:
             self.xpe_embedding = None
             self.encoder = None
@@ -130,5 +158,7 @@ class CrossPromptEncoder(nn.Module):
         return torch.cat([p.to(dtype) for p in parts], dim=0)
 
     def extra_repr(self) -> str:
-        return (f"method={self.method}, num_virtual_tokens={self.num_virtual_tokens}, "
-                f"spt={self.num_spt}, xpe={self.num_xpe}, hidden_size={self.hidden_size}")
+        return (
+            f"method={self.method}, num_virtual_tokens={self.num_virtual_tokens}, "
+            f"spt={self.num_spt}, xpe={self.num_xpe}, hidden_size={self.hidden_size}"
+        )

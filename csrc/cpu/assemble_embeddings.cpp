@@ -48,8 +48,8 @@ XPE_HD float row_sq_dev_acc(const float* x, float mean, int64_t n) {
 }
 
 template <typename T, typename A = typename xpe::acc_of<T>::type>
-XPE_HD void row_stats(const T* src, const T* pos, const T* typ, A* buf, int64_t d, A eps,
-                      A& mean, A& rstd) {
+XPE_HD void row_stats(const T* src, const T* pos, const T* typ, A* buf, int64_t d, A eps, A& mean,
+                      A& rstd) {
 #pragma omp simd
   for (int64_t k = 0; k < d; ++k)
     buf[k] = xpe::embed_sum<A>(xpe::load(src, k), xpe::load(pos, k), xpe::load(typ, k));
@@ -149,23 +149,18 @@ XPE_INLINE void forward_rows(const int64_t* ids, const T* prompt, const T* word,
 
 // float and bf16 rows, vectorised by hand. The generic forward_row above keeps the row in a
 // buffer that it reads four times, and for bf16 converts the type row, weight and bias in
-// every row and rounds with a NaN-aware select; on this AVX-512 machine such a row is bound
-// by its loads and stores (a 512-bit store takes two cycles), not by memory: ~53 ns at
-// d = 384 fp32 with one hot word row. Here the type row, weight and bias are converted to
-// fp32 once per chunk, and at d = 256 and 384 the row stays in registers between passes.
-// Warm forward at d = 384, 1 thread: bf16 0.46-0.48 -> 0.34 ms (microbench.py); fp32
-// 0.42 -> 0.31 ms in a warm loop of the op before the streaming stores below (which cost
-// such a loop its cached output: microbench.py's warm fp32 row is 0.40 ms). fp32 rows add
-// their statistics in the order of row_sum / row_sq_dev, so they give forward_row's bits.
+// every row and rounds with a NaN-aware select: such a row is bound by its loads and stores,
+// not by memory. Here the type row, weight and bias are converted to fp32 once per chunk,
+// and at d = 256 and 384 the row stays in registers between passes. fp32 rows add their
+// statistics in the order of row_sum / row_sq_dev, so they give forward_row's bits.
 //
-// Outputs larger than kStreamBytes are written with non-temporal stores: the 7-19 MB of a
-// batch do not stay in this machine's caches anyway, and a normal store first reads the
-// line it writes; the next consumer (the encoder's first GEMM) is compute-bound. fwd+bwd
-// right after the eager reference (1 thread, interleaved as in test_bench_ops.py, two runs
-// each): d = 384 fp32 0.89-1.09 -> 0.82-0.83 ms, d = 1024 fp32 3.06 -> 2.85-2.95, bf16
-// 2.47 -> 2.28-2.45. A warm loop of the op alone gets slower (its output stayed cached).
+// Outputs larger than kStreamBytes are written with non-temporal stores (x86 only): a batch's
+// output does not stay in the caches anyway, a normal store first reads the line it writes,
+// and the next consumer (the encoder's first GEMM) is compute-bound. BENCHMARKS.md has the
+// measurements behind both choices.
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
-
+#if defined(__x86_64__) && defined(__GNUC__)
+constexpr bool kHaveStreamStores = true;
 XPE_INLINE void stream_store(void* p, v16 v) {  // four 16-byte movntps: SSE, every target
   typedef float v4 __attribute__((vector_size(16)));
   float* f = static_cast<float*>(p);
@@ -175,10 +170,18 @@ XPE_INLINE void stream_store(void* p, v16 v) {  // four 16-byte movntps: SSE, ev
     __builtin_ia32_movntps(f + 4 * q, part);
   }
 }
+XPE_INLINE void stream_fence() { __builtin_ia32_sfence(); }
+#else  // other architectures: plain stores (the baseline path)
+constexpr bool kHaveStreamStores = false;
+XPE_INLINE void stream_store(void* p, v16 v) { vstore(static_cast<float*>(p), v); }
+XPE_INLINE void stream_fence() {}
+#endif
 template <bool NT>
 XPE_INLINE void put16(float* p, v16 v) {
-  if constexpr (NT) stream_store(p, v);
-  else vstore(p, v);
+  if constexpr (NT)
+    stream_store(p, v);
+  else
+    vstore(p, v);
 }
 
 struct RowConsts {
@@ -224,7 +227,8 @@ XPE_INLINE void forward_row_f32(const float* src, const float* pos, RowConsts c,
   const v16 m = vsplat(mean), r = vsplat(rstd);
   for (int64_t k = 0; k < dv; k += kLanes)
     put16<NT>(out + k, (vload(buf + k) - m) * r * vload(c.w + k) + vload(c.b + k));
-  for (int64_t k = dv; k < d; ++k) out[k] = xpe::ln_apply<float>(buf[k], mean, rstd, c.w[k], c.b[k]);
+  for (int64_t k = dv; k < d; ++k)
+    out[k] = xpe::ln_apply<float>(buf[k], mean, rstd, c.w[k], c.b[k]);
 }
 
 // bf16 in even/odd lanes: 32 bf16 read as 16 32-bit words give the even elements (word <<
@@ -259,8 +263,8 @@ XPE_INLINE void store_bf16_pairs(bf16_t* p, v16 even, v16 odd) {
 // One bf16 row: NP blocks of 32 held in registers (NP > 0, d = 32 * NP), or through buf
 // (NP = 0, any d).
 template <int NP, bool NT>
-XPE_INLINE bool forward_row_bf16(const bf16_t* src, const bf16_t* pos, RowConsts c,
-                                 bf16_t* out, float* buf, int64_t d, float eps) {
+XPE_INLINE bool forward_row_bf16(const bf16_t* src, const bf16_t* pos, RowConsts c, bf16_t* out,
+                                 float* buf, int64_t d, float eps) {
   v16 x[NP > 0 ? 2 * NP : 1];
   const int64_t nb = NP > 0 ? NP : d / 32, dv = 32 * nb;
   v16 se = {}, so = {};
@@ -329,14 +333,14 @@ XPE_INLINE bool forward_row_vec(const bf16_t* src, const bf16_t* pos, RowConsts 
 template <typename T, bool NT>
 XPE_INLINE void forward_rows_vec_loop(const int64_t* ids, const T* prompt, const T* word,
                                       const T* pos, const T* typ, const T* w, const T* b, T* out,
-                                      float* buf, RowConsts c, Geometry g, float eps,
-                                      int64_t begin, int64_t end) {
+                                      float* buf, RowConsts c, Geometry g, float eps, int64_t begin,
+                                      int64_t end) {
   for_each_row(ids, prompt, word, pos, out, g, begin, end,
                [&](const T* src, const T* pos_j, T* dst) __attribute__((always_inline)) {
                  if (!forward_row_vec<NT>(src, pos_j, c, dst, buf, g.d, eps))
                    forward_row<T>(src, pos_j, typ, w, b, dst, buf, g.d, eps);  // NaN/inf (bf16)
                });
-  if (NT) __builtin_ia32_sfence();  // streamed rows visible before the op returns
+  if (NT) stream_fence();  // streamed rows visible before the op returns
 }
 
 // float and bf16: `buf` holds 4 * d floats (the row, then the fp32 type row, weight, bias).
@@ -356,22 +360,31 @@ XPE_INLINE void forward_rows_vec(const int64_t* ids, const T* prompt, const T* w
   }
   const RowConsts c{cf, cf + g.d, cf + 2 * g.d, finite};
   // Streaming needs whole 64-byte lines per row (and a 64-byte aligned output).
-  const bool stream = g.B * (g.N + g.L) * g.d * int64_t(sizeof(T)) > kStreamBytes &&
-                      (g.d * int64_t(sizeof(T))) % 64 == 0 &&
-                      reinterpret_cast<uintptr_t>(out) % 64 == 0;
+  const bool stream =
+      kHaveStreamStores && g.B * (g.N + g.L) * g.d * int64_t(sizeof(T)) > kStreamBytes &&
+      (g.d * int64_t(sizeof(T))) % 64 == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0;
   if (stream)
     forward_rows_vec_loop<T, true>(ids, prompt, word, pos, typ, w, b, out, buf, c, g, eps, begin,
                                    end);
   else
-    forward_rows_vec_loop<T, false>(ids, prompt, word, pos, typ, w, b, out, buf, c, g, eps,
-                                    begin, end);
+    forward_rows_vec_loop<T, false>(ids, prompt, word, pos, typ, w, b, out, buf, c, g, eps, begin,
+                                    end);
 }
 
-XPE_MULTIVERSION(forward_rows_f32, (const int64_t* ids, const float* p, const float* wd, const float* ps, const float* t, const float* w, const float* b, float* o, float* buf, Geometry g, float eps, int64_t s, int64_t e),
+XPE_MULTIVERSION(forward_rows_f32,
+                 (const int64_t* ids, const float* p, const float* wd, const float* ps,
+                  const float* t, const float* w, const float* b, float* o, float* buf, Geometry g,
+                  float eps, int64_t s, int64_t e),
                  (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows_vec<float>)
-XPE_MULTIVERSION(forward_rows_f64, (const int64_t* ids, const double* p, const double* wd, const double* ps, const double* t, const double* w, const double* b, double* o, double* buf, Geometry g, double eps, int64_t s, int64_t e),
+XPE_MULTIVERSION(forward_rows_f64,
+                 (const int64_t* ids, const double* p, const double* wd, const double* ps,
+                  const double* t, const double* w, const double* b, double* o, double* buf,
+                  Geometry g, double eps, int64_t s, int64_t e),
                  (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows<double>)
-XPE_MULTIVERSION(forward_rows_bf16, (const int64_t* ids, const bf16_t* p, const bf16_t* wd, const bf16_t* ps, const bf16_t* t, const bf16_t* w, const bf16_t* b, bf16_t* o, float* buf, Geometry g, float eps, int64_t s, int64_t e),
+XPE_MULTIVERSION(forward_rows_bf16,
+                 (const int64_t* ids, const bf16_t* p, const bf16_t* wd, const bf16_t* ps,
+                  const bf16_t* t, const bf16_t* w, const bf16_t* b, bf16_t* o, float* buf,
+                  Geometry g, float eps, int64_t s, int64_t e),
                  (ids, p, wd, ps, t, w, b, o, buf, g, eps, s, e), forward_rows_vec<bf16_t>)
 
 // Gradient of prompt rows [begin, end) (rows of `grad_prompt`, which has B*N or N rows).
@@ -407,8 +420,8 @@ XPE_HD void backward_rows(const T* gout, const T* prompt, const T* pos, const T*
       for (int64_t k = 0; k < n; ++k) gsum[k] += xpe::load(gr, k);
     }
     for (int64_t j = begin; j < end; ++j)
-      backward_row<T>(gsum + (j - begin) * g.d, prompt + j * g.d, pos + (g.offset + j) * g.d,
-                      typ, w, gprompt + j * g.d, buf, g.d, eps);
+      backward_row<T>(gsum + (j - begin) * g.d, prompt + j * g.d, pos + (g.offset + j) * g.d, typ,
+                      w, gprompt + j * g.d, buf, g.d, eps);
     return;
   }
   for (int64_t r = begin; r < end; ++r) {
@@ -421,11 +434,19 @@ XPE_HD void backward_rows(const T* gout, const T* prompt, const T* pos, const T*
   }
 }
 
-XPE_MULTIVERSION(backward_rows_f32, (const float* go, const float* p, const float* ps, const float* t, const float* w, float* gp, float* gs, float* buf, Geometry g, float eps, int64_t s, int64_t e),
+XPE_MULTIVERSION(backward_rows_f32,
+                 (const float* go, const float* p, const float* ps, const float* t, const float* w,
+                  float* gp, float* gs, float* buf, Geometry g, float eps, int64_t s, int64_t e),
                  (go, p, ps, t, w, gp, gs, buf, g, eps, s, e), backward_rows<float>)
-XPE_MULTIVERSION(backward_rows_f64, (const double* go, const double* p, const double* ps, const double* t, const double* w, double* gp, double* gs, double* buf, Geometry g, double eps, int64_t s, int64_t e),
+XPE_MULTIVERSION(backward_rows_f64,
+                 (const double* go, const double* p, const double* ps, const double* t,
+                  const double* w, double* gp, double* gs, double* buf, Geometry g, double eps,
+                  int64_t s, int64_t e),
                  (go, p, ps, t, w, gp, gs, buf, g, eps, s, e), backward_rows<double>)
-XPE_MULTIVERSION(backward_rows_bf16, (const bf16_t* go, const bf16_t* p, const bf16_t* ps, const bf16_t* t, const bf16_t* w, bf16_t* gp, float* gs, float* buf, Geometry g, float eps, int64_t s, int64_t e),
+XPE_MULTIVERSION(backward_rows_bf16,
+                 (const bf16_t* go, const bf16_t* p, const bf16_t* ps, const bf16_t* t,
+                  const bf16_t* w, bf16_t* gp, float* gs, float* buf, Geometry g, float eps,
+                  int64_t s, int64_t e),
                  (go, p, ps, t, w, gp, gs, buf, g, eps, s, e), backward_rows<bf16_t>)
 
 template <typename T>
@@ -443,8 +464,8 @@ at::Tensor assemble_embeddings_forward(const at::Tensor& input_ids_, const at::T
                                        const at::Tensor& word_, const at::Tensor& pos_,
                                        const at::Tensor& type_, const at::Tensor& ln_w_,
                                        const at::Tensor& ln_b_, double eps, int64_t offset) {
-  const AssembleArgs a = check_assemble_args(input_ids_, prompt_, word_, pos_, type_, ln_w_,
-                                             ln_b_, eps, offset, "cpu");
+  const AssembleArgs a = check_assemble_args(input_ids_, prompt_, word_, pos_, type_, ln_w_, ln_b_,
+                                             eps, offset, "cpu");
   check_token_ids_cpu(a.input_ids, a.V);
   const Geometry g{a.B, a.L, a.N, a.d, offset, a.shared};
   auto out = at::empty({a.B, a.N + a.L, a.d}, a.prompt.options());
@@ -464,8 +485,8 @@ at::Tensor assemble_embeddings_forward(const at::Tensor& input_ids_, const at::T
     } else if (st == at::kFloat) {
       std::vector<float> buf(4 * a.d);  // the row, then fp32 copies of type, weight, bias
       forward_rows_f32(ids, ptr<float>(a.prompt), ptr<float>(a.word), ptr<float>(a.pos),
-                       ptr<float>(a.type), ptr<float>(a.ln_w), ptr<float>(a.ln_b),
-                       mptr<float>(out), buf.data(), g, static_cast<float>(eps), begin, end);
+                       ptr<float>(a.type), ptr<float>(a.ln_w), ptr<float>(a.ln_b), mptr<float>(out),
+                       buf.data(), g, static_cast<float>(eps), begin, end);
     } else {
       std::vector<float> buf(4 * a.d);  // the row, then fp32 copies of type, weight, bias
       forward_rows_bf16(ids, ptr<bf16_t>(a.prompt), ptr<bf16_t>(a.word), ptr<bf16_t>(a.pos),
@@ -505,8 +526,8 @@ at::Tensor assemble_embeddings_backward(const at::Tensor& grad_out_, const at::T
     } else if (st == at::kFloat) {
       std::vector<float> gs(gs_len), buf(a.d);
       backward_rows_f32(ptr<float>(a.grad_out), ptr<float>(a.prompt), ptr<float>(a.pos),
-                        ptr<float>(a.type), ptr<float>(a.ln_w), mptr<float>(grad_prompt),
-                        gs.data(), buf.data(), g, static_cast<float>(eps), begin, end);
+                        ptr<float>(a.type), ptr<float>(a.ln_w), mptr<float>(grad_prompt), gs.data(),
+                        buf.data(), g, static_cast<float>(eps), begin, end);
     } else {
       std::vector<float> gs(gs_len), buf(a.d);
       backward_rows_bf16(ptr<bf16_t>(a.grad_out), ptr<bf16_t>(a.prompt), ptr<bf16_t>(a.pos),
@@ -524,12 +545,11 @@ namespace {
 // "assemble call overhead"; the kernels themselves take 4 us there).
 struct AssembleFunction : public torch::autograd::Function<AssembleFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input_ids,
-                            const at::Tensor& prompt, const at::Tensor& word,
-                            const at::Tensor& pos, const at::Tensor& type,
-                            const at::Tensor& ln_w, const at::Tensor& ln_b, double eps,
-                            int64_t offset) {
-    auto out = assemble_embeddings_forward(input_ids, prompt, word, pos, type, ln_w, ln_b, eps,
-                                           offset);
+                            const at::Tensor& prompt, const at::Tensor& word, const at::Tensor& pos,
+                            const at::Tensor& type, const at::Tensor& ln_w, const at::Tensor& ln_b,
+                            double eps, int64_t offset) {
+    auto out =
+        assemble_embeddings_forward(input_ids, prompt, word, pos, type, ln_w, ln_b, eps, offset);
     ctx->save_for_backward({prompt, pos, type, ln_w});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["offset"] = offset;
@@ -541,10 +561,9 @@ struct AssembleFunction : public torch::autograd::Function<AssembleFunction> {
     torch::autograd::variable_list g(9);
     if (ctx->needs_input_grad(1)) {
       const auto s = ctx->get_saved_variables();
-      g[1] = assemble_embeddings_backward(grad[0].contiguous(), s[0], s[1], s[2], s[3],
-                                          ctx->saved_data["eps"].toDouble(),
-                                          ctx->saved_data["offset"].toInt(),
-                                          ctx->saved_data["seq_len"].toInt());
+      g[1] = assemble_embeddings_backward(
+          grad[0].contiguous(), s[0], s[1], s[2], s[3], ctx->saved_data["eps"].toDouble(),
+          ctx->saved_data["offset"].toInt(), ctx->saved_data["seq_len"].toInt());
     }
     return g;
   }

@@ -28,9 +28,9 @@ inline int isa_level() {
 #endif
   if (const char* env = std::getenv("XPE_FAST_CPU_ISA")) {
     const int want = !std::strcmp(env, "avx512bf16") ? 3
-                     : !std::strcmp(env, "avx512") ? 2
-                     : !std::strcmp(env, "avx2")   ? 1
-                                                   : 0;
+                     : !std::strcmp(env, "avx512")   ? 2
+                     : !std::strcmp(env, "avx2")     ? 1
+                                                     : 0;
     return want < best ? want : best;  // never above what the CPU has
   }
   return best;
@@ -54,13 +54,13 @@ F pick_isa(F avx512, F avx2, F base) {
 #define XPE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 #define XPE_TARGET_AVX2 __attribute__((target("avx2,fma")))
 // Defines `void name params` that runs `impl args` in the variant this CPU supports.
-#define XPE_MULTIVERSION(name, params, args, impl)                                  \
-  XPE_TARGET_AVX512 static void name##_avx512 params { impl args; }                 \
-  XPE_TARGET_AVX2 static void name##_avx2 params { impl args; }                     \
-  static void name##_base params { impl args; }                                     \
-  static void name params {                                                         \
+#define XPE_MULTIVERSION(name, params, args, impl)                                          \
+  XPE_TARGET_AVX512 static void name##_avx512 params { impl args; }                         \
+  XPE_TARGET_AVX2 static void name##_avx2 params { impl args; }                             \
+  static void name##_base params { impl args; }                                             \
+  static void name params {                                                                 \
     static const auto fn = ::xpe_cpu::pick_isa(&name##_avx512, &name##_avx2, &name##_base); \
-    fn args;                                                                        \
+    fn args;                                                                                \
   }
 #else
 #define XPE_MULTIVERSION(name, params, args, impl) \

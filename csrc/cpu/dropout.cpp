@@ -18,23 +18,28 @@ namespace {
 
 using xpe::bf16_t;
 
-
 template <typename T>
 XPE_HD void dropout_range(const T* x, T* y, uint64_t seed, uint64_t offset, uint32_t threshold,
                           float scale, int64_t begin, int64_t end) {
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) {
-    const float k = xpe::dropout_scale_keep(seed, offset + static_cast<uint64_t>(i), threshold,
-                                            scale);
+    const float k =
+        xpe::dropout_scale_keep(seed, offset + static_cast<uint64_t>(i), threshold, scale);
     xpe::store(y, i, static_cast<typename xpe::acc_of<T>::type>(xpe::load(x, i)) * k);
   }
 }
 
-XPE_MULTIVERSION(dropout_f32, (const float* x, float* y, uint64_t s, uint64_t o, uint32_t t, float c, int64_t b, int64_t e),
+XPE_MULTIVERSION(dropout_f32,
+                 (const float* x, float* y, uint64_t s, uint64_t o, uint32_t t, float c, int64_t b,
+                  int64_t e),
                  (x, y, s, o, t, c, b, e), dropout_range<float>)
-XPE_MULTIVERSION(dropout_f64, (const double* x, double* y, uint64_t s, uint64_t o, uint32_t t, float c, int64_t b, int64_t e),
+XPE_MULTIVERSION(dropout_f64,
+                 (const double* x, double* y, uint64_t s, uint64_t o, uint32_t t, float c,
+                  int64_t b, int64_t e),
                  (x, y, s, o, t, c, b, e), dropout_range<double>)
-XPE_MULTIVERSION(dropout_bf16, (const bf16_t* x, bf16_t* y, uint64_t s, uint64_t o, uint32_t t, float c, int64_t b, int64_t e),
+XPE_MULTIVERSION(dropout_bf16,
+                 (const bf16_t* x, bf16_t* y, uint64_t s, uint64_t o, uint32_t t, float c,
+                  int64_t b, int64_t e),
                  (x, y, s, o, t, c, b, e), dropout_range<bf16_t>)
 
 }  // namespace

@@ -29,22 +29,25 @@ at::Tensor assemble_embeddings_autograd(const at::Tensor& input_ids, const at::T
                                         const at::Tensor& ln_weight, const at::Tensor& ln_bias,
                                         double eps, int64_t position_offset);
 
-std::vector<at::Tensor> prompt_encoder_mlp_forward(
-    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-    const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
-    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2);
+std::vector<at::Tensor> prompt_encoder_mlp_forward(const at::Tensor& x, const at::Tensor& w1,
+                                                   const at::Tensor& b1, const at::Tensor& w2,
+                                                   const at::Tensor& b2, const at::Tensor& w3,
+                                                   const at::Tensor& b3,
+                                                   const c10::optional<at::Tensor>& mask1,
+                                                   const c10::optional<at::Tensor>& mask2);
 
 // Forward with autograd attached (backward: prompt_encoder_mlp_backward); masks saved.
 at::Tensor prompt_encoder_mlp_autograd(const at::Tensor& x, const at::Tensor& w1,
                                        const at::Tensor& b1, const at::Tensor& w2,
                                        const at::Tensor& b2, const at::Tensor& w3,
-                                       const at::Tensor& b3,
-                                       const c10::optional<at::Tensor>& mask1,
+                                       const at::Tensor& b3, const c10::optional<at::Tensor>& mask1,
                                        const c10::optional<at::Tensor>& mask2);
-std::vector<at::Tensor> prompt_encoder_mlp_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
-    const at::Tensor& w3, const at::Tensor& h1, const at::Tensor& h2,
-    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2);
+std::vector<at::Tensor> prompt_encoder_mlp_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                    const at::Tensor& w1, const at::Tensor& w2,
+                                                    const at::Tensor& w3, const at::Tensor& h1,
+                                                    const at::Tensor& h2,
+                                                    const c10::optional<at::Tensor>& mask1,
+                                                    const c10::optional<at::Tensor>& mask2);
 
 // y = x * keep / (1 - p), keep drawn from (seed, offset + element index); the backward is
 // the same call on the gradient.
@@ -52,8 +55,9 @@ at::Tensor dropout_apply(const at::Tensor& x, double p, int64_t seed, int64_t of
 
 // Inference self-attention from the packed QKV projection [B, S, 3 * H * hd] with an
 // additive key mask [B, S]; returns the context [B, S, H * hd].
-at::Tensor packed_attention_forward(const at::Tensor& qkv, const c10::optional<at::Tensor>& key_mask,
-                                    int64_t num_heads, double scale);
+at::Tensor packed_attention_forward(const at::Tensor& qkv,
+                                    const c10::optional<at::Tensor>& key_mask, int64_t num_heads,
+                                    double scale);
 bool packed_attention_supports_head_size(int64_t head_size);
 
 // y = LayerNorm(x + residual) (fp32 statistics) and, with bf16_copy, y in bf16 too.

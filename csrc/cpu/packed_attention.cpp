@@ -76,11 +76,11 @@ XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geome
                             int64_t head, float scale, float* buf) {
   constexpr int64_t hd = W * DV;
   const int64_t S = g.S, S16 = g.S16, ostride = g.H * hd;
-  float* kt = buf;                 // [hd, S16]: keys transposed, zero beyond S
-  float* vv = kt + hd * S16;       // [S, hd]
-  float* mk = vv + S * hd;         // [S16]: additive mask, -inf beyond S
-  float* sc = mk + S16;            // [R, S16]: scores, then probabilities
-  float* qf = sc + R * S16;        // [R, hd]: scaled queries
+  float* kt = buf;            // [hd, S16]: keys transposed, zero beyond S
+  float* vv = kt + hd * S16;  // [S, hd]
+  float* mk = vv + S * hd;    // [S16]: additive mask, -inf beyond S
+  float* sc = mk + S16;       // [R, S16]: scores, then probabilities
+  float* qf = sc + R * S16;   // [R, hd]: scaled queries
   const T* q0 = qkv + head * hd;
   const T* k0 = qkv + (g.H + head) * hd;
   const T* v0 = qkv + (2 * g.H + head) * hd;
@@ -94,8 +94,7 @@ XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geome
   }
   for (int64_t d = 0; d < hd; ++d)
     for (int64_t j = S; j < S16; ++j) kt[d * S16 + j] = 0.0f;
-  for (int64_t j = 0; j < S16; ++j)
-    mk[j] = j < S ? (mask ? mask[j] : 0.0f) : -__builtin_inff();
+  for (int64_t j = 0; j < S16; ++j) mk[j] = j < S ? (mask ? mask[j] : 0.0f) : -__builtin_inff();
 
   for (int64_t i0 = 0; i0 < S; i0 += R) {
     // Rows past the end repeat the last row (computed, not written): fixed R keeps the
@@ -187,17 +186,29 @@ XPE_INLINE void attend_range(const T* qkv, const float* mask, T* out, const Geom
     const float* m = mask ? mask + b * g->S : nullptr;
     T* o = out + b * g->S * g->H * g->hd;
     switch (g->hd / W) {
-      case 1: attend_head<T, 1, 8>(x, m, o, *g, head, scale, buf); break;
-      case 2: attend_head<T, 2, 8>(x, m, o, *g, head, scale, buf); break;
-      case 4: attend_head<T, 4, 4>(x, m, o, *g, head, scale, buf); break;
-      default: attend_head<T, 8, 2>(x, m, o, *g, head, scale, buf); break;
+      case 1:
+        attend_head<T, 1, 8>(x, m, o, *g, head, scale, buf);
+        break;
+      case 2:
+        attend_head<T, 2, 8>(x, m, o, *g, head, scale, buf);
+        break;
+      case 4:
+        attend_head<T, 4, 4>(x, m, o, *g, head, scale, buf);
+        break;
+      default:
+        attend_head<T, 8, 2>(x, m, o, *g, head, scale, buf);
+        break;
     }
   }
 }
 
-XPE_MULTIVERSION(attend_f32, (const float* x, const float* m, float* o, const Geometry* g, float s, float* buf, int64_t b, int64_t e),
+XPE_MULTIVERSION(attend_f32,
+                 (const float* x, const float* m, float* o, const Geometry* g, float s, float* buf,
+                  int64_t b, int64_t e),
                  (x, m, o, g, s, buf, b, e), attend_range<float>)
-XPE_MULTIVERSION(attend_bf16, (const bf16_t* x, const float* m, bf16_t* o, const Geometry* g, float s, float* buf, int64_t b, int64_t e),
+XPE_MULTIVERSION(attend_bf16,
+                 (const bf16_t* x, const float* m, bf16_t* o, const Geometry* g, float s,
+                  float* buf, int64_t b, int64_t e),
                  (x, m, o, g, s, buf, b, e), attend_range<bf16_t>)
 
 struct FreeDeleter {
@@ -210,8 +221,9 @@ bool packed_attention_supports_head_size(int64_t hd) {
   return hd == 16 || hd == 32 || hd == 64 || hd == 128;
 }
 
-at::Tensor packed_attention_forward(const at::Tensor& qkv_, const c10::optional<at::Tensor>& key_mask_,
-                                    int64_t num_heads, double scale) {
+at::Tensor packed_attention_forward(const at::Tensor& qkv_,
+                                    const c10::optional<at::Tensor>& key_mask_, int64_t num_heads,
+                                    double scale) {
   TORCH_CHECK_VALUE(qkv_.defined(), "packed_attention: qkv is undefined");
   check_device(qkv_, "qkv", "cpu");
   const auto st = qkv_.scalar_type();
@@ -249,8 +261,8 @@ at::Tensor packed_attention_forward(const at::Tensor& qkv_, const c10::optional<
   const float* m = mask.defined() ? mask.data_ptr<float>() : nullptr;
   const float s = static_cast<float>(scale);
   at::parallel_for(0, B * num_heads, 1, [&](int64_t b, int64_t e) {
-    std::unique_ptr<float, FreeDeleter> buf(static_cast<float*>(
-        std::aligned_alloc(64, (buf_floats * sizeof(float) + 63) / 64 * 64)));
+    std::unique_ptr<float, FreeDeleter> buf(
+        static_cast<float*>(std::aligned_alloc(64, (buf_floats * sizeof(float) + 63) / 64 * 64)));
     TORCH_CHECK(buf, "packed_attention: out of memory for a ", buf_floats, "-float buffer");
     if (st == at::kFloat)
       attend_f32(qkv.data_ptr<float>(), m, out.data_ptr<float>(), &g, s, buf.get(), b, e);

@@ -25,7 +25,6 @@ namespace {
 
 using xpe::bf16_t;
 
-
 // h[i, :] = relu(h[i, :]) * m[i, :] in place (m may be null: no dropout).
 template <typename T, typename A = typename xpe::acc_of<T>::type>
 XPE_HD void relu_dropout_rows(T* h, const T* m, int64_t cols, int64_t begin, int64_t end) {
@@ -34,7 +33,8 @@ XPE_HD void relu_dropout_rows(T* h, const T* m, int64_t cols, int64_t begin, int
     const T* mrow = m ? m + i * cols : nullptr;
 #pragma omp simd
     for (int64_t k = 0; k < cols; ++k)
-      xpe::store(row, k, xpe::relu_dropout<A>(xpe::load(row, k), mrow ? A(xpe::load(mrow, k)) : A(1)));
+      xpe::store(row, k,
+                 xpe::relu_dropout<A>(xpe::load(row, k), mrow ? A(xpe::load(mrow, k)) : A(1)));
   }
 }
 
@@ -42,8 +42,8 @@ XPE_HD void relu_dropout_rows(T* h, const T* m, int64_t cols, int64_t begin, int
 // gb[k] = sum_i g[i, k]: one pass. Columns are split across threads so the bias sums need no
 // reduction between threads; they accumulate in A, 64 columns at a time, and are stored in T.
 template <typename T, typename A = typename xpe::acc_of<T>::type>
-XPE_HD void relu_dropout_grad_cols(T* g, const T* h, const T* m, T* gb, int64_t rows,
-                                   int64_t cols, int64_t cbegin, int64_t cend) {
+XPE_HD void relu_dropout_grad_cols(T* g, const T* h, const T* m, T* gb, int64_t rows, int64_t cols,
+                                   int64_t cbegin, int64_t cend) {
   constexpr int64_t kBlock = 64;
   for (int64_t c0 = cbegin; c0 < cend; c0 += kBlock) {
     const int64_t n = cend - c0 < kBlock ? cend - c0 : kBlock;
@@ -56,8 +56,9 @@ XPE_HD void relu_dropout_grad_cols(T* g, const T* h, const T* m, T* gb, int64_t 
         const T* mrow = m ? m + i * cols + c0 : nullptr;
 #pragma omp simd
         for (int64_t k = 0; k < n; ++k)
-          xpe::store(grow, k, xpe::relu_dropout_grad<A>(xpe::load(grow, k), xpe::load(hrow, k),
-                                                       mrow ? A(xpe::load(mrow, k)) : A(1)));
+          xpe::store(grow, k,
+                     xpe::relu_dropout_grad<A>(xpe::load(grow, k), xpe::load(hrow, k),
+                                               mrow ? A(xpe::load(mrow, k)) : A(1)));
       }
 #pragma omp simd
       for (int64_t k = 0; k < n; ++k)
@@ -71,13 +72,19 @@ XPE_MULTIVERSION(relu_dropout_f32, (float* h, const float* m, int64_t c, int64_t
                  (h, m, c, s, e), relu_dropout_rows<float>)
 XPE_MULTIVERSION(relu_dropout_f64, (double* h, const double* m, int64_t c, int64_t s, int64_t e),
                  (h, m, c, s, e), relu_dropout_rows<double>)
-XPE_MULTIVERSION(relu_dropout_bf16, (bf16_t* h, const bf16_t* m, int64_t c, int64_t s, int64_t e),
+XPE_MULTIVERSION(relu_dropout_bf16, (bf16_t * h, const bf16_t* m, int64_t c, int64_t s, int64_t e),
                  (h, m, c, s, e), relu_dropout_rows<bf16_t>)
-XPE_MULTIVERSION(grad_f32, (float* g, const float* h, const float* m, float* gb, int64_t r, int64_t c, int64_t s, int64_t e),
+XPE_MULTIVERSION(grad_f32,
+                 (float* g, const float* h, const float* m, float* gb, int64_t r, int64_t c,
+                  int64_t s, int64_t e),
                  (g, h, m, gb, r, c, s, e), relu_dropout_grad_cols<float>)
-XPE_MULTIVERSION(grad_f64, (double* g, const double* h, const double* m, double* gb, int64_t r, int64_t c, int64_t s, int64_t e),
+XPE_MULTIVERSION(grad_f64,
+                 (double* g, const double* h, const double* m, double* gb, int64_t r, int64_t c,
+                  int64_t s, int64_t e),
                  (g, h, m, gb, r, c, s, e), relu_dropout_grad_cols<double>)
-XPE_MULTIVERSION(grad_bf16, (bf16_t* g, const bf16_t* h, const bf16_t* m, bf16_t* gb, int64_t r, int64_t c, int64_t s, int64_t e),
+XPE_MULTIVERSION(grad_bf16,
+                 (bf16_t * g, const bf16_t* h, const bf16_t* m, bf16_t* gb, int64_t r, int64_t c,
+                  int64_t s, int64_t e),
                  (g, h, m, gb, r, c, s, e), relu_dropout_grad_cols<bf16_t>)
 
 template <typename T>
@@ -90,9 +97,12 @@ void relu_dropout_(at::Tensor& h, const at::Tensor& m) {
   const int64_t grain = std::max<int64_t>(1, 16384 / cols);
   const auto st = h.scalar_type();
   at::parallel_for(0, rows, grain, [&](int64_t s, int64_t e) {
-    if (st == at::kFloat) relu_dropout_f32(raw<float>(h), raw<float>(m), cols, s, e);
-    else if (st == at::kDouble) relu_dropout_f64(raw<double>(h), raw<double>(m), cols, s, e);
-    else relu_dropout_bf16(raw<bf16_t>(h), raw<bf16_t>(m), cols, s, e);
+    if (st == at::kFloat)
+      relu_dropout_f32(raw<float>(h), raw<float>(m), cols, s, e);
+    else if (st == at::kDouble)
+      relu_dropout_f64(raw<double>(h), raw<double>(m), cols, s, e);
+    else
+      relu_dropout_bf16(raw<bf16_t>(h), raw<bf16_t>(m), cols, s, e);
   });
 }
 
@@ -117,10 +127,12 @@ at::Tensor relu_dropout_grad_(const at::Tensor& g, const at::Tensor& h, const at
 
 }  // namespace
 
-std::vector<at::Tensor> prompt_encoder_mlp_forward(
-    const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& b1_, const at::Tensor& w2_,
-    const at::Tensor& b2_, const at::Tensor& w3_, const at::Tensor& b3_,
-    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2) {
+std::vector<at::Tensor> prompt_encoder_mlp_forward(const at::Tensor& x_, const at::Tensor& w1_,
+                                                   const at::Tensor& b1_, const at::Tensor& w2_,
+                                                   const at::Tensor& b2_, const at::Tensor& w3_,
+                                                   const at::Tensor& b3_,
+                                                   const c10::optional<at::Tensor>& mask1,
+                                                   const c10::optional<at::Tensor>& mask2) {
   const MlpArgs a = check_mlp_args(x_, w1_, b1_, w2_, b2_, w3_, b3_, "cpu");
   const auto dt = a.x.scalar_type();
   const at::Tensor m1 = check_mask(mask1, "mask1", a.N, a.h, dt, "cpu");
@@ -138,10 +150,12 @@ std::vector<at::Tensor> prompt_encoder_mlp_forward(
 }
 
 // Returns {grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_w3, grad_b3}.
-std::vector<at::Tensor> prompt_encoder_mlp_backward(
-    const at::Tensor& grad_out_, const at::Tensor& x_, const at::Tensor& w1_,
-    const at::Tensor& w2_, const at::Tensor& w3_, const at::Tensor& h1_, const at::Tensor& h2_,
-    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2) {
+std::vector<at::Tensor> prompt_encoder_mlp_backward(const at::Tensor& grad_out_,
+                                                    const at::Tensor& x_, const at::Tensor& w1_,
+                                                    const at::Tensor& w2_, const at::Tensor& w3_,
+                                                    const at::Tensor& h1_, const at::Tensor& h2_,
+                                                    const c10::optional<at::Tensor>& mask1,
+                                                    const c10::optional<at::Tensor>& mask2) {
   TORCH_CHECK_VALUE(x_.dim() == 2 && w1_.dim() == 2 && w2_.dim() == 2 && w3_.dim() == 2,
                     "x and the weights must be 2-D");
   const auto dt = x_.scalar_type();
@@ -149,8 +163,9 @@ std::vector<at::Tensor> prompt_encoder_mlp_backward(
   const int64_t N = x_.size(0), h = w1_.size(0), d = w3_.size(0);
   TORCH_CHECK_VALUE(grad_out_.dim() == 2 && grad_out_.size(0) == N && grad_out_.size(1) == d,
                     "grad_out must be [", N, ", ", d, "], got ", grad_out_.sizes());
-  TORCH_CHECK_VALUE(h1_.dim() == 2 && h1_.size(0) == N && h1_.size(1) == h && h2_.sizes() == h1_.sizes(),
-                    "saved activations must be [N, h]");
+  TORCH_CHECK_VALUE(
+      h1_.dim() == 2 && h1_.size(0) == N && h1_.size(1) == h && h2_.sizes() == h1_.sizes(),
+      "saved activations must be [N, h]");
   const at::Tensor g = check_float(grad_out_, "grad_out", dt, "cpu");
   const at::Tensor x = check_float(x_, "x", dt, "cpu");
   const at::Tensor w1 = check_float(w1_, "w1", dt, "cpu");
@@ -191,15 +206,15 @@ struct MlpFunction : public torch::autograd::Function<MlpFunction> {
                             const c10::optional<at::Tensor>& mask1,
                             const c10::optional<at::Tensor>& mask2) {
     auto r = prompt_encoder_mlp_forward(x, w1, b1, w2, b2, w3, b3, mask1, mask2);
-    ctx->save_for_backward({x, w1, w2, w3, r[1], r[2], mask1.value_or(at::Tensor()),
-                            mask2.value_or(at::Tensor())});
+    ctx->save_for_backward(
+        {x, w1, w2, w3, r[1], r[2], mask1.value_or(at::Tensor()), mask2.value_or(at::Tensor())});
     return r[0];
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad) {
     const auto s = ctx->get_saved_variables();
-    auto g = prompt_encoder_mlp_backward(grad[0].contiguous(), s[0], s[1], s[2], s[3], s[4],
-                                         s[5], maybe(s[6]), maybe(s[7]));
+    auto g = prompt_encoder_mlp_backward(grad[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5],
+                                         maybe(s[6]), maybe(s[7]));
     g.push_back(at::Tensor());
     g.push_back(at::Tensor());
     return g;
@@ -211,8 +226,7 @@ struct MlpFunction : public torch::autograd::Function<MlpFunction> {
 at::Tensor prompt_encoder_mlp_autograd(const at::Tensor& x, const at::Tensor& w1,
                                        const at::Tensor& b1, const at::Tensor& w2,
                                        const at::Tensor& b2, const at::Tensor& w3,
-                                       const at::Tensor& b3,
-                                       const c10::optional<at::Tensor>& mask1,
+                                       const at::Tensor& b3, const c10::optional<at::Tensor>& mask1,
                                        const c10::optional<at::Tensor>& mask2) {
   return MlpFunction::apply(x, w1, b1, w2, b2, w3, b3, mask1, mask2);
 }

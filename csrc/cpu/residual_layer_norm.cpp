@@ -59,21 +59,33 @@ XPE_HD void rows(const TX* x, const TY* res, const float* w, const float* b, TY*
 }
 
 // Template commas cannot pass through the macro: one name per instantiation.
-XPE_HD void rows_bf16_f32_impl(const bf16_t* x, const float* r, const float* w, const float* b, float* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e) {
+XPE_HD void rows_bf16_f32_impl(const bf16_t* x, const float* r, const float* w, const float* b,
+                               float* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s,
+                               int64_t e) {
   rows<bf16_t, float>(x, r, w, b, y, y16, buf, d, eps, s, e);
 }
-XPE_HD void rows_f32_f32_impl(const float* x, const float* r, const float* w, const float* b, float* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e) {
+XPE_HD void rows_f32_f32_impl(const float* x, const float* r, const float* w, const float* b,
+                              float* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s,
+                              int64_t e) {
   rows<float, float>(x, r, w, b, y, y16, buf, d, eps, s, e);
 }
-XPE_HD void rows_bf16_bf16_impl(const bf16_t* x, const bf16_t* r, const float* w, const float* b, bf16_t* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e) {
+XPE_HD void rows_bf16_bf16_impl(const bf16_t* x, const bf16_t* r, const float* w, const float* b,
+                                bf16_t* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s,
+                                int64_t e) {
   rows<bf16_t, bf16_t>(x, r, w, b, y, y16, buf, d, eps, s, e);
 }
 
-XPE_MULTIVERSION(rows_bf16_f32, (const bf16_t* x, const float* r, const float* w, const float* b, float* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
+XPE_MULTIVERSION(rows_bf16_f32,
+                 (const bf16_t* x, const float* r, const float* w, const float* b, float* y,
+                  bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
                  (x, r, w, b, y, y16, buf, d, eps, s, e), rows_bf16_f32_impl)
-XPE_MULTIVERSION(rows_f32_f32, (const float* x, const float* r, const float* w, const float* b, float* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
+XPE_MULTIVERSION(rows_f32_f32,
+                 (const float* x, const float* r, const float* w, const float* b, float* y,
+                  bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
                  (x, r, w, b, y, y16, buf, d, eps, s, e), rows_f32_f32_impl)
-XPE_MULTIVERSION(rows_bf16_bf16, (const bf16_t* x, const bf16_t* r, const float* w, const float* b, bf16_t* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
+XPE_MULTIVERSION(rows_bf16_bf16,
+                 (const bf16_t* x, const bf16_t* r, const float* w, const float* b, bf16_t* y,
+                  bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
                  (x, r, w, b, y, y16, buf, d, eps, s, e), rows_bf16_bf16_impl)
 
 template <typename T>
@@ -91,20 +103,21 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> residual_layer_norm_forward(
     check_device(*t, "residual_layer_norm's arguments", "cpu");
   }
   const auto tx = x_.scalar_type(), ty = residual_.scalar_type();
-  TORCH_CHECK_TYPE((tx == at::kFloat || tx == at::kBFloat16) && (ty == at::kFloat || ty == at::kBFloat16),
-                   "residual_layer_norm: x and residual must be float32 or bfloat16, got ", tx,
-                   " and ", ty);
-  TORCH_CHECK_TYPE(!(tx == at::kFloat && ty == at::kBFloat16),
-                   "residual_layer_norm: a float32 x needs a float32 residual (the sum is float32)");
+  TORCH_CHECK_TYPE(
+      (tx == at::kFloat || tx == at::kBFloat16) && (ty == at::kFloat || ty == at::kBFloat16),
+      "residual_layer_norm: x and residual must be float32 or bfloat16, got ", tx, " and ", ty);
+  TORCH_CHECK_TYPE(
+      !(tx == at::kFloat && ty == at::kBFloat16),
+      "residual_layer_norm: a float32 x needs a float32 residual (the sum is float32)");
   TORCH_CHECK_VALUE(x_.dim() >= 1 && x_.sizes() == residual_.sizes(),
                     "residual_layer_norm: x and residual must have the same shape, got ",
                     x_.sizes(), " and ", residual_.sizes());
   const int64_t d = x_.size(-1);
   TORCH_CHECK_VALUE(d > 0, "residual_layer_norm: rows of width 0");
-  TORCH_CHECK_VALUE(weight_.dim() == 1 && weight_.size(0) == d && bias_.dim() == 1 &&
-                        bias_.size(0) == d,
-                    "residual_layer_norm: weight and bias must be [", d, "], got ",
-                    weight_.sizes(), " and ", bias_.sizes());
+  TORCH_CHECK_VALUE(
+      weight_.dim() == 1 && weight_.size(0) == d && bias_.dim() == 1 && bias_.size(0) == d,
+      "residual_layer_norm: weight and bias must be [", d, "], got ", weight_.sizes(), " and ",
+      bias_.sizes());
   TORCH_CHECK_TYPE(weight_.is_floating_point() && bias_.is_floating_point(),
                    "residual_layer_norm: weight and bias must be floating point");
   TORCH_CHECK_VALUE(eps > 0, "residual_layer_norm: eps must be > 0, got ", eps);
@@ -127,8 +140,8 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> residual_layer_norm_forward(
       rows_f32_f32(raw<float>(x), raw<float>(res), wp, bp, raw<float>(y), raw<bf16_t>(y16),
                    buf.data(), d, e, s, t);
     else
-      rows_bf16_bf16(raw<bf16_t>(x), raw<bf16_t>(res), wp, bp, raw<bf16_t>(y), nullptr,
-                     buf.data(), d, e, s, t);
+      rows_bf16_bf16(raw<bf16_t>(x), raw<bf16_t>(res), wp, bp, raw<bf16_t>(y), nullptr, buf.data(),
+                     d, e, s, t);
   });
   if (ty == at::kBFloat16 && bf16_copy) return {y, y};
   return {y, y16.defined() ? c10::optional<at::Tensor>(y16) : c10::nullopt};

@@ -64,8 +64,8 @@ XPE_INLINE void nt_range(const float* A, const float* Wt, const float* bias, flo
 constexpr int64_t kKc = 64;
 
 template <int R>
-XPE_INLINE void nn_range(const float* A, const float* B, float* C, int64_t M, int64_t N,
-                         int64_t K, int64_t n0, int64_t n1) {
+XPE_INLINE void nn_range(const float* A, const float* B, float* C, int64_t M, int64_t N, int64_t K,
+                         int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 4 * W <= n1; n += 4 * W) {
     for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kKc) {
@@ -172,13 +172,21 @@ XPE_INLINE void tn_range(const float* G, const float* H, float* C, int64_t M, in
   }
 }
 
-XPE_MULTIVERSION(nt_f32, (const float* a, const float* w, const float* b, float* c, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1),
+XPE_MULTIVERSION(nt_f32,
+                 (const float* a, const float* w, const float* b, float* c, int64_t M, int64_t N,
+                  int64_t K, int64_t n0, int64_t n1),
                  (a, w, b, c, M, N, K, n0, n1), nt_range)
-XPE_MULTIVERSION(nn4_f32, (const float* a, const float* b, float* c, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1),
+XPE_MULTIVERSION(nn4_f32,
+                 (const float* a, const float* b, float* c, int64_t M, int64_t N, int64_t K,
+                  int64_t n0, int64_t n1),
                  (a, b, c, M, N, K, n0, n1), nn_range<4>)
-XPE_MULTIVERSION(nn5_f32, (const float* a, const float* b, float* c, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1),
+XPE_MULTIVERSION(nn5_f32,
+                 (const float* a, const float* b, float* c, int64_t M, int64_t N, int64_t K,
+                  int64_t n0, int64_t n1),
                  (a, b, c, M, N, K, n0, n1), nn_range<5>)
-XPE_MULTIVERSION(tn_f32, (const float* g, const float* h, float* c, int64_t M, int64_t N1, int64_t N2, int64_t r0, int64_t r1, float* p),
+XPE_MULTIVERSION(tn_f32,
+                 (const float* g, const float* h, float* c, int64_t M, int64_t N1, int64_t N2,
+                  int64_t r0, int64_t r1, float* p),
                  (g, h, c, M, N1, N2, r0, r1, p), tn_range)
 
 // Work units (blocks of C) per thread task: about 2^19 FLOPs, so small GEMMs stay on one
@@ -190,7 +198,8 @@ int64_t grain(int64_t flops_per_unit) {
 void check2d(const at::Tensor& t, const char* name, at::ScalarType dt) {
   TORCH_CHECK_VALUE(t.dim() == 2 && t.is_contiguous() && t.device().is_cpu() &&
                         (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
-                    "skinny_gemm: ", name, " must be a contiguous 2-D float32 or bfloat16 CPU tensor");
+                    "skinny_gemm: ", name,
+                    " must be a contiguous 2-D float32 or bfloat16 CPU tensor");
   TORCH_CHECK_TYPE(t.scalar_type() == dt, "skinny_gemm: ", name, " is ", t.scalar_type(),
                    " but the first operand is ", dt);
 }
@@ -204,10 +213,10 @@ at::Tensor skinny_gemm_nt(const at::Tensor& a, const at::Tensor& w,
   check2d(w, "W", a.scalar_type());
   const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
   TORCH_CHECK_VALUE(w.size(1) == K, "skinny_gemm: inner sizes differ");
-  TORCH_CHECK_VALUE(!bias.defined() || (bias.dim() == 1 && bias.numel() == N &&
-                                        bias.is_contiguous() && bias.device().is_cpu() &&
-                                        bias.scalar_type() == a.scalar_type()),
-                    "skinny_gemm: bias must be [N] of A's dtype");
+  TORCH_CHECK_VALUE(
+      !bias.defined() || (bias.dim() == 1 && bias.numel() == N && bias.is_contiguous() &&
+                          bias.device().is_cpu() && bias.scalar_type() == a.scalar_type()),
+      "skinny_gemm: bias must be [N] of A's dtype");
   if (a.scalar_type() == at::kBFloat16) {
     if (have_bf16_gemm_kernels()) return skinny_gemm_nt_bf16(a, w, bias);
     return bias.defined() ? at::addmm(bias, a, w.t()) : a.mm(w.t());
@@ -291,8 +300,7 @@ std::pair<at::Tensor, at::Tensor> skinny_gemm_tn_nn(const at::Tensor& g, const a
   check2d(b, "B", g.scalar_type());
   const int64_t M = g.size(0), N1 = g.size(1), N2 = h.size(1), N = b.size(1);
   TORCH_CHECK_VALUE(h.size(0) == M && b.size(0) == N1, "skinny_gemm: inner sizes differ");
-  if (M == 0 || N1 == 0 || N2 == 0 || N == 0)
-    return {skinny_gemm_tn(g, h), skinny_gemm_nn(g, b)};
+  if (M == 0 || N1 == 0 || N2 == 0 || N == 0) return {skinny_gemm_tn(g, h), skinny_gemm_nn(g, b)};
   if (g.scalar_type() == at::kBFloat16) {
     if (have_bf16_gemm_kernels()) return skinny_gemm_tn_nn_bf16(g, h, b);
     return {g.t().mm(h), g.mm(b)};

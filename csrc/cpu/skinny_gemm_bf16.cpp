@@ -133,8 +133,8 @@ XPE_TARGET_BF16 XPE_INLINE void store_unpermuted(u16* dst, __mmask32 mask, v16 l
 constexpr int64_t kKc = 128;  // even: pairs never straddle chunks
 
 template <int R>
-XPE_TARGET_BF16 void nn_range(const u16* A, const u16* B, u16* C, int64_t M, int64_t N,
-                              int64_t K, int64_t n0, int64_t n1, float* acc) {
+XPE_TARGET_BF16 void nn_range(const u16* A, const u16* B, u16* C, int64_t M, int64_t N, int64_t K,
+                              int64_t n0, int64_t n1, float* acc) {
   for (int64_t n = n0; n < n1; n += 64) {
     const __mmask32 cm[2] = {first32(n1 - n), first32(n1 - n - 32)};
     for (int64_t k0 = 0; k0 < K; k0 += kKc) {
@@ -239,7 +239,6 @@ XPE_TARGET_BF16 void tn_range(const uint32_t* Gp, const uint32_t* Hp, u16* C, in
 
 constexpr int kTnRows = 4;  // 5 or 6 rows measured no faster
 
-
 int64_t grain(int64_t flops_per_unit) {  // about 2^20 FLOPs per thread task
   return std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(1, flops_per_unit));
 }
@@ -305,8 +304,7 @@ struct TnBf16 {
   int64_t units() const { return (N1 + kTnRows - 1) / kTnRows; }
   int64_t cost() const { return 2 * kTnRows * M * N2; }
   void run(int64_t s, int64_t e) const {
-    tn_range<kTnRows>(gp.data(), hp.data(), c, Mh, N1, N2, s * kTnRows,
-                      std::min(e * kTnRows, N1));
+    tn_range<kTnRows>(gp.data(), hp.data(), c, Mh, N1, N2, s * kTnRows, std::min(e * kTnRows, N1));
   }
 };
 

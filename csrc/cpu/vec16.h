@@ -34,12 +34,9 @@ XPE_INLINE v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
 
 // Sum of the 16 lanes by halving (log-depth shuffles, not 15 dependent scalar adds).
 XPE_INLINE float hsum(v16 v) {
-  const v16 a = v + XPE_SHUFFLE(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4,
-                                            5, 6, 7);
-  const v16 b = a + XPE_SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2,
-                                            3);
-  const v16 c = b + XPE_SHUFFLE(b, b, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0,
-                                            1);
+  const v16 a = v + XPE_SHUFFLE(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  const v16 b = a + XPE_SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+  const v16 c = b + XPE_SHUFFLE(b, b, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
   return c[0] + c[1];
 }
 
@@ -48,24 +45,22 @@ XPE_INLINE float hsum(v16 v) {
 XPE_INLINE v16 reduce16(const v16* v) {
   v16 s[8], t[4], u[2];
   for (int p = 0; p < 8; ++p)
-    s[p] = XPE_SHUFFLE(v[2 * p], v[2 * p + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
-                                   19, 20, 21, 22, 23) +
-           XPE_SHUFFLE(v[2 * p], v[2 * p + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25,
-                                   26, 27, 28, 29, 30, 31);
+    s[p] = XPE_SHUFFLE(v[2 * p], v[2 * p + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22,
+                       23) +
+           XPE_SHUFFLE(v[2 * p], v[2 * p + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29,
+                       30, 31);
   for (int q = 0; q < 4; ++q)
-    t[q] = XPE_SHUFFLE(s[2 * q], s[2 * q + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18,
-                                   19, 24, 25, 26, 27) +
-           XPE_SHUFFLE(s[2 * q], s[2 * q + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
-                                   22, 23, 28, 29, 30, 31);
+    t[q] = XPE_SHUFFLE(s[2 * q], s[2 * q + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26,
+                       27) +
+           XPE_SHUFFLE(s[2 * q], s[2 * q + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29,
+                       30, 31);
   for (int r = 0; r < 2; ++r)
-    u[r] = XPE_SHUFFLE(t[2 * r], t[2 * r + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20,
-                                   21, 24, 25, 28, 29) +
-           XPE_SHUFFLE(t[2 * r], t[2 * r + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19,
-                                   22, 23, 26, 27, 30, 31);
-  return XPE_SHUFFLE(u[0], u[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
-                                 28, 30) +
-         XPE_SHUFFLE(u[0], u[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
-                                 29, 31);
+    u[r] = XPE_SHUFFLE(t[2 * r], t[2 * r + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28,
+                       29) +
+           XPE_SHUFFLE(t[2 * r], t[2 * r + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27,
+                       30, 31);
+  return XPE_SHUFFLE(u[0], u[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         XPE_SHUFFLE(u[0], u[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
 // sum_k x[k] and sum_k (x[k] - mean)^2 over a row: four independent vector accumulators.

@@ -56,8 +56,8 @@ __global__ void assemble_fwd_kernel(const int64_t* __restrict__ ids, const T* __
   __shared__ A scratch[32];
   const int64_t r = blockIdx.x, S = N + L;
   const int64_t bi = r / S, j = r % S;
-  const T* src = j < N ? prompt + xpe::prompt_row(bi, j, N, shared) * d
-                       : word + ids[bi * L + (j - N)] * d;
+  const T* src =
+      j < N ? prompt + xpe::prompt_row(bi, j, N, shared) * d : word + ids[bi * L + (j - N)] * d;
   const T* prow = pos + (offset + j) * d;
   A mean, rstd;
   row_stats(src, prow, typ, d, eps, scratch, mean, rstd);
@@ -123,9 +123,9 @@ int launch_fwd(const int64_t* ids, const void* p, const void* wd, const void* ps
 }
 
 template <typename T>
-int launch_bwd(const void* g, const void* p, const void* ps, const void* t, const void* w,
-               void* gp, int64_t B, int64_t L, int64_t N, int64_t d, int64_t off, bool shared,
-               double eps, cudaStream_t s) {
+int launch_bwd(const void* g, const void* p, const void* ps, const void* t, const void* w, void* gp,
+               int64_t B, int64_t L, int64_t N, int64_t d, int64_t off, bool shared, double eps,
+               cudaStream_t s) {
   using A = typename xpe::acc_of<T>::type;
   const int64_t rows = shared ? N : B * N;
   assemble_bwd_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, s>>>(
@@ -137,11 +137,10 @@ int launch_bwd(const void* g, const void* p, const void* ps, const void* t, cons
 
 }  // namespace
 
-int assemble_embeddings_forward(DType dt, const int64_t* ids, const void* prompt,
-                                const void* word, const void* pos, const void* type_row,
-                                const void* ln_w, const void* ln_b, void* out, int64_t B,
-                                int64_t L, int64_t N, int64_t d, int64_t offset, bool shared,
-                                double eps, void* stream) {
+int assemble_embeddings_forward(DType dt, const int64_t* ids, const void* prompt, const void* word,
+                                const void* pos, const void* type_row, const void* ln_w,
+                                const void* ln_b, void* out, int64_t B, int64_t L, int64_t N,
+                                int64_t d, int64_t offset, bool shared, double eps, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   switch (dt) {
     case DType::f32:
@@ -151,8 +150,8 @@ int assemble_embeddings_forward(DType dt, const int64_t* ids, const void* prompt
       return launch_fwd<double>(ids, prompt, word, pos, type_row, ln_w, ln_b, out, B, L, N, d,
                                 offset, shared, eps, s);
     case DType::bf16:
-      return launch_fwd<xpe::bf16_t>(ids, prompt, word, pos, type_row, ln_w, ln_b, out, B, L, N,
-                                     d, offset, shared, eps, s);
+      return launch_fwd<xpe::bf16_t>(ids, prompt, word, pos, type_row, ln_w, ln_b, out, B, L, N, d,
+                                     offset, shared, eps, s);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }
@@ -170,8 +169,8 @@ int assemble_embeddings_backward(DType dt, const void* grad_out, const void* pro
       return launch_bwd<double>(grad_out, prompt, pos, type_row, ln_w, grad_prompt, B, L, N, d,
                                 offset, shared, eps, s);
     case DType::bf16:
-      return launch_bwd<xpe::bf16_t>(grad_out, prompt, pos, type_row, ln_w, grad_prompt, B, L, N,
-                                     d, offset, shared, eps, s);
+      return launch_bwd<xpe::bf16_t>(grad_out, prompt, pos, type_row, ln_w, grad_prompt, B, L, N, d,
+                                     offset, shared, eps, s);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }
@@ -180,8 +179,7 @@ int check_token_ids(const int64_t* ids, int64_t n, int64_t V, int* bad_flag, voi
   if (n == 0) return 0;
   const int64_t blocks64 = (n + kThreads - 1) / kThreads;
   const unsigned blocks = static_cast<unsigned>(blocks64 < 1024 ? blocks64 : 1024);
-  check_ids_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(ids, n, V,
-                                                                               bad_flag);
+  check_ids_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(ids, n, V, bad_flag);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -16,17 +16,21 @@ using xpe_cuda::DType;
 
 DType dtype_of(const at::Tensor& t) {
   switch (t.scalar_type()) {
-    case at::kFloat: return DType::f32;
-    case at::kDouble: return DType::f64;
-    case at::kBFloat16: return DType::bf16;
-    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", t.scalar_type());
+    case at::kFloat:
+      return DType::f32;
+    case at::kDouble:
+      return DType::f64;
+    case at::kBFloat16:
+      return DType::bf16;
+    default:
+      TORCH_CHECK_TYPE(false, "unsupported dtype ", t.scalar_type());
   }
   return DType::f32;
 }
 
 void check_cuda(int err, const char* what) {
-  TORCH_CHECK(err == 0, "xpe_fast CUDA kernel ", what, " failed to launch: ",
-              cudaGetErrorString(static_cast<cudaError_t>(err)));
+  TORCH_CHECK(err == 0, "xpe_fast CUDA kernel ", what,
+              " failed to launch: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
 void* stream() { return at::cuda::getCurrentCUDAStream().stream(); }
@@ -45,26 +49,26 @@ at::Tensor assemble_forward(const at::Tensor& input_ids, const at::Tensor& promp
   TORCH_CHECK_INDEX(bad.item<int>() == 0, "input_ids contains ids outside [0, ", a.V,
                     ") of word_embeddings");
   auto out = at::empty({a.B, a.N + a.L, a.d}, a.prompt.options());
-  check_cuda(xpe_cuda::assemble_embeddings_forward(
-                 dtype_of(a.prompt), a.input_ids.data_ptr<int64_t>(), a.prompt.data_ptr(),
-                 a.word.data_ptr(), a.pos.data_ptr(), a.type.data_ptr(), a.ln_w.data_ptr(),
-                 a.ln_b.data_ptr(), out.data_ptr(), a.B, a.L, a.N, a.d, offset, a.shared, eps,
-                 stream()),
-             "assemble_embeddings_forward");
+  check_cuda(
+      xpe_cuda::assemble_embeddings_forward(
+          dtype_of(a.prompt), a.input_ids.data_ptr<int64_t>(), a.prompt.data_ptr(),
+          a.word.data_ptr(), a.pos.data_ptr(), a.type.data_ptr(), a.ln_w.data_ptr(),
+          a.ln_b.data_ptr(), out.data_ptr(), a.B, a.L, a.N, a.d, offset, a.shared, eps, stream()),
+      "assemble_embeddings_forward");
   return out;
 }
 
 at::Tensor assemble_backward(const at::Tensor& grad_out, const at::Tensor& prompt,
                              const at::Tensor& pos, const at::Tensor& type, const at::Tensor& ln_w,
                              double eps, int64_t offset, int64_t seq_len) {
-  const auto a = xpe_cpu::check_assemble_grad_args(grad_out, prompt, pos, type, ln_w, offset,
-                                                   seq_len, "cuda");
+  const auto a =
+      xpe_cpu::check_assemble_grad_args(grad_out, prompt, pos, type, ln_w, offset, seq_len, "cuda");
   const c10::cuda::CUDAGuard guard(a.prompt.device());
   auto grad_prompt = at::empty_like(a.prompt);
   check_cuda(xpe_cuda::assemble_embeddings_backward(
-                 dtype_of(a.prompt), a.grad_out.data_ptr(), a.prompt.data_ptr(),
-                 a.pos.data_ptr(), a.type.data_ptr(), a.ln_w.data_ptr(), grad_prompt.data_ptr(),
-                 a.B, a.L, a.N, a.d, offset, a.shared, eps, stream()),
+                 dtype_of(a.prompt), a.grad_out.data_ptr(), a.prompt.data_ptr(), a.pos.data_ptr(),
+                 a.type.data_ptr(), a.ln_w.data_ptr(), grad_prompt.data_ptr(), a.B, a.L, a.N, a.d,
+                 offset, a.shared, eps, stream()),
              "assemble_embeddings_backward");
   return grad_prompt;
 }
@@ -84,16 +88,16 @@ at::Tensor linear(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bi
 
 at::Tensor colsum(const at::Tensor& g) {
   auto out = at::empty({g.size(1)}, g.options());
-  check_cuda(xpe_cuda::column_sum(dtype_of(g), g.data_ptr(), out.data_ptr(), g.size(0),
-                                  g.size(1), stream()),
+  check_cuda(xpe_cuda::column_sum(dtype_of(g), g.data_ptr(), out.data_ptr(), g.size(0), g.size(1),
+                                  stream()),
              "column_sum");
   return out;
 }
 
-std::vector<at::Tensor> mlp_forward(const at::Tensor& x, const at::Tensor& w1,
-                                    const at::Tensor& b1, const at::Tensor& w2,
-                                    const at::Tensor& b2, const at::Tensor& w3,
-                                    const at::Tensor& b3, const c10::optional<at::Tensor>& mask1,
+std::vector<at::Tensor> mlp_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                    const at::Tensor& w2, const at::Tensor& b2,
+                                    const at::Tensor& w3, const at::Tensor& b3,
+                                    const c10::optional<at::Tensor>& mask1,
                                     const c10::optional<at::Tensor>& mask2) {
   const auto a = xpe_cpu::check_mlp_args(x, w1, b1, w2, b2, w3, b3, "cuda");
   const c10::cuda::CUDAGuard guard(a.x.device());
@@ -146,8 +150,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("assemble_embeddings_forward", &assemble_forward);
   m.def("assemble_embeddings_backward", &assemble_backward);
   m.def("prompt_encoder_mlp_forward", &mlp_forward, py::arg("x"), py::arg("w1"), py::arg("b1"),
-        py::arg("w2"), py::arg("b2"), py::arg("w3"), py::arg("b3"),
-        py::arg("mask1") = py::none(), py::arg("mask2") = py::none());
+        py::arg("w2"), py::arg("b2"), py::arg("w3"), py::arg("b3"), py::arg("mask1") = py::none(),
+        py::arg("mask2") = py::none());
   m.def("prompt_encoder_mlp_backward", &mlp_backward, py::arg("grad_out"), py::arg("x"),
         py::arg("w1"), py::arg("w2"), py::arg("w3"), py::arg("h1"), py::arg("h2"),
         py::arg("mask1") = py::none(), py::arg("mask2") = py::none());

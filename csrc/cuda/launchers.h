@@ -9,11 +9,10 @@ namespace xpe_cuda {
 
 enum class DType : int { f32 = 0, f64 = 1, bf16 = 2 };
 
-int assemble_embeddings_forward(DType dt, const int64_t* ids, const void* prompt,
-                                const void* word, const void* pos, const void* type_row,
-                                const void* ln_w, const void* ln_b, void* out, int64_t B,
-                                int64_t L, int64_t N, int64_t d, int64_t offset, bool shared,
-                                double eps, void* stream);
+int assemble_embeddings_forward(DType dt, const int64_t* ids, const void* prompt, const void* word,
+                                const void* pos, const void* type_row, const void* ln_w,
+                                const void* ln_b, void* out, int64_t B, int64_t L, int64_t N,
+                                int64_t d, int64_t offset, bool shared, double eps, void* stream);
 
 int assemble_embeddings_backward(DType dt, const void* grad_out, const void* prompt,
                                  const void* pos, const void* type_row, const void* ln_w,

@@ -51,8 +51,10 @@ __global__ void linear_kernel(const T* __restrict__ a, int64_t sa0, int64_t sa1,
     if (bias) v += A(xpe::load(bias, col));
     const int64_t o = row * N + col;
     const A m = mask ? A(xpe::load(mask, o)) : A(1);
-    if (epilogue == kReluMask) v = xpe::relu_dropout<A>(v, m);
-    else if (epilogue == kReluGrad) v = xpe::relu_dropout_grad<A>(v, A(xpe::load(h, o)), m);
+    if (epilogue == kReluMask)
+      v = xpe::relu_dropout<A>(v, m);
+    else if (epilogue == kReluGrad)
+      v = xpe::relu_dropout_grad<A>(v, A(xpe::load(h, o)), m);
     xpe::store(c, o, v);
   }
 }
@@ -68,16 +70,16 @@ __global__ void column_sum_kernel(const T* __restrict__ g, T* __restrict__ out, 
 }
 
 template <typename T>
-int launch_linear(const void* a, int64_t sa0, int64_t sa1, const void* b, int64_t sb0,
-                  int64_t sb1, void* c, int64_t M, int64_t N, int64_t K, const void* bias,
-                  const void* mask, const void* h, int epilogue, cudaStream_t s) {
+int launch_linear(const void* a, int64_t sa0, int64_t sa1, const void* b, int64_t sb0, int64_t sb1,
+                  void* c, int64_t M, int64_t N, int64_t K, const void* bias, const void* mask,
+                  const void* h, int epilogue, cudaStream_t s) {
   const dim3 block(kTile, 8);
   const dim3 grid(static_cast<unsigned>((N + kTile - 1) / kTile),
                   static_cast<unsigned>((M + kTile - 1) / kTile));
-  linear_kernel<T><<<grid, block, 0, s>>>(
-      static_cast<const T*>(a), sa0, sa1, static_cast<const T*>(b), sb0, sb1, static_cast<T*>(c),
-      M, N, K, static_cast<const T*>(bias), static_cast<const T*>(mask), static_cast<const T*>(h),
-      epilogue);
+  linear_kernel<T>
+      <<<grid, block, 0, s>>>(static_cast<const T*>(a), sa0, sa1, static_cast<const T*>(b), sb0,
+                              sb1, static_cast<T*>(c), M, N, K, static_cast<const T*>(bias),
+                              static_cast<const T*>(mask), static_cast<const T*>(h), epilogue);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -98,7 +100,8 @@ int linear(DType dt, const void* A, int64_t sa0, int64_t sa1, const void* B, int
     case DType::f32:
       return launch_linear<float>(A, sa0, sa1, B, sb0, sb1, C, M, N, K, bias, mask, h, epilogue, s);
     case DType::f64:
-      return launch_linear<double>(A, sa0, sa1, B, sb0, sb1, C, M, N, K, bias, mask, h, epilogue, s);
+      return launch_linear<double>(A, sa0, sa1, B, sb0, sb1, C, M, N, K, bias, mask, h, epilogue,
+                                   s);
     case DType::bf16:
       return launch_linear<xpe::bf16_t>(A, sa0, sa1, B, sb0, sb1, C, M, N, K, bias, mask, h,
                                         epilogue, s);
@@ -109,9 +112,12 @@ int linear(DType dt, const void* A, int64_t sa0, int64_t sa1, const void* B, int
 int column_sum(DType dt, const void* g, void* out, int64_t M, int64_t N, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   switch (dt) {
-    case DType::f32: return launch_colsum<float>(g, out, M, N, s);
-    case DType::f64: return launch_colsum<double>(g, out, M, N, s);
-    case DType::bf16: return launch_colsum<xpe::bf16_t>(g, out, M, N, s);
+    case DType::f32:
+      return launch_colsum<float>(g, out, M, N, s);
+    case DType::f64:
+      return launch_colsum<double>(g, out, M, N, s);
+    case DType::bf16:
+      return launch_colsum<xpe::bf16_t>(g, out, M, N, s);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

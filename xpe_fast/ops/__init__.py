@@ -9,6 +9,7 @@ Inference-only helpers of the encoder (C++ CPU kernel or the eager reference):
 
 Each runs on a backend: "reference" (eager PyTorch), "cpu" (C++ kernels), "triton" or "cuda".
 """
+
 from ._backend import BACKENDS, available_backends, resolve_backend
 from .assemble_embeddings import assemble_embeddings
 from .packed_attention import kernel_preferred as packed_attention_applies
@@ -16,6 +17,13 @@ from .packed_attention import packed_attention
 from .prompt_encoder_mlp import prompt_encoder_mlp
 from .residual_layer_norm import residual_layer_norm
 
-__all__ = ["BACKENDS", "available_backends", "resolve_backend", "assemble_embeddings",
-           "prompt_encoder_mlp", "packed_attention", "packed_attention_applies",
-           "residual_layer_norm"]
+__all__ = [
+    "BACKENDS",
+    "available_backends",
+    "resolve_backend",
+    "assemble_embeddings",
+    "prompt_encoder_mlp",
+    "packed_attention",
+    "packed_attention_applies",
+    "residual_layer_norm",
+]

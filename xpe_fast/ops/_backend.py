@@ -3,6 +3,7 @@
 None picks the best available for the tensors' device; the environment variable
 XPE_FAST_BACKEND overrides that default (an explicit `backend=` argument still wins).
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,7 +17,7 @@ BACKENDS = ("reference", "cpu", "triton", "cuda")
 ENV_VAR = "XPE_FAST_BACKEND"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -51,8 +52,11 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         backend = os.environ.get(ENV_VAR) or None
     if backend is None:
         if device.type == "cuda":
-            return "cuda" if _extension.has_cuda_kernels() else (
-                "triton" if triton_available() else "reference")
+            return (
+                "cuda"
+                if _extension.has_cuda_kernels()
+                else ("triton" if triton_available() else "reference")
+            )
         return "cpu" if _extension.has_cpu_kernels() else "reference"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -60,20 +64,26 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         if device.type != "cpu":
             raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
         if not _extension.has_cpu_kernels():
-            raise RuntimeError("backend 'cpu' needs the compiled extension xpe_fast._C, which "
-                               f"failed to import: {_extension.C_IMPORT_ERROR}")
+            raise RuntimeError(
+                "backend 'cpu' needs the compiled extension xpe_fast._C, which "
+                f"failed to import: {_extension.C_IMPORT_ERROR}"
+            )
     elif backend == "cuda":
         if device.type != "cuda":
             raise ValueError(f"backend 'cuda' needs CUDA tensors, got tensors on {device}")
         if not _extension.has_cuda_kernels():
-            raise RuntimeError("backend 'cuda' needs xpe_fast._cuda, which is built only with "
-                               "a CUDA build of torch and a CUDA toolkit")
+            raise RuntimeError(
+                "backend 'cuda' needs xpe_fast._cuda, which is built only with "
+                "a CUDA build of torch and a CUDA toolkit"
+            )
     elif backend == "triton":
         if not triton_available():
             raise RuntimeError("backend 'triton' needs the triton package")
         if device.type == "cpu" and not triton_runs_on_cpu():
-            raise ValueError("backend 'triton' runs CPU tensors only under TRITON_INTERPRET=1 "
-                             "(set before xpe_fast is imported)")
+            raise ValueError(
+                "backend 'triton' runs CPU tensors only under TRITON_INTERPRET=1 "
+                "(set before xpe_fast is imported)"
+            )
     return backend
 
 

@@ -1,4 +1,5 @@
 """Argument checks of the Python-side backends (reference, triton), worded like the C++ ones."""
+
 from __future__ import annotations
 
 import torch
@@ -55,8 +56,10 @@ def check_assemble_inputs(input_ids, prompt, word, pos, typ, ln_w, ln_b, eps, of
     if offset < 0:
         raise ValueError(f"position_offset must be >= 0, got {offset}")
     if offset + N + L > pos.shape[0]:
-        raise ValueError(f"position_embeddings has {pos.shape[0]} rows but position_offset + N + L "
-                         f"= {offset} + {N} + {L} positions are needed")
+        raise ValueError(
+            f"position_embeddings has {pos.shape[0]} rows but position_offset + N + L "
+            f"= {offset} + {N} + {L} positions are needed"
+        )
     V = word.shape[0]
     lo, hi = torch.aminmax(input_ids)
     if int(lo) < 0 or int(hi) >= V:

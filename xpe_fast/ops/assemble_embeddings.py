@@ -4,6 +4,7 @@ type 0 and the embedding LayerNorm, in one pass (forward and backward).
 The op is a torch.library custom op with a fake (meta) implementation, so torch.compile
 traces around it, and an autograd formula that returns the prompt's gradient only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,13 @@ from ..reference import assemble_embeddings_reference
 from ._backend import resolve_backend
 from ._validate import check_assemble_inputs
 
-_FROZEN_NAMES = ("word_embeddings", "position_embeddings", "token_type_embedding", "ln_weight",
-                 "ln_bias")
+_FROZEN_NAMES = (
+    "word_embeddings",
+    "position_embeddings",
+    "token_type_embedding",
+    "ln_weight",
+    "ln_bias",
+)
 
 
 def _forward_impl(backend: str):
@@ -23,6 +29,7 @@ def _forward_impl(backend: str):
     if backend == "cuda":
         return _extension._cuda.assemble_embeddings_forward
     from . import triton_assemble_embeddings as tk
+
     return tk.assemble_embeddings_forward
 
 
@@ -32,38 +39,90 @@ def _backward_impl(backend: str):
     if backend == "cuda":
         return _extension._cuda.assemble_embeddings_backward
     from . import triton_assemble_embeddings as tk
+
     return tk.assemble_embeddings_backward
 
 
 @torch.library.custom_op("xpe_fast::assemble_embeddings", mutates_args=())
-def _assemble_op(input_ids: torch.Tensor, prompt: torch.Tensor, word_embeddings: torch.Tensor,
-                 position_embeddings: torch.Tensor, token_type_embedding: torch.Tensor,
-                 ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
-                 position_offset: int, backend: str) -> torch.Tensor:
-    return _forward_impl(backend)(input_ids, prompt, word_embeddings, position_embeddings,
-                                  token_type_embedding, ln_weight, ln_bias, eps, position_offset)
+def _assemble_op(
+    input_ids: torch.Tensor,
+    prompt: torch.Tensor,
+    word_embeddings: torch.Tensor,
+    position_embeddings: torch.Tensor,
+    token_type_embedding: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    position_offset: int,
+    backend: str,
+) -> torch.Tensor:
+    return _forward_impl(backend)(
+        input_ids,
+        prompt,
+        word_embeddings,
+        position_embeddings,
+        token_type_embedding,
+        ln_weight,
+        ln_bias,
+        eps,
+        position_offset,
+    )
 
 
 @_assemble_op.register_fake
-def _(input_ids, prompt, word_embeddings, position_embeddings, token_type_embedding, ln_weight,
-      ln_bias, eps, position_offset, backend):
+def _(
+    input_ids,
+    prompt,
+    word_embeddings,
+    position_embeddings,
+    token_type_embedding,
+    ln_weight,
+    ln_bias,
+    eps,
+    position_offset,
+    backend,
+):
     B, L = input_ids.shape
     N, d = prompt.shape[-2:]
     return prompt.new_empty((B, N + L, d))
 
 
 @torch.library.custom_op("xpe_fast::assemble_embeddings_backward", mutates_args=())
-def _assemble_backward_op(grad_out: torch.Tensor, prompt: torch.Tensor,
-                          position_embeddings: torch.Tensor, token_type_embedding: torch.Tensor,
-                          ln_weight: torch.Tensor, eps: float, position_offset: int,
-                          seq_len: int, backend: str) -> torch.Tensor:
-    return _backward_impl(backend)(grad_out, prompt, position_embeddings, token_type_embedding,
-                                   ln_weight, eps, position_offset, seq_len)
+def _assemble_backward_op(
+    grad_out: torch.Tensor,
+    prompt: torch.Tensor,
+    position_embeddings: torch.Tensor,
+    token_type_embedding: torch.Tensor,
+    ln_weight: torch.Tensor,
+    eps: float,
+    position_offset: int,
+    seq_len: int,
+    backend: str,
+) -> torch.Tensor:
+    return _backward_impl(backend)(
+        grad_out,
+        prompt,
+        position_embeddings,
+        token_type_embedding,
+        ln_weight,
+        eps,
+        position_offset,
+        seq_len,
+    )
 
 
 @_assemble_backward_op.register_fake
-def _(grad_out, prompt, position_embeddings, token_type_embedding, ln_weight, eps,
-      position_offset, seq_len, backend):
+def _(
+    grad_out,
+    prompt,
+    position_embeddings,
+    token_type_embedding,
+    ln_weight,
+    eps,
+    position_offset,
+    seq_len,
+    backend,
+):
     return torch.empty_like(prompt)
 
 
@@ -77,8 +136,9 @@ def _backward_with(kernel, ctx, grad_out):
     prompt, pos, typ, ln_w = ctx.saved_tensors
     grad_prompt = None
     if ctx.needs_input_grad[1]:
-        grad_prompt = kernel(grad_out.contiguous(), prompt, pos, typ, ln_w, ctx.eps, ctx.offset,
-                             ctx.seq_len)
+        grad_prompt = kernel(
+            grad_out.contiguous(), prompt, pos, typ, ln_w, ctx.eps, ctx.offset, ctx.seq_len
+        )
     return None, grad_prompt, None, None, None, None, None, None, None, None
 
 
@@ -106,11 +166,18 @@ class _AssembleFunction(torch.autograd.Function):
         return _backward_with(_backward_impl(ctx.backend), ctx, grad_out)
 
 
-def assemble_embeddings(input_ids: torch.Tensor, prompt: torch.Tensor,
-                        word_embeddings: torch.Tensor, position_embeddings: torch.Tensor,
-                        token_type_embedding: torch.Tensor, ln_weight: torch.Tensor,
-                        ln_bias: torch.Tensor, eps: float, position_offset: int,
-                        backend: str | None = None) -> torch.Tensor:
+def assemble_embeddings(
+    input_ids: torch.Tensor,
+    prompt: torch.Tensor,
+    word_embeddings: torch.Tensor,
+    position_embeddings: torch.Tensor,
+    token_type_embedding: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    position_offset: int,
+    backend: str | None = None,
+) -> torch.Tensor:
     """LayerNorm(prompt rows ++ word_embeddings[input_ids] + positions + token type 0).
 
     Args:
@@ -130,12 +197,29 @@ def assemble_embeddings(input_ids: torch.Tensor, prompt: torch.Tensor,
     """
     backend = resolve_backend(backend, prompt.device)
     if backend in ("reference", "triton"):  # the C++/CUDA entry points validate for themselves
-        check_assemble_inputs(input_ids, prompt, word_embeddings, position_embeddings,
-                              token_type_embedding, ln_weight, ln_bias, eps, position_offset)
+        check_assemble_inputs(
+            input_ids,
+            prompt,
+            word_embeddings,
+            position_embeddings,
+            token_type_embedding,
+            ln_weight,
+            ln_bias,
+            eps,
+            position_offset,
+        )
     if backend == "reference":
-        return assemble_embeddings_reference(input_ids, prompt, word_embeddings,
-                                             position_embeddings, token_type_embedding,
-                                             ln_weight, ln_bias, eps, position_offset)
+        return assemble_embeddings_reference(
+            input_ids,
+            prompt,
+            word_embeddings,
+            position_embeddings,
+            token_type_embedding,
+            ln_weight,
+            ln_bias,
+            eps,
+            position_offset,
+        )
     if torch.is_grad_enabled():
         frozen = (word_embeddings, position_embeddings, token_type_embedding, ln_weight, ln_bias)
         for name, t in zip(_FROZEN_NAMES, frozen):
@@ -143,9 +227,20 @@ def assemble_embeddings(input_ids: torch.Tensor, prompt: torch.Tensor,
                 raise ValueError(
                     f"assemble_embeddings (backend {backend!r}) computes the gradient of the "
                     f"prompt only, but {name} requires grad: freeze or detach it, or use "
-                    "backend='reference'")
-    args = (input_ids, prompt, word_embeddings, position_embeddings, token_type_embedding,
-            ln_weight, ln_bias, float(eps), int(position_offset), backend)
+                    "backend='reference'"
+                )
+    args = (
+        input_ids,
+        prompt,
+        word_embeddings,
+        position_embeddings,
+        token_type_embedding,
+        ln_weight,
+        ln_bias,
+        float(eps),
+        int(position_offset),
+        backend,
+    )
     if torch.compiler.is_compiling():  # the custom op (with its fake) is what compile traces
         return _assemble_op(*args)
     if backend == "cpu":  # the same Function in C++ (csrc/cpu/assemble_embeddings.cpp)

@@ -7,6 +7,7 @@ Inference only (no autograd): the C++ kernel (csrc/cpu/packed_attention.cpp) run
 float32/bfloat16 tensors and head sizes 16, 32, 64, 128 outside gradient mode; anything else
 runs the eager reference.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,9 +19,14 @@ from ._backend import profiled
 
 def kernel_applies(qkv: torch.Tensor, num_heads: int) -> bool:
     """Whether the C++ kernel can serve these inputs (backend="cpu")."""
-    if _extension._C is None or qkv.device.type != "cpu" or qkv.dim() != 3 or \
-            qkv.dtype not in (torch.float32, torch.bfloat16) or num_heads <= 0 or \
-            qkv.shape[-1] % (3 * num_heads):
+    if (
+        _extension._C is None
+        or qkv.device.type != "cpu"
+        or qkv.dim() != 3
+        or qkv.dtype not in (torch.float32, torch.bfloat16)
+        or num_heads <= 0
+        or qkv.shape[-1] % (3 * num_heads)
+    ):
         return False
     if torch.is_grad_enabled() and qkv.requires_grad:
         return False
@@ -33,25 +39,41 @@ def kernel_preferred(qkv: torch.Tensor, num_heads: int) -> bool:
     return cpu_paths.use_packed_attention() and kernel_applies(qkv, num_heads)
 
 
-def packed_attention(qkv: torch.Tensor, key_mask: torch.Tensor | None, num_heads: int,
-                     scale: float, backend: str | None = None) -> torch.Tensor:
+def packed_attention(
+    qkv: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    num_heads: int,
+    scale: float,
+    backend: str | None = None,
+) -> torch.Tensor:
     """Context [B, S, H * hd] of softmax(q k^T * scale + key_mask) v; see the module doc.
     backend: None (the kernel where it is preferred), "cpu" (the kernel) or "reference"."""
     if qkv.dim() != 3 or num_heads <= 0 or qkv.shape[-1] % (3 * num_heads):
-        raise ValueError(f"qkv must be [B, S, 3 * num_heads * head_size] with num_heads = "
-                         f"{num_heads}, got {tuple(qkv.shape)}")
+        raise ValueError(
+            f"qkv must be [B, S, 3 * num_heads * head_size] with num_heads = "
+            f"{num_heads}, got {tuple(qkv.shape)}"
+        )
     if key_mask is not None and tuple(key_mask.shape) != tuple(qkv.shape[:2]):
-        raise ValueError(f"key_mask must be [B, S] = {tuple(qkv.shape[:2])}, got "
-                         f"{tuple(key_mask.shape)}")
+        raise ValueError(
+            f"key_mask must be [B, S] = {tuple(qkv.shape[:2])}, got {tuple(key_mask.shape)}"
+        )
     if backend not in (None, "reference", "cpu"):
         raise ValueError(f"packed_attention runs on 'cpu' or 'reference', not {backend!r}")
     use = kernel_applies if backend == "cpu" else kernel_preferred
     if backend != "reference" and use(qkv, num_heads):
         if key_mask is not None:
             key_mask = key_mask.float()
-        return profiled("xpe_fast::packed_attention", _extension._C.packed_attention_forward, qkv,
-                        key_mask, num_heads, float(scale))
+        return profiled(
+            "xpe_fast::packed_attention",
+            _extension._C.packed_attention_forward,
+            qkv,
+            key_mask,
+            num_heads,
+            float(scale),
+        )
     if backend == "cpu":
-        raise ValueError("the packed_attention kernel needs CPU float32/bfloat16 qkv without "
-                         "gradient, head size 16/32/64/128 and the compiled extension")
+        raise ValueError(
+            "the packed_attention kernel needs CPU float32/bfloat16 qkv without "
+            "gradient, head size 16/32/64/128 and the compiled extension"
+        )
     return packed_attention_reference(qkv, key_mask, num_heads, scale)

@@ -5,6 +5,7 @@ layer under bf16 autocast, which eager PyTorch would cast in a pass of its own).
 Inference only (no autograd): the C++ kernel (csrc/cpu/residual_layer_norm.cpp) runs for
 CPU float32/bfloat16 tensors outside gradient mode; anything else runs the eager reference.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,34 +17,60 @@ from ._backend import profiled
 
 def kernel_applies(x: torch.Tensor, residual: torch.Tensor) -> bool:
     ok = (torch.float32, torch.bfloat16)
-    if _extension._C is None or x.device.type != "cpu" or residual.device.type != "cpu" or \
-            x.dtype not in ok or residual.dtype not in ok or \
-            (x.dtype == torch.float32 and residual.dtype == torch.bfloat16):
+    if (
+        _extension._C is None
+        or x.device.type != "cpu"
+        or residual.device.type != "cpu"
+        or x.dtype not in ok
+        or residual.dtype not in ok
+        or (x.dtype == torch.float32 and residual.dtype == torch.bfloat16)
+    ):
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or residual.requires_grad))
 
 
-def residual_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                        bias: torch.Tensor, eps: float, bf16_copy: bool = False,
-                        backend: str | None = None):
+def residual_layer_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    bf16_copy: bool = False,
+    backend: str | None = None,
+):
     """(LayerNorm(x + residual) in the promoted dtype, its bf16 copy if `bf16_copy` else
     None). backend: None (the kernel where it applies) or "reference"."""
     if x.shape != residual.shape:
-        raise ValueError(f"x and residual must have the same shape, got {tuple(x.shape)} and "
-                         f"{tuple(residual.shape)}")
+        raise ValueError(
+            f"x and residual must have the same shape, got {tuple(x.shape)} and "
+            f"{tuple(residual.shape)}"
+        )
     d = x.shape[-1] if x.dim() else 0
     if weight.shape != (d,) or bias.shape != (d,):
-        raise ValueError(f"weight and bias must be [{d}], got {tuple(weight.shape)} and "
-                         f"{tuple(bias.shape)}")
+        raise ValueError(
+            f"weight and bias must be [{d}], got {tuple(weight.shape)} and {tuple(bias.shape)}"
+        )
     if backend not in (None, "reference", "cpu"):
         raise ValueError(f"residual_layer_norm runs on 'cpu' or 'reference', not {backend!r}")
-    if backend != "reference" and kernel_applies(x, residual) and \
-            (backend == "cpu" or cpu_paths.use_residual_layer_norm()) and \
-            not (torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad)):
-        return profiled("xpe_fast::residual_layer_norm",
-                        _extension._C.residual_layer_norm_forward, x, residual, weight, bias,
-                        float(eps), bf16_copy)
+    if (
+        backend != "reference"
+        and kernel_applies(x, residual)
+        and (backend == "cpu" or cpu_paths.use_residual_layer_norm())
+        and not (torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad))
+    ):
+        return profiled(
+            "xpe_fast::residual_layer_norm",
+            _extension._C.residual_layer_norm_forward,
+            x,
+            residual,
+            weight,
+            bias,
+            float(eps),
+            bf16_copy,
+        )
     if backend == "cpu":
-        raise ValueError("the residual_layer_norm kernel needs CPU float32/bfloat16 inputs "
-                         "without gradient and the compiled extension")
+        raise ValueError(
+            "the residual_layer_norm kernel needs CPU float32/bfloat16 inputs "
+            "without gradient and the compiled extension"
+        )
     return residual_layer_norm_reference(x, residual, weight, bias, eps, bf16_copy)

@@ -4,6 +4,7 @@ One program per output row: it reads the row's source (prompt row or word row), 
 row and the token-type row once, normalises in fp32 and writes once. Backward: one program
 per prompt row; for a shared prompt it sums the incoming gradient over the batch first.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,23 @@ def _centered(src, pos_row_ptr, type_ptr, cols, mask, D, eps):
 
 
 @triton.jit
-def _assemble_fwd_kernel(ids_ptr, prompt_ptr, word_ptr, pos_ptr, type_ptr, w_ptr, b_ptr, out_ptr,
-                         L, N, D, offset, eps, SHARED: tl.constexpr, BLOCK_D: tl.constexpr):
+def _assemble_fwd_kernel(
+    ids_ptr,
+    prompt_ptr,
+    word_ptr,
+    pos_ptr,
+    type_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    L,
+    N,
+    D,
+    offset,
+    eps,
+    SHARED: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     r = tl.program_id(0).to(tl.int64)
     S = N + L
     bi = r // S
@@ -51,8 +67,22 @@ def _assemble_fwd_kernel(ids_ptr, prompt_ptr, word_ptr, pos_ptr, type_ptr, w_ptr
 
 
 @triton.jit
-def _assemble_bwd_kernel(gout_ptr, prompt_ptr, pos_ptr, type_ptr, w_ptr, gprompt_ptr, B, L, N, D,
-                         offset, eps, SHARED: tl.constexpr, BLOCK_D: tl.constexpr):
+def _assemble_bwd_kernel(
+    gout_ptr,
+    prompt_ptr,
+    pos_ptr,
+    type_ptr,
+    w_ptr,
+    gprompt_ptr,
+    B,
+    L,
+    N,
+    D,
+    offset,
+    eps,
+    SHARED: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     r = tl.program_id(0).to(tl.int64)  # row of the prompt (and of its gradient)
     S = N + L
     j = r % N
@@ -85,8 +115,22 @@ def assemble_embeddings_forward(input_ids, prompt, word, pos, typ, ln_w, ln_b, e
     N, D = prompt.shape[-2:]
     out = torch.empty((B, N + L, D), dtype=prompt.dtype, device=prompt.device)
     _assemble_fwd_kernel[(B * (N + L),)](
-        _c(input_ids), _c(prompt), _c(word), _c(pos), _c(typ), _c(ln_w), _c(ln_b), out, L, N, D,
-        offset, eps, SHARED=prompt.dim() == 2, BLOCK_D=triton.next_power_of_2(D))
+        _c(input_ids),
+        _c(prompt),
+        _c(word),
+        _c(pos),
+        _c(typ),
+        _c(ln_w),
+        _c(ln_b),
+        out,
+        L,
+        N,
+        D,
+        offset,
+        eps,
+        SHARED=prompt.dim() == 2,
+        BLOCK_D=triton.next_power_of_2(D),
+    )
     return out
 
 
@@ -97,6 +141,19 @@ def assemble_embeddings_backward(grad_out, prompt, pos, typ, ln_w, eps, offset, 
     grad_prompt = torch.empty_like(prompt, memory_format=torch.contiguous_format)
     rows = N if shared else B * N
     _assemble_bwd_kernel[(rows,)](
-        _c(grad_out), _c(prompt), _c(pos), _c(typ), _c(ln_w), grad_prompt, B, seq_len, N, D,
-        offset, eps, SHARED=shared, BLOCK_D=triton.next_power_of_2(D))
+        _c(grad_out),
+        _c(prompt),
+        _c(pos),
+        _c(typ),
+        _c(ln_w),
+        grad_prompt,
+        B,
+        seq_len,
+        N,
+        D,
+        offset,
+        eps,
+        SHARED=shared,
+        BLOCK_D=triton.next_power_of_2(D),
+    )
     return grad_prompt

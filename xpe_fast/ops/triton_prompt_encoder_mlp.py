@@ -7,6 +7,7 @@ One strided matmul kernel with fused epilogues serves every product of forward a
 Bias gradients are column sums (a small reduction kernel). Operands are upcast to fp32
 before tl.dot (bf16 dots are wrong under the interpreter) and accumulate in fp32.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,10 +20,27 @@ EPI_NONE, EPI_RELU_MASK, EPI_RELU_GRAD = 0, 1, 2
 
 
 @triton.jit
-def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, m_ptr, h_ptr, M, N, K,
-                   s_am, s_ak, s_bk, s_bn, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-                   EPILOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
+def _matmul_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    bias_ptr,
+    m_ptr,
+    h_ptr,
+    M,
+    N,
+    K,
+    s_am,
+    s_ak,
+    s_bk,
+    s_bn,
+    HAS_BIAS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -31,10 +49,16 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, m_ptr, h_ptr, M, N, K,
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
-        a = tl.load(a_ptr + rm[:, None] * s_am + kk[None, :] * s_ak,
-                    mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + kk[:, None] * s_bk + rn[None, :] * s_bn,
-                    mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0).to(tl.float32)
+        a = tl.load(
+            a_ptr + rm[:, None] * s_am + kk[None, :] * s_ak,
+            mask=(rm[:, None] < M) & (kk[None, :] < K),
+            other=0.0,
+        ).to(tl.float32)
+        b = tl.load(
+            b_ptr + kk[:, None] * s_bk + rn[None, :] * s_bn,
+            mask=(kk[:, None] < K) & (rn[None, :] < N),
+            other=0.0,
+        ).to(tl.float32)
         acc += tl.dot(a, b, input_precision="ieee")
     cmask = (rm[:, None] < M) & (rn[None, :] < N)
     if HAS_BIAS:
@@ -58,8 +82,11 @@ def _colsum_kernel(g_ptr, out_ptr, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.cons
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for m0 in range(0, M, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M)
-        g = tl.load(g_ptr + rm[:, None] * N + rn[None, :],
-                    mask=(rm[:, None] < M) & (rn[None, :] < N), other=0.0).to(tl.float32)
+        g = tl.load(
+            g_ptr + rm[:, None] * N + rn[None, :],
+            mask=(rm[:, None] < M) & (rn[None, :] < N),
+            other=0.0,
+        ).to(tl.float32)
         acc += tl.sum(g, axis=0)
     tl.store(out_ptr + rn, to_output(acc, out_ptr.dtype.element_ty), mask=rn < N)
 
@@ -75,10 +102,26 @@ def _mm(a, b, *, bias=None, mask=None, h=None, epilogue=EPI_NONE, dtype=None):
     dummy = c
     grid = (triton.cdiv(M, _BM), triton.cdiv(N, _BN))
     _matmul_kernel[grid](
-        a, b, c, bias if bias is not None else dummy, mask if mask is not None else dummy,
-        h if h is not None else dummy, M, N, K, a.stride(0), a.stride(1), b.stride(0),
-        b.stride(1), HAS_BIAS=bias is not None, HAS_MASK=mask is not None, EPILOGUE=epilogue,
-        BLOCK_M=_BM, BLOCK_N=_BN, BLOCK_K=_BK)
+        a,
+        b,
+        c,
+        bias if bias is not None else dummy,
+        mask if mask is not None else dummy,
+        h if h is not None else dummy,
+        M,
+        N,
+        K,
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        HAS_BIAS=bias is not None,
+        HAS_MASK=mask is not None,
+        EPILOGUE=epilogue,
+        BLOCK_M=_BM,
+        BLOCK_N=_BN,
+        BLOCK_K=_BK,
+    )
     return c
 
 
@@ -102,8 +145,9 @@ def prompt_encoder_mlp_forward(x, w1, b1, w2, b2, w3, b3, mask1=None, mask2=None
 
 
 def prompt_encoder_mlp_backward(grad_out, x, w1, w2, w3, h1, h2, mask1=None, mask2=None):
-    g, x, w1, w2, w3, h1, h2, mask1, mask2 = map(_c, (grad_out, x, w1, w2, w3, h1, h2, mask1,
-                                                      mask2))
+    g, x, w1, w2, w3, h1, h2, mask1, mask2 = map(
+        _c, (grad_out, x, w1, w2, w3, h1, h2, mask1, mask2)
+    )
     gw3 = _mm(g.t(), h2)
     gb3 = _colsum(g)
     g2 = _mm(g, w3, mask=mask2, h=h2, epilogue=EPI_RELU_GRAD)

@@ -4,6 +4,7 @@ A plain `.to(tl.bfloat16)` rounds to nearest on GPUs but truncates under TRITON_
 (the interpreter ignores `fp_downcast_rounding`), which biases sums of many rounded values.
 Rounding the fp32 bits first makes the cast exact on both.
 """
+
 import triton
 import triton.language as tl
 

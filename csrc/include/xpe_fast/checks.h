@@ -70,8 +70,8 @@ inline AssembleArgs check_assemble_args(const at::Tensor& input_ids, const at::T
                     "position_embeddings must be [P, d] with d = ", a.d, ", got ", pos.sizes());
   TORCH_CHECK_VALUE(type.dim() == 1 && type.size(0) == a.d,
                     "token_type_embedding must be [d] with d = ", a.d, ", got ", type.sizes());
-  TORCH_CHECK_VALUE(ln_w.dim() == 1 && ln_w.size(0) == a.d, "ln_weight must be [d] with d = ",
-                    a.d, ", got ", ln_w.sizes());
+  TORCH_CHECK_VALUE(ln_w.dim() == 1 && ln_w.size(0) == a.d, "ln_weight must be [d] with d = ", a.d,
+                    ", got ", ln_w.sizes());
   TORCH_CHECK_VALUE(ln_b.dim() == 1 && ln_b.size(0) == a.d, "ln_bias must be [d] with d = ", a.d,
                     ", got ", ln_b.sizes());
   TORCH_CHECK_VALUE(eps > 0, "eps must be > 0, got ", eps);
@@ -103,8 +103,8 @@ inline void check_token_ids_cpu(const at::Tensor& ids, int64_t V) {
       break;
     }
   }
-  TORCH_CHECK_INDEX(bad < 0, "input_ids contains id ", bad < 0 ? 0 : p[bad], " at flat index ",
-                    bad, ", outside [0, ", V, ") of word_embeddings");
+  TORCH_CHECK_INDEX(bad < 0, "input_ids contains id ", bad < 0 ? 0 : p[bad], " at flat index ", bad,
+                    ", outside [0, ", V, ") of word_embeddings");
 }
 
 struct AssembleGradArgs {
@@ -130,8 +130,7 @@ inline AssembleGradArgs check_assemble_grad_args(const at::Tensor& grad_out,
   a.d = prompt.size(-1);
   a.L = seq_len;
   TORCH_CHECK_VALUE(a.N > 0 && a.d > 0 && a.L > 0, "prompt and the sequence must be non-empty");
-  TORCH_CHECK_VALUE(grad_out.dim() == 3 && grad_out.size(1) == a.N + a.L &&
-                        grad_out.size(2) == a.d,
+  TORCH_CHECK_VALUE(grad_out.dim() == 3 && grad_out.size(1) == a.N + a.L && grad_out.size(2) == a.d,
                     "grad_out must be [B, N + L, d] = [B, ", a.N + a.L, ", ", a.d, "], got ",
                     grad_out.sizes());
   a.B = grad_out.size(0);
@@ -139,9 +138,9 @@ inline AssembleGradArgs check_assemble_grad_args(const at::Tensor& grad_out,
   if (!a.shared)
     TORCH_CHECK_VALUE(prompt.size(0) == a.B, "prompt has batch size ", prompt.size(0),
                       " but grad_out has ", a.B);
-  TORCH_CHECK_VALUE(pos.dim() == 2 && pos.size(1) == a.d && offset >= 0 &&
-                        offset + a.N <= pos.size(0),
-                    "position_embeddings must be [P, d] with P >= position_offset + N");
+  TORCH_CHECK_VALUE(
+      pos.dim() == 2 && pos.size(1) == a.d && offset >= 0 && offset + a.N <= pos.size(0),
+      "position_embeddings must be [P, d] with P >= position_offset + N");
   TORCH_CHECK_VALUE(type.dim() == 1 && type.size(0) == a.d, "token_type_embedding must be [d]");
   TORCH_CHECK_VALUE(ln_w.dim() == 1 && ln_w.size(0) == a.d, "ln_weight must be [d]");
   a.prompt = prompt.contiguous();

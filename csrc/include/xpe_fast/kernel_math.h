@@ -21,14 +21,20 @@ struct bf16_t {
 };
 
 XPE_HD float bf16_bits_to_float(uint16_t h) {
-  union { uint32_t u; float f; } v;
+  union {
+    uint32_t u;
+    float f;
+  } v;
   v.u = static_cast<uint32_t>(h) << 16;
   return v.f;
 }
 
 // Round to nearest even, NaN kept quiet: the same rounding torch uses.
 XPE_HD uint16_t float_to_bf16_bits(float f) {
-  union { uint32_t u; float f; } v;
+  union {
+    uint32_t u;
+    float f;
+  } v;
   v.f = f;
   // Both results computed, then selected: no branch, so loops over it vectorize.
   const uint32_t nan = (v.u >> 16) | 0x40u;
@@ -37,8 +43,14 @@ XPE_HD uint16_t float_to_bf16_bits(float f) {
 }
 
 // Loads to / stores from the accumulation type: float for float and bf16, double for double.
-template <typename T> struct acc_of { using type = float; };
-template <> struct acc_of<double> { using type = double; };
+template <typename T>
+struct acc_of {
+  using type = float;
+};
+template <>
+struct acc_of<double> {
+  using type = double;
+};
 
 XPE_HD float load(const float* p, int64_t i) { return p[i]; }
 XPE_HD double load(const double* p, int64_t i) { return p[i]; }
@@ -59,7 +71,9 @@ XPE_HD int64_t prompt_row(int64_t b, int64_t j, int64_t n_prompt, bool shared) {
 
 // x = source + position + token type, summed in the same order as the eager reference.
 template <typename A>
-XPE_HD A embed_sum(A src, A pos, A typ) { return (src + pos) + typ; }
+XPE_HD A embed_sum(A src, A pos, A typ) {
+  return (src + pos) + typ;
+}
 
 XPE_HD float rsqrt_acc(float v) {
 #if defined(__CUDA_ARCH__)
@@ -72,7 +86,9 @@ XPE_HD double rsqrt_acc(double v) { return 1.0 / __builtin_sqrt(v); }
 
 // LayerNorm of one element once the row's mean and 1/std are known.
 template <typename A>
-XPE_HD A ln_apply(A x, A mean, A rstd, A w, A b) { return (x - mean) * rstd * w + b; }
+XPE_HD A ln_apply(A x, A mean, A rstd, A w, A b) {
+  return (x - mean) * rstd * w + b;
+}
 
 // Gradient of LayerNorm's input for one element:
 //   dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat)),
@@ -85,12 +101,16 @@ XPE_HD A ln_grad_input(A gw, A xhat, A rstd, A mean_gw, A mean_gwxhat) {
 // ---- prompt-encoder MLP epilogues ----------------------------------------------------
 // Forward: h = relu(z) * m, where m is the scaled dropout keep-mask (1 without dropout).
 template <typename A>
-XPE_HD A relu_dropout(A z, A m) { return z > A(0) ? z * m : A(0); }
+XPE_HD A relu_dropout(A z, A m) {
+  return z > A(0) ? z * m : A(0);
+}
 
 // Backward through relu and dropout, from the saved output h = relu(z) * m: where the unit
 // was kept (m > 0), h > 0 exactly when z > 0, and a dropped unit passes no gradient.
 template <typename A>
-XPE_HD A relu_dropout_grad(A g, A h, A m) { return h > A(0) ? g * m : A(0); }
+XPE_HD A relu_dropout_grad(A g, A h, A m) {
+  return h > A(0) ? g * m : A(0);
+}
 
 // ---- counter-based dropout --------------------------------------------------------
 // Element i of a dropout call with seed s is kept when a hash of (s, i) clears a threshold:
@@ -109,7 +129,8 @@ XPE_HD uint32_t mix32(uint32_t x) {  // an invertible 32-bit avalanche (lowbias3
 XPE_HD uint32_t dropout_bits(uint64_t seed, uint64_t i) {
   const uint32_t a = mix32(static_cast<uint32_t>(i) ^ static_cast<uint32_t>(seed));
   return mix32(a + static_cast<uint32_t>(i >> 32) * 0x9e3779b9u +
-               static_cast<uint32_t>(seed >> 32)) >> 8;
+               static_cast<uint32_t>(seed >> 32)) >>
+         8;
 }
 
 // Drop probability p is threshold / 2^24: keep when the bits are at or above the threshold.
