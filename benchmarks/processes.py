@@ -76,7 +76,7 @@ def main():
                 ("2 processes x 1 thread", (2, 1)),
             ):
                 res[name].append(run(n, t, args.steps, Path(tmp) / f"{n}x{t}-{i}"))
-    print(f"| configuration | training samples/s | evaluation sentences/s |\n|---|---|---|")
+    print("| configuration | training samples/s | evaluation sentences/s |\n|---|---|---|")
     for name, rows in res.items():
         tr = statistics.median(r["train_samples_per_s"] for r in rows)
         ev = statistics.median(r["eval_sentences_per_s"] for r in rows)
