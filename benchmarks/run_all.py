@@ -24,6 +24,17 @@ def append_output(f, title: str, script: str, intro: str) -> None:
     f.write(r.stdout if r.returncode == 0 else f"\n({script} failed: {r.stderr[-500:]})\n")
 
 
+SECTIONS = [
+    (
+        "Each fast path against its plain path, per ISA level",
+        "isa_paths.py",
+        "(1 thread; the levels below this CPU's emulated with XPE_FAST_CPU_ISA and "
+        "ONEDNN_MAX_CPU_ISA; `package takes` is xpe_fast/cpu_paths.py's choice at that level):",
+    ),
+    ("Processes against threads", "processes.py", "(the same run under torchrun or not):"),
+]
+
+
 def main():
     py = sys.executable
     subprocess.run(
@@ -69,6 +80,11 @@ def main():
             "microbench.py",
             "(standalone medians, not interleaved; not asserted):\n\n",
         )
+        for title, script, intro in SECTIONS:
+            f.write(f"\n## {title}\n\n`python benchmarks/{script}` {intro}\n")
+            f.flush()
+            r = subprocess.run([py, str(HERE / script)], capture_output=True, text=True, cwd=REPO)
+            f.write(r.stdout if r.returncode == 0 else f"\n(failed: {r.stderr[-500:]})\n")
     print(f"wrote {REPO / 'BENCHMARKS.md'}; pytest exit code {code} (non-zero: a target missed)")
     return code
 
