@@ -36,7 +36,7 @@ def timed(f, rounds=7):
 
 def measure() -> dict:
     from xpe_fast.device import cpu_has_fast_bf16
-    from xpe_fast.frozen_linear import onednn_available
+    from xpe_fast.frozen_linear import onednn_available, onednn_bf16_available
 
     out = {
         "cpu": cpu_name(),
@@ -57,7 +57,7 @@ def measure() -> dict:
             # The better of torch.mm (MKL for fp32) and oneDNN (what FrozenLinear uses): on
             # AMD processors MKL runs AVX2 code, oneDNN AVX-512.
             rates = {"torch.mm": 2 * size**3 / timed(lambda: torch.mm(a, b), rounds=5) / 1e9}
-            if onednn_available():
+            if onednn_available() and (dt == torch.float32 or onednn_bf16_available()):
                 rates["oneDNN"] = (
                     2
                     * size**3

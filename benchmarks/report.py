@@ -129,6 +129,17 @@ def main(results_path, peaks_path):
             if mm:
                 share = 100 * e["achieved_gflops_xpe_fast"] / mm
                 line += f" ({share:.0f} % of the {mm:.0f} GFLOP/s {e['precision']} matmul peak)"
+        if "eval_gflop" in e:
+            mm = peaks["matmul_GFLOPs"].get(f"{e['precision']}/{e['threads']}")
+            line += (
+                f"; {e['eval_gflop']:.0f} GFLOP per pass, {e['achieved_gflops_xpe_fast']:.0f} "
+                f"GFLOP/s achieved"
+                + (
+                    f" ({100 * e['achieved_gflops_xpe_fast'] / mm:.0f} % of the matmul peak)"
+                    if mm
+                    else ""
+                )
+            )
         if "sentences_per_s_xpe_fast" in e:
             line += (
                 f"; {e['sentences_per_s_xpe_fast']:.1f} vs {e['sentences_per_s_peft']:.1f} "

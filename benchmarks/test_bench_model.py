@@ -142,6 +142,24 @@ def test_training_step(benchmark, setup, precision, threads):
     )
 
 
+def eval_flops(model, enc, batch_size: int) -> float:
+    """FLOPs of xpe_fast's evaluation pass over `enc`: its length-sorted batches (padded to a
+    multiple of 4, plus the prompt), every layer's GEMMs and attention, the last layer for
+    slot 0 only."""
+    from xpe_fast.data import _pad_to, sorted_batches
+
+    cfg = model.backbone.config
+    d, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    total = 0.0
+    for idx in sorted_batches([len(s) for s in enc.ids], batch_size):
+        B = len(idx)
+        S = _pad_to(max(len(enc.ids[i]) for i in idx), 4) + model.num_virtual_tokens
+        full = 2 * B * S * (4 * d * d + 2 * d * f) + 4 * B * S * S * d
+        last = 2 * B * S * 2 * d * d + 2 * B * (2 * d * d + 2 * d * f) + 4 * B * S * d
+        total += (layers - 1) * full + last
+    return total
+
+
 @pytest.mark.parametrize("threads", [2], indirect=True)
 def test_evaluation_throughput(benchmark, setup, threads):
     from xpe_fast.data import collate, concat, encode
@@ -175,6 +193,7 @@ def test_evaluation_throughput(benchmark, setup, threads):
     stats = interleaved({"xpe_fast": eval_ours, "peft": eval_peft}, rounds=3, warmup=0)
     info = ratio_info(stats, "xpe_fast")
     n = len(enc.ids)
+    flops = eval_flops(ours, enc, bs)
     benchmark.extra_info.update(
         {
             "sentences": n,
@@ -184,6 +203,8 @@ def test_evaluation_throughput(benchmark, setup, threads):
             **info,
             "sentences_per_s_xpe_fast": n / stats["xpe_fast"]["median"],
             "sentences_per_s_peft": n / stats["peft"]["median"],
+            "eval_gflop": flops / 1e9,
+            "achieved_gflops_xpe_fast": flops / stats["xpe_fast"]["median"] / 1e9,
         }
     )
     benchmark.pedantic(eval_ours, rounds=1, iterations=1)
