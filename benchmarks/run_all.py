@@ -81,7 +81,7 @@ def main():
             "(standalone medians, not interleaved; not asserted):\n\n",
         )
         for title, script, intro in SECTIONS:
-            f.write(f"\n## {title}\n\n`python benchmarks/{script}` {intro}\n")
+            f.write(f"\n## {title}\n\n`python benchmarks/{script}` {intro}\n\n")
             f.flush()
             r = subprocess.run([py, str(HERE / script)], capture_output=True, text=True, cwd=REPO)
             f.write(r.stdout if r.returncode == 0 else f"\n(failed: {r.stderr[-500:]})\n")

