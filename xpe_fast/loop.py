@@ -94,11 +94,9 @@ def data_parallel(model, device: torch.device, world: World):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    frozen += [n for n, _ in model.named_buffers()]
+    frozen += [n for n, _ in model.named_buffers()]  # ignored: never broadcast nor synced
     DDP._set_params_and_buffers_to_ignore_for_model(model, frozen)
-    return DDP(
-        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-    )
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def train_phase(
