@@ -766,8 +766,9 @@ def test_hub_adapter_offline_says_what_to_download(env, capsys):
 
 
 def test_own_data_from_the_hub_offline_is_one_line(env, capsys, tmp_path):
-    args = base_args(env, tmp_path / "o", "--data", "someone/some-dataset", "--source", "en",
-                     "--targets", "de")
+    args = base_args(
+        env, tmp_path / "o", "--data", "someone/some-dataset", "--source", "en", "--targets", "de"
+    )
     code, cap = run_train(args, capsys)
     assert code == 2 and "--data" in cap.err and cap.err.strip().count("\n") == 0, cap.err
     assert not (tmp_path / "o").exists()

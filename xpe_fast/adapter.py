@@ -104,20 +104,42 @@ _CONFIG_TYPES = {
 }
 
 
-def read_adapter_config(folder) -> dict:
-    """The adapter's config, checked: a one-line AdapterMismatchError for anything amiss."""
+def read_json_config(folder) -> dict:
+    """`folder`/adapter_config.json as a dict, whatever the layout: one-line errors for a
+    missing folder or file, bad JSON, or not an object."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AdapterMismatchError(f"adapter folder {folder} does not exist")
     path = folder / CONFIG_NAME
     if not path.is_file():
-        raise AdapterMismatchError(f"{folder} is not an xpe_fast adapter (no {CONFIG_NAME})")
+        raise AdapterMismatchError(f"{folder} holds no {CONFIG_NAME}: not an adapter")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise AdapterMismatchError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise AdapterMismatchError(f"{path} must hold a JSON object")
+    return cfg
+
+
+def load_safetensors(path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is a one-line error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterMismatchError(
+            f"{path} is not a readable safetensors file (truncated or "
+            f"corrupt?): {str(e).splitlines()[0][:200]}"
+        ) from None
+
+
+def read_adapter_config(folder) -> dict:
+    """The adapter's config, checked: a one-line AdapterMismatchError for anything amiss."""
+    cfg = read_json_config(folder)
+    path = Path(folder) / CONFIG_NAME
     if cfg.get("format") != FORMAT:
         raise AdapterMismatchError(
             f"{path}: unknown adapter format {cfg.get('format')!r} (expected {FORMAT!r})"
@@ -190,19 +212,10 @@ def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
 
 def read_adapter_tensors(folder, cfg: dict) -> dict[str, torch.Tensor]:
     """The adapter's tensors, all of them present with the shapes `cfg` implies, finite."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(folder) / WEIGHTS_NAME
     if not path.is_file():
         raise AdapterMismatchError(f"{path} is missing")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterMismatchError(
-            f"{path} is not a readable safetensors file (truncated or "
-            f"corrupt?): {str(e).splitlines()[0][:200]}"
-        ) from None
+    tensors = load_safetensors(path)
     want = expected_shapes(cfg)
     missing = sorted(set(want) - set(tensors))
     unexpected = sorted(set(tensors) - set(want))

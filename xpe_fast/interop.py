@@ -29,7 +29,9 @@ from .adapter import (
     WEIGHTS_NAME,
     AdapterMismatchError,
     expected_shapes,
+    load_safetensors,
     read_adapter,
+    read_json_config,
 )
 
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -41,19 +43,6 @@ BASE_PREFIX = {
     "xlm-roberta": "roberta",
     "camembert": "roberta",
 }
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AdapterMismatchError(
-            f"{path} is not a readable safetensors file (truncated or "
-            f"corrupt?): {str(e).splitlines()[0][:200]}"
-        ) from None
 
 
 def _normalize(name: str) -> str:
@@ -108,7 +97,7 @@ def read_peft_adapter(folder: Path, cfg: dict) -> tuple[dict, dict]:
             f"{folder}: PEFT adapter without adapter_model.safetensors "
             "(pickled .bin files are not loaded: they can run code)"
         )
-    t = {_normalize(k): v for k, v in _load_safetensors(path).items()}
+    t = {_normalize(k): v for k, v in load_safetensors(path).items()}
     prompt = t.get("prompt_embeddings")
     if prompt is None or prompt.dim() != 2:
         raise AdapterMismatchError(f"{path}: no [N, d] tensor prompt_embeddings")
@@ -130,7 +119,7 @@ def read_peft_adapter(folder: Path, cfg: dict) -> tuple[dict, dict]:
 
 def read_paper_adapter(folder: Path, cfg: dict, path: Path) -> tuple[dict, dict]:
     """The reference code's layout (XPE, SPT and DUAL runs of bmikaberidze/XPE)."""
-    t = {_normalize(k): v for k, v in _load_safetensors(path).items()}
+    t = {_normalize(k): v for k, v in load_safetensors(path).items()}
     t = {re.sub(r"^base_model\.prompt_encoder\.", "prompt_encoder.", k): v for k, v in t.items()}
     spt = t.get("prompt_encoder.embedding.weight")
     xpe = t.get("prompt_encoder.xpe_embedding.weight")
@@ -195,17 +184,7 @@ def read_any_adapter(folder) -> tuple[dict, dict]:
     """(config, tensors) of an adapter in any known layout, fully checked; the static prompt
     is filled in at load time where the layout has none."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise AdapterMismatchError(f"adapter folder {folder} does not exist")
-    cfg_path = folder / CONFIG_NAME
-    if not cfg_path.is_file():
-        raise AdapterMismatchError(f"{folder} holds no {CONFIG_NAME}: not an adapter")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise AdapterMismatchError(f"{cfg_path} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise AdapterMismatchError(f"{cfg_path} must hold a JSON object")
+    cfg = read_json_config(folder)
     if cfg.get("format") == FORMAT:
         return read_adapter(folder)
     peft_type = str(cfg.get("peft_type") or "").upper()
