@@ -232,7 +232,12 @@ def orderings(runs) -> list[str]:
 
 
 def write_report(
-    results: Path, dest: Path, plan, schedule, curve_specs, plot_dir: Path | None = None
+    results: Path,
+    dest: Path,
+    plan,
+    schedule,
+    chosen_curves,
+    plot_dir: Path | None = None,
 ) -> str:
     """Writes RESULTS.md to `dest` (and its plots to `plot_dir`, default `results`); returns
     the text."""
@@ -368,19 +373,30 @@ def write_report(
         for name, c in cs.items():
             step, best = level_off(c)
             lines.append(f"| {name} | {step} | {best:.1f} | `{c['command']}` |")
-        slowest = max(level_off(c)[0] for c in cs.values())
         steps = int(schedule[schedule.index("--steps") + 1])
-        lines += [
-            "",
-            f"The slowest curve levels off by step {slowest}; the grid runs "
-            f"{steps} steps with cosine decay, "
-            + (
-                "so it does not stop while SPT, which has no encoder and converges more "
-                "slowly, is still climbing."
-                if steps >= slowest
-                else f"{slowest - steps} steps fewer: a caveat for the comparison."
-            ),
-        ]
+        chosen = [n for n in chosen_curves if n in cs]
+        if chosen:
+            slowest = max(level_off(cs[n])[0] for n in chosen)
+            lines += [
+                "",
+                f"At the grid's learning rates (curves {', '.join(chosen)}) the slowest curve "
+                f"levels off by step {slowest}; the grid runs {steps} steps with cosine decay, "
+                + (
+                    "so it does not stop while SPT, which has no encoder and converges more "
+                    "slowly, is still climbing."
+                    if steps >= slowest
+                    else f"{slowest - steps} steps fewer: a caveat for the comparison."
+                ),
+            ]
+        others = {n: level_off(c)[0] for n, c in cs.items() if n not in chosen}
+        if others:
+            lines += [
+                "",
+                "The other curves show why the grid's prompt-table learning rate is not the "
+                "default: "
+                + "; ".join(f"{n} levels off only by step {s}" for n, s in others.items())
+                + ".",
+            ]
     else:
         lines += ["(no curves in results/curves/ yet)"]
     lines += [""]
