@@ -1,4 +1,6 @@
-"""Eager PyTorch references of the two operations that xpe_fast fuses.
+"""Eager PyTorch references of every op xpe_fast implements in kernels: the two fused ops
+(assemble_embeddings, prompt_encoder_mlp with its dropout masks) and the two inference helpers
+(packed_attention, residual_layer_norm).
 
 Tests and benchmarks both import these, so the fused kernels are always compared
 against the same definition. They are plain autograd code: slow, obviously right.

@@ -7,7 +7,10 @@ Inference-only helpers of the encoder (C++ CPU kernel or the eager reference):
 - packed_attention: self-attention read from the packed QKV projection.
 - residual_layer_norm: LayerNorm(x + residual), with an optional bf16 copy.
 
-Each runs on a backend: "reference" (eager PyTorch), "cpu" (C++ kernels), "triton" or "cuda".
+The two fused ops run on a backend: "reference" (eager PyTorch), "cpu" (C++ kernels),
+"triton" (GPU, or the CPU under TRITON_INTERPRET=1) or "cuda" (when xpe_fast._cuda is built);
+None picks the device's best. The inference helpers run on "cpu" or "reference" (and take
+the kernel by default only where xpe_fast/cpu_paths.py finds it faster at this ISA level).
 """
 
 from ._backend import BACKENDS, available_backends, resolve_backend
