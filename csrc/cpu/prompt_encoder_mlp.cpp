@@ -156,25 +156,11 @@ std::vector<at::Tensor> prompt_encoder_mlp_backward(const at::Tensor& grad_out_,
                                                     const at::Tensor& h1_, const at::Tensor& h2_,
                                                     const c10::optional<at::Tensor>& mask1,
                                                     const c10::optional<at::Tensor>& mask2) {
-  TORCH_CHECK_VALUE(x_.dim() == 2 && w1_.dim() == 2 && w2_.dim() == 2 && w3_.dim() == 2,
-                    "x and the weights must be 2-D");
-  const auto dt = x_.scalar_type();
-  TORCH_CHECK_TYPE(is_supported_float(dt), "x must be float32, float64 or bfloat16");
-  const int64_t N = x_.size(0), h = w1_.size(0), d = w3_.size(0);
-  TORCH_CHECK_VALUE(grad_out_.dim() == 2 && grad_out_.size(0) == N && grad_out_.size(1) == d,
-                    "grad_out must be [", N, ", ", d, "], got ", grad_out_.sizes());
-  TORCH_CHECK_VALUE(
-      h1_.dim() == 2 && h1_.size(0) == N && h1_.size(1) == h && h2_.sizes() == h1_.sizes(),
-      "saved activations must be [N, h]");
-  const at::Tensor g = check_float(grad_out_, "grad_out", dt, "cpu");
-  const at::Tensor x = check_float(x_, "x", dt, "cpu");
-  const at::Tensor w1 = check_float(w1_, "w1", dt, "cpu");
-  const at::Tensor w2 = check_float(w2_, "w2", dt, "cpu");
-  const at::Tensor w3 = check_float(w3_, "w3", dt, "cpu");
-  const at::Tensor h1 = check_float(h1_, "h1", dt, "cpu");
-  const at::Tensor h2 = check_float(h2_, "h2", dt, "cpu");
-  const at::Tensor m1 = check_mask(mask1, "mask1", N, h, dt, "cpu");
-  const at::Tensor m2 = check_mask(mask2, "mask2", N, h, dt, "cpu");
+  const MlpBackwardArgs a =
+      check_mlp_backward_args(grad_out_, x_, w1_, w2_, w3_, h1_, h2_, mask1, mask2, "cpu");
+  const at::Tensor &g = a.g, &x = a.x, &w1 = a.w1, &w2 = a.w2, &w3 = a.w3, &h1 = a.h1, &h2 = a.h2,
+                   &m1 = a.m1, &m2 = a.m2;
+  const int64_t N = a.N, h = a.h, d = a.d;
 
   const bool skinny = use_skinny_gemm(x);
   // One layer's weight gradient a^T h and input gradient a w, together.

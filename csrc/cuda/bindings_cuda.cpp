@@ -116,19 +116,10 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& grad_out, const at::Tenso
                                      const at::Tensor& w3, const at::Tensor& h1,
                                      const at::Tensor& h2, const c10::optional<at::Tensor>& mask1,
                                      const c10::optional<at::Tensor>& mask2) {
-  const auto dt = x.scalar_type();
-  const int64_t N = x.size(0), h = w1.size(0), d = w3.size(0);
-  TORCH_CHECK_VALUE(grad_out.dim() == 2 && grad_out.size(0) == N && grad_out.size(1) == d,
-                    "grad_out must be [", N, ", ", d, "]");
-  const at::Tensor g = xpe_cpu::check_float(grad_out, "grad_out", dt, "cuda");
-  const at::Tensor xc = xpe_cpu::check_float(x, "x", dt, "cuda");
-  const at::Tensor w1c = xpe_cpu::check_float(w1, "w1", dt, "cuda");
-  const at::Tensor w2c = xpe_cpu::check_float(w2, "w2", dt, "cuda");
-  const at::Tensor w3c = xpe_cpu::check_float(w3, "w3", dt, "cuda");
-  const at::Tensor h1c = xpe_cpu::check_float(h1, "h1", dt, "cuda");
-  const at::Tensor h2c = xpe_cpu::check_float(h2, "h2", dt, "cuda");
-  const at::Tensor m1 = xpe_cpu::check_mask(mask1, "mask1", N, h, dt, "cuda");
-  const at::Tensor m2 = xpe_cpu::check_mask(mask2, "mask2", N, h, dt, "cuda");
+  const auto a =
+      xpe_cpu::check_mlp_backward_args(grad_out, x, w1, w2, w3, h1, h2, mask1, mask2, "cuda");
+  const at::Tensor &g = a.g, &xc = a.x, &w1c = a.w1, &w2c = a.w2, &w3c = a.w3, &h1c = a.h1,
+                   &h2c = a.h2, &m1 = a.m1, &m2 = a.m2;
   const c10::cuda::CUDAGuard guard(xc.device());
   const at::Tensor none;
   at::Tensor gw3 = linear(g.t(), h2c, none, none, none, xpe_cuda::kNone);

@@ -208,4 +208,42 @@ inline at::Tensor check_mask(const c10::optional<at::Tensor>& m, const char* nam
   return check_float(*m, name, dt, device);
 }
 
+// The backward's inputs, checked once for every device: the same checks on the CPU and CUDA.
+struct MlpBackwardArgs {
+  at::Tensor g, x, w1, w2, w3, h1, h2, m1, m2;
+  int64_t N, h, d;
+};
+
+inline MlpBackwardArgs check_mlp_backward_args(const at::Tensor& grad_out, const at::Tensor& x,
+                                               const at::Tensor& w1, const at::Tensor& w2,
+                                               const at::Tensor& w3, const at::Tensor& h1,
+                                               const at::Tensor& h2,
+                                               const c10::optional<at::Tensor>& mask1,
+                                               const c10::optional<at::Tensor>& mask2,
+                                               const char* device) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && w1.dim() == 2 && w2.dim() == 2 && w3.dim() == 2,
+                    "x and the weights must be 2-D");
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(is_supported_float(dt), "x must be float32, float64 or bfloat16");
+  MlpBackwardArgs a;
+  a.N = x.size(0);
+  a.h = w1.size(0);
+  a.d = w3.size(0);
+  TORCH_CHECK_VALUE(grad_out.dim() == 2 && grad_out.size(0) == a.N && grad_out.size(1) == a.d,
+                    "grad_out must be [", a.N, ", ", a.d, "], got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(
+      h1.dim() == 2 && h1.size(0) == a.N && h1.size(1) == a.h && h2.sizes() == h1.sizes(),
+      "saved activations must be [N, h]");
+  a.g = check_float(grad_out, "grad_out", dt, device);
+  a.x = check_float(x, "x", dt, device);
+  a.w1 = check_float(w1, "w1", dt, device);
+  a.w2 = check_float(w2, "w2", dt, device);
+  a.w3 = check_float(w3, "w3", dt, device);
+  a.h1 = check_float(h1, "h1", dt, device);
+  a.h2 = check_float(h2, "h2", dt, device);
+  a.m1 = check_mask(mask1, "mask1", a.N, a.h, dt, device);
+  a.m2 = check_mask(mask2, "mask2", a.N, a.h, dt, device);
+  return a;
+}
+
 }  // namespace xpe_cpu
