@@ -390,12 +390,19 @@ def write_report(
             ]
         others = {n: level_off(c)[0] for n, c in cs.items() if n not in chosen}
         if others:
+            late = [n for n, st in others.items() if st > steps]
             lines += [
                 "",
-                "The other curves show why the grid's prompt-table learning rate is not the "
-                "default: "
-                + "; ".join(f"{n} levels off only by step {s}" for n, s in others.items())
-                + ".",
+                "Curves at other learning rates level off by step "
+                + "; ".join(f"{st} ({n})" for n, st in others.items())
+                + "."
+                + (
+                    f" At those rates a {steps}-step schedule would stop {', '.join(late)} "
+                    "while still climbing: the grid's learning rates are chosen so that it "
+                    "does not."
+                    if late
+                    else ""
+                ),
             ]
     else:
         lines += ["(no curves in results/curves/ yet)"]
