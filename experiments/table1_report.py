@@ -220,13 +220,19 @@ def orderings(runs) -> list[str]:
             if pa is not None and pb is not None
             else "paper: a summary claim"
         )
-        verdict = ("holds" if d > 0 else "does not hold") + (
-            " (within one seed std, so not resolved by these seeds)" if abs(d) <= noise else ""
-        )
+        if min(ma[2], mb[2]) < 2:
+            spread, verdict = (
+                "one seed so far: no spread yet",
+                ("holds so far" if d > 0 else "does not hold so far"),
+            )
+        else:
+            spread = f"seed std up to {noise:.1f}"
+            verdict = ("holds" if d > 0 else "does not hold") + (
+                " (within one seed std, so not resolved by these seeds)" if abs(d) <= noise else ""
+            )
         out.append(
             f"- {dict(SOURCES)[source]} -> {dict(GROUPS)[g]}: {names[a]} > {names[b]} "
-            f"{verdict}: {ma[0]:.1f} vs {mb[0]:.1f} ({d:+.1f} points; seed std up to "
-            f"{noise:.1f}; {paper})."
+            f"{verdict}: {ma[0]:.1f} vs {mb[0]:.1f} ({d:+.1f} points; {spread}; {paper})."
         )
     return out
 
