@@ -358,6 +358,27 @@ class OwnDataset:
         return out
 
 
+def open_dataset(
+    data: str | None,
+    data_dir: str | None,
+    text_column: str,
+    label_column: str,
+    groups_csv: str | None,
+):
+    """SIB-200, or the user's own data (--data); with the user's language groups (--groups)."""
+    from .languages import language_table, load_user_groups, set_language_space
+
+    if data:
+        dataset = OwnDataset(data, text_column, label_column)
+        codes = dataset.languages()
+    else:
+        dataset = SIB200(data_dir)
+        codes = None
+    user = load_user_groups(groups_csv, codes or list(language_table())) if groups_csv else None
+    set_language_space(codes, user)
+    return dataset
+
+
 # ---- tokenization and batching --------------------------------------------------------
 
 

@@ -218,9 +218,7 @@ def run(args) -> int:
     adapter_dir = fetch_adapter(args.adapter, "--adapter", args.revision)
     adapter = read_any_adapter(adapter_dir)
     cfg = adapter[0]
-    from .train import open_dataset
-
-    dataset = open_dataset(
+    dataset = D.open_dataset(
         args.data, args.data_dir, args.text_column, args.label_column, args.groups
     )
     if dataset.own:

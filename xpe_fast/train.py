@@ -32,7 +32,7 @@ from .config import TrainConfig, build_parser, resolve_config
 from .device import check_backend, resolve_device, resolve_precision
 from .distributed import World
 from .evaluate import evaluate_encoded, evaluate_languages, fetch_adapter
-from .languages import language_table, resolve_languages, set_language_space
+from .languages import resolve_languages, set_language_space
 from .loop import set_seed, train_phase
 from .report import (
     format_grid_table,
@@ -156,10 +156,12 @@ def run_seed(
     device: torch.device,
     world: World,
     tick=None,
+    init=None,
 ) -> dict:
     """One run (method, seed): train on the sources, save the adapter, evaluate zero-shot
     (and supervised). Every rank of `world` computes; its rank 0 alone writes. `tick()`
-    (the run clock's) after each checkpoint and at the end."""
+    (the run clock's) after each checkpoint and at the end; `init`: the --init-adapter as
+    check_init_adapter read it."""
     folder = out / f"seed-{seed}"
     done = folder / "results.json"
     if done.is_file():
@@ -170,7 +172,7 @@ def run_seed(
     set_seed(seed)
     model = build_model(cfg, bb, device, len(dataset.labels))
     if cfg.init_adapter and not (folder / "checkpoint.safetensors").is_file():
-        load_adapter(cfg.init_adapter, model, bb.name, check_init_adapter(cfg, dataset))
+        load_adapter(cfg.init_adapter, model, bb.name, init)
         log.info("%s seed %d: starting from the adapter in %s", cfg.tag, seed, cfg.init_adapter)
     max_len = min(cfg.max_length, model.max_input_length)
     train = D.concat(
@@ -368,7 +370,7 @@ def prepare(cfg: TrainConfig, device: torch.device):
 
     check_backend(cfg.backend, device)
     cfg.precision = resolve_precision(cfg.precision, device)
-    dataset = open_dataset(cfg.data, cfg.data_dir, cfg.text_column, cfg.label_column, cfg.groups)
+    dataset = D.open_dataset(cfg.data, cfg.data_dir, cfg.text_column, cfg.label_column, cfg.groups)
     sources = resolve_languages(cfg.source)
     targets = resolve_languages(cfg.targets)
     if dataset.own:
@@ -382,31 +384,9 @@ def prepare(cfg: TrainConfig, device: torch.device):
             f"backbone's {info.max_position_embeddings} positions: at most {room} "
             "leave room for <s>, one token and </s>"
         )
-    if cfg.init_adapter:
-        check_init_adapter(cfg, dataset)
+    init = check_init_adapter(cfg, dataset) if cfg.init_adapter else None
     out = check_output_dir(cfg)
-    return sources, targets, dataset, out
-
-
-def open_dataset(
-    data: str | None,
-    data_dir: str | None,
-    text_column: str,
-    label_column: str,
-    groups_csv: str | None,
-):
-    """SIB-200, or the user's own data (--data); with the user's language groups (--groups)."""
-    from .languages import load_user_groups, set_language_space
-
-    if data:
-        dataset = D.OwnDataset(data, text_column, label_column)
-        codes = dataset.languages()
-    else:
-        dataset = D.SIB200(data_dir)
-        codes = None
-    user = load_user_groups(groups_csv, codes or list(language_table())) if groups_csv else None
-    set_language_space(codes, user)
-    return dataset
+    return sources, targets, dataset, out, init
 
 
 def check_init_adapter(cfg: TrainConfig, dataset) -> tuple[dict, dict]:
@@ -453,16 +433,16 @@ def run(args) -> int:
             cfg.resume = True  # a restarted worker group continues its own run
     world = distributed.init(device)
     try:
-        sources, targets, dataset, out = prepare(cfg, device)
+        sources, targets, dataset, out, init = prepare(cfg, device)
         world.barrier()  # every rank checked the output folder before rank 0 creates it
-        return train_and_report(cfg, device, world, sources, targets, dataset, out)
+        return train_and_report(cfg, device, world, sources, targets, dataset, out, init)
     finally:
         distributed.shutdown()
         set_language_space(None)  # a user's data set it for this command only
 
 
 def train_and_report(
-    cfg: TrainConfig, device, world: World, sources, targets, dataset, out: Path
+    cfg: TrainConfig, device, world: World, sources, targets, dataset, out: Path, init=None
 ) -> int:
     from . import backbones
 
@@ -512,6 +492,7 @@ def train_and_report(
                     device,
                     World(),
                     clock.tick if world.main else None,
+                    init,
                 )
         world.barrier()
         if not world.main:
@@ -533,6 +514,7 @@ def train_and_report(
                     device,
                     world,
                     clock.tick,
+                    init,
                 )
             )
     if not world.main:
