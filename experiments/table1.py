@@ -1,7 +1,8 @@
 """The paper's Table 1 at CPU scale, on the embedded backbone (multilingual-e5-small).
 
     python experiments/table1.py curves     # learning curves that chose the schedule
-    python experiments/table1.py run        # the grid; runs already in results/ are skipped
+    python experiments/table1.py run        # the grid; runs already in results/ are skipped;
+                                            # start one per core to share it
     python experiments/table1.py report     # RESULTS.md and its plots, from results/ alone
     python experiments/table1.py status     # what is done, what is left
 
@@ -186,6 +187,46 @@ def result_path(source: str, tag: str, seed: int) -> Path:
     return RESULTS / "table1" / source / tag / f"seed-{seed}.json"
 
 
+def claim(out: Path) -> bool:
+    """Take a run for this process, so several `run` workers can share the grid (one per core).
+
+    The claim is a lock file holding the worker's pid; a lock whose process is gone (a worker
+    killed at the end of a session) is taken over and the run resumes from its checkpoint.
+    """
+    lock = out.parent / f"{out.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid == os.getpid():
+                return True
+            if pid and _alive(pid):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    return b"table1" in cmdline
+
+
 def cmd_run(_args) -> int:
     failed = 0
     for source, tag, seed, targets in plan_runs():
@@ -193,6 +234,8 @@ def cmd_run(_args) -> int:
         if dest.is_file():
             continue
         out = RUNS / "table1" / source / f"{tag}-seed{seed}"
+        if not claim(out):
+            continue  # another worker has it
         args = [
             *method_args(tag),
             "--source",
@@ -220,6 +263,7 @@ def cmd_run(_args) -> int:
             },
         )
         print(f"= {dest.relative_to(REPO)}", flush=True)
+        (out.parent / f"{out.name}.lock").unlink(missing_ok=True)
     return 1 if failed else 0
 
 
