@@ -46,7 +46,8 @@ include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc"
 ext_modules = [
     cpp_extension.CppExtension(
         "xpe_fast._C",
-        sources=["csrc/bindings.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp")),
+        sources=["csrc/bindings.cpp", "csrc/schema.cpp", "csrc/autograd.cpp"]
+        + sorted(glob.glob("csrc/cpu/*.cpp")),
         include_dirs=include_dirs,
         extra_compile_args={"cxx": CXX_FLAGS},
         extra_link_args=["-fopenmp"],

@@ -44,7 +44,7 @@ def pairs():
     import torch
     import torch.nn.functional as F
 
-    from xpe_fast import _extension, cpu_paths, fast_dropout, ops
+    from xpe_fast import cpu_paths, fast_dropout, ops
     from xpe_fast.device import cpu_has_fast_bf16
     from xpe_fast.frozen_linear import FrozenLinear, onednn_bf16_available
     from xpe_fast.reference import (
@@ -53,7 +53,6 @@ def pairs():
         residual_layer_norm_reference,
     )
 
-    C = _extension._C
     g = torch.Generator().manual_seed(0)
     dtypes = [torch.float32] + ([torch.bfloat16] if cpu_has_fast_bf16() else [])
     for dt in dtypes:
@@ -113,7 +112,7 @@ def pairs():
         yield (
             "dropout",
             name,
-            lambda: C.dropout_apply(xd, 0.1, 7),
+            lambda: torch.ops.xpe_fast.dropout(xd, 0.1, 7),
             lambda: F.dropout(xd, 0.1),
             cpu_paths.use_dropout_kernel(),
         )

@@ -1,6 +1,6 @@
 """Micro-measurements behind the design notes (not asserted; medians of standalone calls):
 
-- dropout: the counter-based kernel (`_C.dropout_apply`) against torch's F.dropout;
+- dropout: the counter-based kernel (`torch.ops.xpe_fast.dropout`) against torch's F.dropout;
 - the CPU kernels at each ISA level (XPE_FAST_CPU_ISA, one subprocess per level);
 - assemble_embeddings forward and forward+backward standalone, and forward with cold caches
   for random ids against all-equal ids (what the scattered word-table gathers cost); the
@@ -48,14 +48,14 @@ def median_ms(f, rounds=15, before=None):
 def dropout_rows(C):
     for dt in (torch.float32, torch.bfloat16):
         x = torch.randn(32, 12, 84, 84).to(dt)
-        ours = median_ms(lambda: C.dropout_apply(x, 0.1, 123))
+        ours = median_ms(lambda: torch.ops.xpe_fast.dropout(x, 0.1, 123))
         ref = median_ms(lambda: F.dropout(x, 0.1))
         print(f"| dropout [32,12,84,84] {str(dt)[6:]} | {ours:.3f} | F.dropout {ref:.3f} |")
 
 
 def assemble_call_overhead(ops, C):
     """Fixed cost per call on tiny inputs: fwd+bwd through ops (autograd) against the two
-    kernels called directly."""
+    ops called without autograd."""
     ids = torch.randint(3, 1000, (2, 7))
     word, pos = torch.randn(1000, 384), torch.randn(514, 384)
     typ, w, b = (torch.randn(384) for _ in range(3))
@@ -69,9 +69,9 @@ def assemble_call_overhead(ops, C):
             gout,
         )
 
-    def direct():
-        C.assemble_embeddings_forward(ids, pd, word, pos, typ, w, b, 1e-5, 2)
-        C.assemble_embeddings_backward(gout, pd, pos, typ, w, 1e-5, 2, 7)
+    def direct():  # the two ops without autograd
+        torch.ops.xpe_fast.assemble_embeddings(ids, pd, word, pos, typ, w, b, 1e-5, 2)
+        torch.ops.xpe_fast.assemble_embeddings_backward(gout, pd, pos, typ, w, 1e-5, 2, 7)
 
     print(
         f"| assemble call overhead, fwd+bwd on tiny inputs (us) | "
@@ -224,8 +224,8 @@ def residual_layer_norm_rows(ops):
 
 def isa_rows():
     code = (
-        "import torch, time; torch.set_num_threads(1); from xpe_fast import _extension as e;"
-        "x = torch.randn(32, 12, 84, 84); f = lambda: e._C.dropout_apply(x, 0.1, 1);"
+        "import torch, time; torch.set_num_threads(1); import xpe_fast;"
+        "x = torch.randn(32, 12, 84, 84); f = lambda: torch.ops.xpe_fast.dropout(x, 0.1, 1);"
         "f(); t = time.perf_counter(); [f() for _ in range(20)];"
         "print(f'{(time.perf_counter() - t) / 20 * 1e3:.3f}')"
     )

@@ -14,16 +14,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_extension_is_built_and_loaded():
+    import torch
+
     import xpe_fast
     import xpe_fast._C as C
 
     assert xpe_fast.has_compiled_extension()
     for name in (
-        "assemble_embeddings_forward",
+        "assemble_embeddings",
         "assemble_embeddings_backward",
-        "prompt_encoder_mlp_forward",
+        "prompt_encoder_mlp",
         "prompt_encoder_mlp_backward",
+        "dropout",
+        "packed_attention",
+        "residual_layer_norm",
     ):
+        op = getattr(torch.ops.xpe_fast, name).default
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU"), name
+    for name in ("cpu_isa_level", "packed_attention_supports_head_size", "skinny_gemm_nt"):
         assert hasattr(C, name)
 
 
@@ -103,7 +111,7 @@ def test_cmake_builds_an_importable_module(tmp_path):
         m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
         x = torch.randn(3, 4); w = torch.randn(5, 4); b = torch.zeros(5)
         w2 = torch.randn(5, 5); w3 = torch.randn(2, 5); b3 = torch.zeros(2)
-        out, h1, h2 = m.prompt_encoder_mlp_forward(x, w, b, w2, b, w3, b3)
+        out, h1, h2 = torch.ops.xpe_fast.prompt_encoder_mlp(x, w, b, w2, b, w3, b3)
         ref = torch.relu(torch.relu(x @ w.T) @ w2.T) @ w3.T
         assert torch.allclose(out, ref, atol=1e-5), (out, ref)
         print("ok")

@@ -1,4 +1,4 @@
-"""The backbone's dropout with counter-based masks (xpe_fast.fast_dropout, _C.dropout_apply)."""
+"""The backbone's dropout with counter-based masks (fast_dropout, torch.ops.xpe_fast.dropout)."""
 
 import pytest
 import torch
@@ -44,7 +44,7 @@ def test_masks_are_fresh_per_call_and_follow_the_seed():
 
 
 def test_neighbouring_elements_are_uncorrelated():
-    m = (_extension._C.dropout_apply(torch.ones(1 << 20), 0.5, 12345) != 0).double()
+    m = (torch.ops.xpe_fast.dropout(torch.ones(1 << 20), 0.5, 12345) != 0).double()
     for lag in (1, 2, 16, 1024):
         c = torch.corrcoef(torch.stack([m[:-lag], m[lag:]]))[0, 1].item()
         assert abs(c) < 0.01, (lag, c)
@@ -58,9 +58,9 @@ def test_edge_cases_and_bad_input():
     with pytest.raises(ValueError, match="dropout probability"):
         FD.dropout(x, 1.5)
     with pytest.raises(TypeError, match="float32, float64 or bfloat16"):
-        _extension._C.dropout_apply(torch.ones(3, dtype=torch.int64), 0.1, 0)
+        torch.ops.xpe_fast.dropout(torch.ones(3, dtype=torch.int64), 0.1, 0)
     with pytest.raises(ValueError, match="p must be in"):
-        _extension._C.dropout_apply(x, 1.0, 0)
+        torch.ops.xpe_fast.dropout(x, 1.0, 0)
     xt = torch.randn(6, 4).t()  # non-contiguous
     y = FD.dropout(xt, 0.5)
     assert y.shape == xt.shape

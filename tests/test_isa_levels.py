@@ -43,7 +43,7 @@ SCRIPT = textwrap.dedent("""
         out = ops.prompt_encoder_mlp(x, *ws, backend="cpu")
         ref = prompt_encoder_mlp_reference(x, *ws)
         torch.testing.assert_close(out.double(), ref.double(), rtol=TOL[dt] * 2, atol=TOL[dt] * 4)
-        y = _extension._C.dropout_apply(torch.ones(1 << 16, dtype=dt), 0.25, 7)
+        y = torch.ops.xpe_fast.dropout(torch.ones(1 << 16, dtype=dt), 0.25, 7)
         assert abs((y != 0).double().mean().item() - 0.75) < 0.01
     from xpe_fast.reference import packed_attention_reference, residual_layer_norm_reference
     for dt in (torch.float32, torch.bfloat16):

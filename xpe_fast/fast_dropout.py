@@ -6,8 +6,8 @@ element at a time (bernoulli_: about a fifth of a training step here), and SDPA 
 falls back to its math path, which also checks every score row for -inf. This module keeps
 the same dropout (keep with probability 1 - p, scale by 1 / (1 - p), a fresh mask per call
 drawn from torch's default generator, so `torch.manual_seed` makes runs repeatable) but draws
-the masks with the counter-based hash of the C++ extension (`_C.dropout_apply`), and the
-backward recomputes the mask from the call's seed instead of storing it.
+the masks with the counter-based hash of the op `torch.ops.xpe_fast.dropout` (C++ kernel and
+autograd), whose backward recomputes the mask from the call's seed instead of storing it.
 
 - `dropout(x, p)`: the function, with autograd.
 - `FastDropout`: an nn.Dropout that uses it (class swapped in place by `prepare_dropouts`).
@@ -39,21 +39,11 @@ def available(x: torch.Tensor) -> bool:
     )
 
 
-class _DropoutFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, p, seed, offset):
-        ctx.p, ctx.seed, ctx.offset = p, seed, offset
-        return _extension._C.dropout_apply(x, p, seed, offset)
+if _extension.has_cpu_kernels():
 
-    @staticmethod
-    def backward(ctx, g):
-        # y = x * m / (1 - p), so dx = g * m / (1 - p): the same call with the same seed.
-        return (
-            _extension._C.dropout_apply(g.contiguous(), ctx.p, ctx.seed, ctx.offset),
-            None,
-            None,
-            None,
-        )
+    @torch.library.register_fake("xpe_fast::dropout")
+    def _(x, p, seed, offset=0):
+        return x.new_empty(x.shape)
 
 
 # Index, in the global batch, of the first sample of the batch this process computes (a
@@ -84,7 +74,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return F.dropout(x, p, training=True)
     seed = int(torch.empty((), dtype=torch.int64).random_())  # from the default generator
     offset = _first_sample * (x.numel() // x.shape[0]) if x.dim() and x.shape[0] else 0
-    return _DropoutFunction.apply(x, p, seed, offset)
+    return torch.ops.xpe_fast.dropout.default(x, p, seed, offset)
 
 
 class FastDropout(nn.Dropout):

@@ -11,7 +11,7 @@
 // incoming gradient over the batch, which is exact because LayerNorm's backward is linear in
 // the incoming gradient for a fixed input.
 #include <ATen/Parallel.h>
-#include <torch/autograd.h>
+#include <torch/library.h>
 #include <torch/extension.h>
 
 #include <cstring>
@@ -538,44 +538,9 @@ at::Tensor assemble_embeddings_backward(const at::Tensor& grad_out_, const at::T
   return grad_prompt;
 }
 
-namespace {
-
-// The op's autograd Function in C++ for eager mode: fwd+bwd on tiny inputs 35 -> 19-25 us a
-// call against Python's Function with the custom op in its backward (microbench.py,
-// "assemble call overhead"; the kernels themselves take 4 us there).
-struct AssembleFunction : public torch::autograd::Function<AssembleFunction> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input_ids,
-                            const at::Tensor& prompt, const at::Tensor& word, const at::Tensor& pos,
-                            const at::Tensor& type, const at::Tensor& ln_w, const at::Tensor& ln_b,
-                            double eps, int64_t offset) {
-    auto out =
-        assemble_embeddings_forward(input_ids, prompt, word, pos, type, ln_w, ln_b, eps, offset);
-    ctx->save_for_backward({prompt, pos, type, ln_w});
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["offset"] = offset;
-    ctx->saved_data["seq_len"] = input_ids.size(1);
-    return out;
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad) {
-    torch::autograd::variable_list g(9);
-    if (ctx->needs_input_grad(1)) {
-      const auto s = ctx->get_saved_variables();
-      g[1] = assemble_embeddings_backward(
-          grad[0].contiguous(), s[0], s[1], s[2], s[3], ctx->saved_data["eps"].toDouble(),
-          ctx->saved_data["offset"].toInt(), ctx->saved_data["seq_len"].toInt());
-    }
-    return g;
-  }
-};
-
-}  // namespace
-
-at::Tensor assemble_embeddings_autograd(const at::Tensor& input_ids, const at::Tensor& prompt,
-                                        const at::Tensor& word, const at::Tensor& pos,
-                                        const at::Tensor& type, const at::Tensor& ln_w,
-                                        const at::Tensor& ln_b, double eps, int64_t offset) {
-  return AssembleFunction::apply(input_ids, prompt, word, pos, type, ln_w, ln_b, eps, offset);
-}
-
 }  // namespace xpe_cpu
+
+TORCH_LIBRARY_IMPL(xpe_fast, CPU, m) {
+  m.impl("assemble_embeddings", &xpe_cpu::assemble_embeddings_forward);
+  m.impl("assemble_embeddings_backward", &xpe_cpu::assemble_embeddings_backward);
+}

@@ -8,6 +8,7 @@
 // call on the incoming gradient with the same seed is the backward.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include "xpe_fast/checks.h"
 #include "xpe_fast/kernel_math.h"
@@ -71,3 +72,5 @@ at::Tensor dropout_apply(const at::Tensor& x_, double p, int64_t seed, int64_t o
 }
 
 }  // namespace xpe_cpu
+
+TORCH_LIBRARY_IMPL(xpe_fast, CPU, m) { m.impl("dropout", &xpe_cpu::dropout_apply); }

@@ -1,4 +1,5 @@
-// Entry points of the CPU kernels (bound to Python in csrc/bindings.cpp).
+// The CPU kernels of the dispatcher ops (csrc/schema.cpp), each registered for the CPU key in
+// its own file; the autograd kernels (csrc/autograd.cpp) call them through the dispatcher.
 #pragma once
 
 #include <torch/extension.h>
@@ -21,27 +22,11 @@ at::Tensor assemble_embeddings_backward(const at::Tensor& grad_out, const at::Te
                                         const at::Tensor& ln_weight, double eps,
                                         int64_t position_offset, int64_t seq_len);
 
-// Forward with autograd attached: the prompt's gradient by assemble_embeddings_backward.
-at::Tensor assemble_embeddings_autograd(const at::Tensor& input_ids, const at::Tensor& prompt,
-                                        const at::Tensor& word_embeddings,
-                                        const at::Tensor& position_embeddings,
-                                        const at::Tensor& token_type_embedding,
-                                        const at::Tensor& ln_weight, const at::Tensor& ln_bias,
-                                        double eps, int64_t position_offset);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> prompt_encoder_mlp_forward(
+    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+    const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
+    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2);
 
-std::vector<at::Tensor> prompt_encoder_mlp_forward(const at::Tensor& x, const at::Tensor& w1,
-                                                   const at::Tensor& b1, const at::Tensor& w2,
-                                                   const at::Tensor& b2, const at::Tensor& w3,
-                                                   const at::Tensor& b3,
-                                                   const c10::optional<at::Tensor>& mask1,
-                                                   const c10::optional<at::Tensor>& mask2);
-
-// Forward with autograd attached (backward: prompt_encoder_mlp_backward); masks saved.
-at::Tensor prompt_encoder_mlp_autograd(const at::Tensor& x, const at::Tensor& w1,
-                                       const at::Tensor& b1, const at::Tensor& w2,
-                                       const at::Tensor& b2, const at::Tensor& w3,
-                                       const at::Tensor& b3, const c10::optional<at::Tensor>& mask1,
-                                       const c10::optional<at::Tensor>& mask2);
 std::vector<at::Tensor> prompt_encoder_mlp_backward(const at::Tensor& grad_out, const at::Tensor& x,
                                                     const at::Tensor& w1, const at::Tensor& w2,
                                                     const at::Tensor& w3, const at::Tensor& h1,
@@ -60,9 +45,11 @@ at::Tensor packed_attention_forward(const at::Tensor& qkv,
                                     double scale);
 bool packed_attention_supports_head_size(int64_t head_size);
 
-// y = LayerNorm(x + residual) (fp32 statistics) and, with bf16_copy, y in bf16 too.
-std::tuple<at::Tensor, c10::optional<at::Tensor>> residual_layer_norm_forward(
-    const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
-    const at::Tensor& bias, double eps, bool bf16_copy);
+// [y = LayerNorm(x + residual)] (fp32 statistics) and, with bf16_copy and a float32 y, its
+// bf16 copy as a second tensor.
+std::vector<at::Tensor> residual_layer_norm_forward(const at::Tensor& x, const at::Tensor& residual,
+                                                    const at::Tensor& weight,
+                                                    const at::Tensor& bias, double eps,
+                                                    bool bf16_copy);
 
 }  // namespace xpe_cpu

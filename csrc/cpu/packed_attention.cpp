@@ -16,6 +16,7 @@
 // AVX-512 register, two AVX2 registers or four SSE registers.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include <cstdlib>
 #include <memory>
@@ -274,3 +275,7 @@ at::Tensor packed_attention_forward(const at::Tensor& qkv_,
 }
 
 }  // namespace xpe_cpu
+
+TORCH_LIBRARY_IMPL(xpe_fast, CPU, m) {
+  m.impl("packed_attention", &xpe_cpu::packed_attention_forward);
+}

@@ -10,7 +10,7 @@
 // type) in one pass, with the whole forward or backward a single call from Python (no
 // autograd graph of ten nodes, no intermediate tensors beyond the two saved activations).
 #include <ATen/Parallel.h>
-#include <torch/autograd.h>
+#include <torch/library.h>
 #include <torch/extension.h>
 
 #include <vector>
@@ -127,12 +127,10 @@ at::Tensor relu_dropout_grad_(const at::Tensor& g, const at::Tensor& h, const at
 
 }  // namespace
 
-std::vector<at::Tensor> prompt_encoder_mlp_forward(const at::Tensor& x_, const at::Tensor& w1_,
-                                                   const at::Tensor& b1_, const at::Tensor& w2_,
-                                                   const at::Tensor& b2_, const at::Tensor& w3_,
-                                                   const at::Tensor& b3_,
-                                                   const c10::optional<at::Tensor>& mask1,
-                                                   const c10::optional<at::Tensor>& mask2) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> prompt_encoder_mlp_forward(
+    const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& b1_, const at::Tensor& w2_,
+    const at::Tensor& b2_, const at::Tensor& w3_, const at::Tensor& b3_,
+    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2) {
   const MlpArgs a = check_mlp_args(x_, w1_, b1_, w2_, b2_, w3_, b3_, "cpu");
   const auto dt = a.x.scalar_type();
   const at::Tensor m1 = check_mask(mask1, "mask1", a.N, a.h, dt, "cpu");
@@ -160,7 +158,6 @@ std::vector<at::Tensor> prompt_encoder_mlp_backward(const at::Tensor& grad_out_,
       check_mlp_backward_args(grad_out_, x_, w1_, w2_, w3_, h1_, h2_, mask1, mask2, "cpu");
   const at::Tensor &g = a.g, &x = a.x, &w1 = a.w1, &w2 = a.w2, &w3 = a.w3, &h1 = a.h1, &h2 = a.h2,
                    &m1 = a.m1, &m2 = a.m2;
-  const int64_t N = a.N, h = a.h, d = a.d;
 
   const bool skinny = use_skinny_gemm(x);
   // One layer's weight gradient a^T h and input gradient a w, together.
@@ -176,45 +173,9 @@ std::vector<at::Tensor> prompt_encoder_mlp_backward(const at::Tensor& grad_out_,
   return {gx, gw1, gb1, gw2, gb2, gw3, gb3};
 }
 
-namespace {
-
-c10::optional<at::Tensor> maybe(const at::Tensor& t) {
-  return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
-}
-
-// The op as a C++ autograd Function: the same forward and backward as the Python
-// _MLPFunction, without Python's per-call cost of apply and backward (about 4 us, 2 % of the
-// bf16 op at the paper's size).
-struct MlpFunction : public torch::autograd::Function<MlpFunction> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                            const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
-                            const c10::optional<at::Tensor>& mask1,
-                            const c10::optional<at::Tensor>& mask2) {
-    auto r = prompt_encoder_mlp_forward(x, w1, b1, w2, b2, w3, b3, mask1, mask2);
-    ctx->save_for_backward(
-        {x, w1, w2, w3, r[1], r[2], mask1.value_or(at::Tensor()), mask2.value_or(at::Tensor())});
-    return r[0];
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad) {
-    const auto s = ctx->get_saved_variables();
-    auto g = prompt_encoder_mlp_backward(grad[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5],
-                                         maybe(s[6]), maybe(s[7]));
-    g.push_back(at::Tensor());
-    g.push_back(at::Tensor());
-    return g;
-  }
-};
-
-}  // namespace
-
-at::Tensor prompt_encoder_mlp_autograd(const at::Tensor& x, const at::Tensor& w1,
-                                       const at::Tensor& b1, const at::Tensor& w2,
-                                       const at::Tensor& b2, const at::Tensor& w3,
-                                       const at::Tensor& b3, const c10::optional<at::Tensor>& mask1,
-                                       const c10::optional<at::Tensor>& mask2) {
-  return MlpFunction::apply(x, w1, b1, w2, b2, w3, b3, mask1, mask2);
-}
-
 }  // namespace xpe_cpu
+
+TORCH_LIBRARY_IMPL(xpe_fast, CPU, m) {
+  m.impl("prompt_encoder_mlp", &xpe_cpu::prompt_encoder_mlp_forward);
+  m.impl("prompt_encoder_mlp_backward", &xpe_cpu::prompt_encoder_mlp_backward);
+}

@@ -10,8 +10,8 @@
 // embedding LayerNorm.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
+#include <torch/library.h>
 
-#include <tuple>
 #include <vector>
 
 #include "xpe_fast/checks.h"
@@ -95,9 +95,11 @@ T* raw(const at::Tensor& t) {
 
 }  // namespace
 
-std::tuple<at::Tensor, c10::optional<at::Tensor>> residual_layer_norm_forward(
-    const at::Tensor& x_, const at::Tensor& residual_, const at::Tensor& weight_,
-    const at::Tensor& bias_, double eps, bool bf16_copy) {
+std::vector<at::Tensor> residual_layer_norm_forward(const at::Tensor& x_,
+                                                    const at::Tensor& residual_,
+                                                    const at::Tensor& weight_,
+                                                    const at::Tensor& bias_, double eps,
+                                                    bool bf16_copy) {
   for (const auto* t : {&x_, &residual_, &weight_, &bias_}) {
     TORCH_CHECK_VALUE(t->defined(), "residual_layer_norm: an argument is undefined");
     check_device(*t, "residual_layer_norm's arguments", "cpu");
@@ -143,8 +145,13 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> residual_layer_norm_forward(
       rows_bf16_bf16(raw<bf16_t>(x), raw<bf16_t>(res), wp, bp, raw<bf16_t>(y), nullptr, buf.data(),
                      d, e, s, t);
   });
-  if (ty == at::kBFloat16 && bf16_copy) return {y, y};
-  return {y, y16.defined() ? c10::optional<at::Tensor>(y16) : c10::nullopt};
+  // A bf16 y is its own copy: the caller reuses it rather than an aliased second output.
+  if (y16.defined()) return {y, y16};
+  return {y};
 }
 
 }  // namespace xpe_cpu
+
+TORCH_LIBRARY_IMPL(xpe_fast, CPU, m) {
+  m.impl("residual_layer_norm", &xpe_cpu::residual_layer_norm_forward);
+}

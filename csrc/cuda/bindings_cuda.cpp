@@ -1,9 +1,11 @@
-// Torch binding of the CUDA kernels: the module xpe_fast._cuda. Built by setup.py only with
-// a CUDA build of torch. Validation is shared with the CPU entry points (checks.h); token ids
-// are range-checked on the device before any table is read.
+// The CUDA kernels of the dispatcher ops (declared in csrc/schema.cpp, in xpe_fast._C),
+// registered for the CUDA key from the module xpe_fast._cuda, built by setup.py only with a
+// CUDA build of torch. Validation is shared with the CPU kernels (checks.h); token ids are
+// range-checked on the device before any table is read.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include <vector>
 
@@ -94,11 +96,10 @@ at::Tensor colsum(const at::Tensor& g) {
   return out;
 }
 
-std::vector<at::Tensor> mlp_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
-                                    const at::Tensor& w2, const at::Tensor& b2,
-                                    const at::Tensor& w3, const at::Tensor& b3,
-                                    const c10::optional<at::Tensor>& mask1,
-                                    const c10::optional<at::Tensor>& mask2) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_forward(
+    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+    const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
+    const c10::optional<at::Tensor>& mask1, const c10::optional<at::Tensor>& mask2) {
   const auto a = xpe_cpu::check_mlp_args(x, w1, b1, w2, b2, w3, b3, "cuda");
   const c10::cuda::CUDAGuard guard(a.x.device());
   const auto dt = a.x.scalar_type();
@@ -136,14 +137,12 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& grad_out, const at::Tenso
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "xpe_fast CUDA kernels";
-  m.def("assemble_embeddings_forward", &assemble_forward);
-  m.def("assemble_embeddings_backward", &assemble_backward);
-  m.def("prompt_encoder_mlp_forward", &mlp_forward, py::arg("x"), py::arg("w1"), py::arg("b1"),
-        py::arg("w2"), py::arg("b2"), py::arg("w3"), py::arg("b3"), py::arg("mask1") = py::none(),
-        py::arg("mask2") = py::none());
-  m.def("prompt_encoder_mlp_backward", &mlp_backward, py::arg("grad_out"), py::arg("x"),
-        py::arg("w1"), py::arg("w2"), py::arg("w3"), py::arg("h1"), py::arg("h2"),
-        py::arg("mask1") = py::none(), py::arg("mask2") = py::none());
+TORCH_LIBRARY_IMPL(xpe_fast, CUDA, m) {
+  m.impl("assemble_embeddings", &assemble_forward);
+  m.impl("assemble_embeddings_backward", &assemble_backward);
+  m.impl("prompt_encoder_mlp", &mlp_forward);
+  m.impl("prompt_encoder_mlp_backward", &mlp_backward);
 }
+
+// Importing the module registers the kernels above; it binds nothing itself.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.doc() = "xpe_fast CUDA kernels (registration only)"; }

@@ -7,10 +7,12 @@ Inference-only helpers of the encoder (C++ CPU kernel or the eager reference):
 - packed_attention: self-attention read from the packed QKV projection.
 - residual_layer_norm: LayerNorm(x + residual), with an optional bf16 copy.
 
-The two fused ops run on a backend: "reference" (eager PyTorch), "cpu" (C++ kernels),
-"triton" (GPU, or the CPU under TRITON_INTERPRET=1) or "cuda" (when xpe_fast._cuda is built);
-None picks the device's best. The inference helpers run on "cpu" or "reference" (and take
-the kernel by default only where xpe_fast/cpu_paths.py finds it faster at this ISA level).
+Each is a dispatcher op, torch.ops.xpe_fast.<name> (schemas in csrc/schema.cpp, autograd in
+csrc/autograd.cpp). The two fused ops run on a backend: "reference" (eager PyTorch), "cpu"
+(C++ kernels), "triton" (GPU, or the CPU under TRITON_INTERPRET=1; registered as the device's
+kernel of the same ops) or "cuda" (when xpe_fast._cuda is built); None picks the device's
+best. The inference helpers run on "cpu" or "reference" (and take the kernel by default only
+where xpe_fast/cpu_paths.py finds it faster at this ISA level).
 """
 
 from ._backend import BACKENDS, available_backends, resolve_backend

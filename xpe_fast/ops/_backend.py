@@ -2,6 +2,14 @@
 
 None picks the best available for the tensors' device; the environment variable
 XPE_FAST_BACKEND overrides that default (an explicit `backend=` argument still wins).
+
+"reference" is eager PyTorch. The others are kernels of the same dispatcher ops
+(torch.ops.xpe_fast.*, declared in csrc/schema.cpp): "cpu" and "cuda" are the C++ kernels of
+the CPU and CUDA dispatch keys, and "triton" is registered from Python for the device's key.
+A dispatch key holds one kernel at a time, so choosing "triton" where a native kernel exists
+(CUDA with xpe_fast._cuda built, or the CPU under TRITON_INTERPRET=1) makes Triton that
+device's kernel for the whole process until a native backend is chosen again
+(`select_kernels`); on a GPU without xpe_fast._cuda, Triton is the CUDA kernel.
 """
 
 from __future__ import annotations
@@ -36,10 +44,10 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     if device.type == "cpu":
         if _extension.has_cpu_kernels():
             out.append("cpu")
-        if triton_available() and triton_runs_on_cpu():
+        if triton_available() and triton_runs_on_cpu() and _extension.has_cpu_kernels():
             out.append("triton")
     elif device.type == "cuda":
-        if triton_available():
+        if triton_available() and _extension.has_cpu_kernels():
             out.append("triton")
         if _extension.has_cuda_kernels():
             out.append("cuda")
@@ -55,7 +63,7 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
             return (
                 "cuda"
                 if _extension.has_cuda_kernels()
-                else ("triton" if triton_available() else "reference")
+                else ("triton" if "triton" in available_backends(device) else "reference")
             )
         return "cpu" if _extension.has_cpu_kernels() else "reference"
     if backend not in BACKENDS:
@@ -79,6 +87,11 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     elif backend == "triton":
         if not triton_available():
             raise RuntimeError("backend 'triton' needs the triton package")
+        if not _extension.has_cpu_kernels():
+            raise RuntimeError(
+                "backend 'triton' needs the compiled extension xpe_fast._C, which declares "
+                f"the ops, and it failed to import: {_extension.C_IMPORT_ERROR}"
+            )
         if device.type == "cpu" and not triton_runs_on_cpu():
             raise ValueError(
                 "backend 'triton' runs CPU tensors only under TRITON_INTERPRET=1 "
@@ -87,10 +100,36 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     return backend
 
 
-def profiled(name: str, fn, *args):
-    """fn(*args), recorded as `name` while torch.profiler runs: calls into the pybind11
-    extension are not dispatcher ops, so the profiler would not see their time otherwise."""
-    if torch._C._autograd._profiler_enabled():
-        with torch.autograd.profiler.record_function(name):
-            return fn(*args)
-    return fn(*args)
+# Where the Triton kernels are: op name -> (module in xpe_fast.ops, function).
+_TRITON_KERNELS = {
+    "prompt_encoder_mlp": ("triton_prompt_encoder_mlp", "prompt_encoder_mlp_forward"),
+    "prompt_encoder_mlp_backward": ("triton_prompt_encoder_mlp", "prompt_encoder_mlp_backward"),
+    "assemble_embeddings": ("triton_assemble_embeddings", "assemble_embeddings_forward"),
+    "assemble_embeddings_backward": ("triton_assemble_embeddings", "assemble_embeddings_backward"),
+}
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+_triton_libraries: dict[str, torch.library.Library] = {}  # dispatch key -> registration
+
+
+def select_kernels(backend: str, device: torch.device) -> None:
+    """Makes `backend` ("cpu", "cuda" or "triton", already resolved) the kernel the ops run on
+    `device`'s dispatch key: registers the Triton kernels there, or removes them so the C++
+    kernel (registered when the extension was loaded) runs again."""
+    key = _DISPATCH_KEYS.get(device.type)
+    if key is None or backend == "reference":
+        return
+    lib = _triton_libraries.get(key)
+    if backend == "triton" and lib is None:
+        import importlib
+        import warnings
+
+        lib = torch.library.Library("xpe_fast", "IMPL")
+        with warnings.catch_warnings():  # "Overriding a previously registered kernel"
+            warnings.simplefilter("ignore", UserWarning)
+            for op, (module, fn) in _TRITON_KERNELS.items():
+                kernel = getattr(importlib.import_module(f"{__package__}.{module}"), fn)
+                lib.impl(op, kernel, key)
+        _triton_libraries[key] = lib
+    elif backend != "triton" and lib is not None:
+        lib._destroy()  # the C++ kernel of this key is the one dispatched again
+        del _triton_libraries[key]

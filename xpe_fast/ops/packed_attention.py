@@ -3,7 +3,8 @@ query/key/value projection [B, S, 3 * H * hd] and written as [B, S, H * hd], the
 the output projection (no transposes). An additive key mask [B, S] (0 attend, -inf masked)
 is the encoder's key-padding mask. Scores, softmax and the sum of values accumulate in fp32.
 
-Inference only (no autograd): the C++ kernel (csrc/cpu/packed_attention.cpp) runs for CPU
+Inference only (no autograd): the op `torch.ops.xpe_fast.packed_attention`, whose C++ kernel
+(csrc/cpu/packed_attention.cpp) runs for CPU
 float32/bfloat16 tensors and head sizes 16, 32, 64, 128 outside gradient mode; anything else
 runs the eager reference.
 """
@@ -14,7 +15,13 @@ import torch
 
 from .. import _extension, cpu_paths
 from ..reference import packed_attention_reference
-from ._backend import profiled
+
+if _extension.has_cpu_kernels():
+
+    @torch.library.register_fake("xpe_fast::packed_attention")
+    def _(qkv, key_mask, num_heads, scale):
+        B, S, three_d = qkv.shape
+        return qkv.new_empty((B, S, three_d // 3))
 
 
 def kernel_applies(qkv: torch.Tensor, num_heads: int) -> bool:
@@ -63,14 +70,7 @@ def packed_attention(
     if backend != "reference" and use(qkv, num_heads):
         if key_mask is not None:
             key_mask = key_mask.float()
-        return profiled(
-            "xpe_fast::packed_attention",
-            _extension._C.packed_attention_forward,
-            qkv,
-            key_mask,
-            num_heads,
-            float(scale),
-        )
+        return torch.ops.xpe_fast.packed_attention.default(qkv, key_mask, num_heads, float(scale))
     if backend == "cpu":
         raise ValueError(
             "the packed_attention kernel needs CPU float32/bfloat16 qkv without "

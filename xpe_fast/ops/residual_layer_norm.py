@@ -2,7 +2,8 @@
 inference, in one pass, optionally also returning y in bf16 (the input of the next linear
 layer under bf16 autocast, which eager PyTorch would cast in a pass of its own).
 
-Inference only (no autograd): the C++ kernel (csrc/cpu/residual_layer_norm.cpp) runs for
+Inference only (no autograd): the op `torch.ops.xpe_fast.residual_layer_norm`, whose C++
+kernel (csrc/cpu/residual_layer_norm.cpp) runs for
 CPU float32/bfloat16 tensors outside gradient mode; anything else runs the eager reference.
 """
 
@@ -12,7 +13,15 @@ import torch
 
 from .. import _extension, cpu_paths
 from ..reference import residual_layer_norm_reference
-from ._backend import profiled
+
+if _extension.has_cpu_kernels():
+
+    @torch.library.register_fake("xpe_fast::residual_layer_norm")
+    def _(x, residual, weight, bias, eps, bf16_copy=False):
+        y = torch.empty_like(residual, memory_format=torch.contiguous_format)
+        if bf16_copy and y.dtype == torch.float32:
+            return [y, torch.empty_like(y, dtype=torch.bfloat16)]
+        return [y]
 
 
 def kernel_applies(x: torch.Tensor, residual: torch.Tensor) -> bool:
@@ -58,16 +67,12 @@ def residual_layer_norm(
         and (backend == "cpu" or cpu_paths.use_residual_layer_norm())
         and not (torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad))
     ):
-        return profiled(
-            "xpe_fast::residual_layer_norm",
-            _extension._C.residual_layer_norm_forward,
-            x,
-            residual,
-            weight,
-            bias,
-            float(eps),
-            bf16_copy,
+        ys = torch.ops.xpe_fast.residual_layer_norm.default(
+            x, residual, weight, bias, float(eps), bf16_copy
         )
+        if len(ys) == 2:
+            return ys[0], ys[1]
+        return ys[0], (ys[0] if bf16_copy else None)  # a bf16 y is its own bf16 copy
     if backend == "cpu":
         raise ValueError(
             "the residual_layer_norm kernel needs CPU float32/bfloat16 inputs "
