@@ -23,8 +23,8 @@ def isa_level() -> int:
 
 def use_packed_attention() -> bool:
     # Its 16-float vectors compile to one register per vector only with AVX-512; on AVX2 and
-    # below GCC splits the compares and selects into scalar code, 5-30x slower than the plain
-    # matmul + softmax.
+    # below GCC splits the compares and selects into scalar code, slower than the plain
+    # matmul + softmax (BENCHMARKS.md, per ISA level).
     return isa_level() >= 2
 
 

@@ -2,8 +2,8 @@
 
 The backbone is frozen, so its linear layers never need weight gradients: only y = x W^T + b
 forward and dx = dy W backward. On the CPU, torch's dense fp32 GEMM goes to MKL, which runs
-its AVX2 code on AMD processors (about 110 GFLOP/s per core here), while oneDNN runs AVX-512
-(about 250 GFLOP/s on the same core and shapes). `FrozenLinear` sends both GEMMs to oneDNN
+its AVX2 code on AMD processors, while oneDNN runs AVX-512 (about twice the rate on the same
+core and shapes: BENCHMARKS.md, micro-measurements). `FrozenLinear` sends both GEMMs to oneDNN
 (`torch.ops.mkldnn._linear_pointwise`, the op torch.compile's CPU freezing path uses), with
 the transposed weight as a strided view, so no copy of the weights is kept in fp32. Under
 bf16 autocast it keeps one bf16 copy of each weight (autocast would cast it on every call),

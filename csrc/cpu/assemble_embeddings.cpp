@@ -95,9 +95,9 @@ struct Geometry {
 };
 
 // Word rows are random gathers from a table of 100s of MB: with cold caches each one is a
-// DRAM (and TLB) miss that the LayerNorm of the row before cannot hide. Prefetching every
-// cache line of the word row two rows ahead: 0.92 -> 0.68 ms (d = 384 fp32) and 1.17 ->
-// 0.74 ms (bf16), with caches flushed before each call; 1, 4 and 8 rows ahead were no better.
+// DRAM (and TLB) miss that the LayerNorm of the row before cannot hide, so every cache line
+// of the word row two rows ahead is prefetched (two was the best distance measured with cold
+// caches: microbench.py's cold-cache assemble rows).
 constexpr int64_t kPrefetchRows = 2;
 
 template <typename T>
@@ -111,7 +111,7 @@ XPE_HD void prefetch_row(const T* p, int64_t d) {
 // row kPrefetchRows ahead, copies a shared prompt row already normalised in sample 0, or
 // calls row(src, pos_row, dst). The row lambdas must be always_inline: a lambda's body is
 // its own function, compiled for the baseline ISA unless inlined into the
-// XPE_MULTIVERSION variant (3x slower at d = 384).
+// XPE_MULTIVERSION variant.
 template <typename T, typename RowFn>
 XPE_INLINE void for_each_row(const int64_t* ids, const T* prompt, const T* word, const T* pos,
                              T* out, Geometry g, int64_t begin, int64_t end, RowFn row) {
@@ -390,9 +390,8 @@ XPE_MULTIVERSION(forward_rows_bf16,
 // Gradient of prompt rows [begin, end) (rows of `grad_prompt`, which has B*N or N rows).
 // For a shared prompt, slots [begin, end) of one sample are contiguous in grad_out, so the
 // batch sum reads B contiguous blocks into `gsum` ((end - begin) * d elements) rather than
-// B * (end - begin) scattered rows; with four samples per sweep, the kernel right after the
-// eager reference's fwd+bwd went from 0.21 to 0.10-0.12 ms at d = 1024 fp32, 1 thread
-// (microbench.py's "bwd kernel" rows). Each element still sums the batch in order.
+// B * (end - begin) scattered rows, four samples per sweep (microbench.py's "bwd kernel"
+// rows). Each element still sums the batch in order.
 template <typename T, typename A = typename xpe::acc_of<T>::type>
 XPE_HD void backward_rows(const T* gout, const T* prompt, const T* pos, const T* typ, const T* w,
                           T* gprompt, A* gsum, A* buf, Geometry g, A eps, int64_t begin,

@@ -5,7 +5,7 @@
 //
 // Dispatch is by ISA feature (__builtin_cpu_supports). GCC's target_clones("arch=...")
 // dispatches on the CPU model instead, so an AMD processor with AVX-512 got the baseline
-// (SSE2) copy, 7-15x slower; and target_clones cannot name avx512bw.
+// (SSE2) copy, several times slower; and target_clones cannot name avx512bw.
 // XPE_FAST_CPU_ISA=avx512bf16|avx512|avx2|baseline forces a level (tests run every level
 // this way).
 #pragma once

@@ -2,8 +2,8 @@
 // `offset` numbers the elements as in a larger tensor that x is the tail of (a rank's share
 // of a global batch), so the masks do not depend on how the batch was split.
 //
-// torch's bernoulli_ draws one element at a time from a stateful generator (about 5 ms per
-// [32, 84, 384] tensor here, a fifth of a training step); the counter-based hash of
+// torch's bernoulli_ draws one element at a time from a stateful generator (a large share of a
+// training step: microbench.py's dropout rows); the counter-based hash of
 // kernel_math.h draws 16 per AVX-512 instruction and needs no stored mask, since the same
 // call on the incoming gradient with the same seed is the backward.
 #include <ATen/Parallel.h>

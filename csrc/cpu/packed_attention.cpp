@@ -5,8 +5,8 @@
 // [B, S, H * hd], the layout the output projection takes: no transposes of q, k, v or of the
 // context. Per (sample, head) the keys (transposed) and values are converted once to fp32 in
 // a small buffer that stays in L1/L2, and blocks of R query rows compute scores, softmax and
-// the weighted sum of values in registers, accumulating in fp32 (torch's CPU flash kernel
-// runs about 45 GFLOP/s at head size 32 on this machine; matmul + softmax pays for [B, H, S,
+// the weighted sum of values in registers, accumulating in fp32 (torch's CPU flash kernel is
+// slow at head size 32: microbench.py's attention rows; matmul + softmax pays for [B, H, S,
 // S] scores in memory and two casts).
 //
 // key_mask is additive over keys, [B, S] float32 (0 attend, -inf masked), the key-padding

@@ -1,10 +1,10 @@
 // Prompt-encoder MLP, CPU: Linear -> ReLU -> Dropout -> Linear -> ReLU -> Dropout -> Linear.
 //
 // The GEMMs are all the FLOPs. With few rows (the N virtual tokens) they run in hand-written
-// loops: float32 in skinny_gemm.cpp's AVX-512 code, about twice MKL's rate on AMD (MKL takes
-// its AVX2 path there); bf16 in skinny_gemm_bf16.cpp's AVX512-BF16 code, about 1.8x oneDNN's
-// on these shapes; in backward each layer's two GEMMs share one parallel region. Otherwise
-// ATen's BLAS (MKL, or oneDNN for bf16). What is fused here is everything between them:
+// loops: float32 in skinny_gemm.cpp's AVX-512 code (MKL takes its AVX2 path on AMD); bf16 in
+// skinny_gemm_bf16.cpp's AVX512-BF16 code (both faster than torch's GEMMs at these shapes:
+// BENCHMARKS.md, micro-measurements); in backward each layer's two GEMMs share one parallel region.
+// Otherwise ATen's BLAS (MKL, or oneDNN for bf16). What is fused here is everything between them:
 // bias + ReLU + dropout in one in-place pass after each GEMM, and in backward the
 // ReLU/dropout gradient together with the bias gradient (a column sum in the accumulation
 // type) in one pass, with the whole forward or backward a single call from Python (no

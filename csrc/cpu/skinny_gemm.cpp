@@ -1,9 +1,8 @@
 // Float32 GEMMs with few rows (the prompt-encoder MLP's M = N virtual tokens, about 20), CPU.
 //
-// torch's fp32 GEMM is MKL, which runs its AVX2 code on AMD processors (about 90 GFLOP/s per
-// core at these shapes here), and oneDNN pays a primitive setup per call for weights that
-// change every step. These three register-blocked loops run the AVX-512 FMA units directly
-// (GCC vector extensions, compiled per ISA level by XPE_MULTIVERSION):
+// torch's fp32 GEMM is MKL, which runs its AVX2 code on AMD processors, and oneDNN pays a primitive
+// setup per call for weights that change every step. These three register-blocked loops run the
+// AVX-512 FMA units directly (GCC vector extensions, compiled per ISA level by XPE_MULTIVERSION):
 //   nt: C[M, N] = A[M, K] W[N, K]^T (+ bias)  -- dot products along K, 4 x 4 blocks
 //   nn: C[M, N] = A[M, K] B[K, N]              -- 4 rows x 64 columns of C in registers
 //   tn: C[N1, N2] = G[M, N1]^T H[M, N2]        -- 4 x 64 block of C, summed over the M rows
@@ -136,8 +135,7 @@ XPE_INLINE void tn_block(const float* G, const float* Hs, int64_t hstride, float
 // C[r, :] = sum_m G[m, r] H[m, :] for r in [r0, r1), in 4 x 64 blocks (tn_block), then the
 // columns past the last multiple of 64. With `pack` (M x 64 floats), column blocks go outer
 // and each block of H is first copied there: for rows of H a multiple of 4 KB apart, which
-// all map to the same L1 sets (x^T-shaped products at d = 1024: 56 -> 45 us; at other widths
-// the copy costs more than it saves).
+// all map to the same L1 sets (at other widths the copy costs more than it saves).
 XPE_INLINE void tn_range(const float* G, const float* H, float* C, int64_t M, int64_t N1,
                          int64_t N2, int64_t r0, int64_t r1, float* pack) {
   const int64_t nfull = N2 / (4 * W) * (4 * W);

@@ -28,8 +28,7 @@ std::pair<at::Tensor, at::Tensor> skinny_gemm_tn_nn(const at::Tensor& g, const a
                                                     const at::Tensor& b);
 
 // Rows of A per register block in nn (fp32 and bf16): 5 load (bf16: and interleave) B a fifth
-// less often than 4 (M = 20, K = 256: fp32 181 -> 194-225, bf16 420 -> 460 GFLOP/s); 4 where
-// that wastes fewer rows (M = 16: 16 vs 20).
+// less often than 4 (faster at the paper's M = 20); 4 where that wastes fewer rows (M = 16).
 inline int nn_rows_per_block(int64_t M) { return (M + 3) / 4 * 4 < (M + 4) / 5 * 5 ? 4 : 5; }
 
 // Whether the bf16 loops are compiled in and this CPU (or XPE_FAST_CPU_ISA) allows them.

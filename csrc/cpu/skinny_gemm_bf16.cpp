@@ -1,19 +1,18 @@
 // BFloat16 GEMMs with few rows (the prompt-encoder MLP under bf16), CPU with AVX512-BF16.
 //
-// torch's bf16 GEMMs here are oneDNN's, about 245 GFLOP/s on these skinny shapes, half the
-// machine's bf16 rate. These loops run vdpbf16ps directly: each instruction multiplies 16
-// pairs of bf16 and adds both products to 16 float32 accumulators, so the operands must come
-// in pairs along the contraction index:
+// torch's bf16 GEMMs here are oneDNN's, well below the machine's bf16 rate on these skinny
+// shapes (microbench.py's skinny GEMM rows). These loops run vdpbf16ps directly: each instruction
+// multiplies 16 pairs of bf16 and adds both products to 16 float32 accumulators, so the operands
+// must come in pairs along the contraction index:
 //   nt: C[M, N] = A[M, K] W[N, K]^T (+ bias) -- both rows run along K: pairs as stored;
 //       4 x 4 blocks of dot products, reduced by reduce16 (vec16.h).
 //   nn: C[M, N] = A[M, K] B[K, N]            -- A's pairs as stored (one 32-bit broadcast);
 //       B's rows k and k+1 interleaved in registers (unpacklo/hi, which leaves the columns
 //       permuted within 128-bit lanes; undone once per block at the end). Copying blocks of
-//       B into paired panels first measured slower (K = 1024: 410 vs 480 GFLOP/s).
+//       B into paired panels first measured slower.
 //   tn: C[N1, N2] = G[M, N1]^T H[M, N2]      -- contraction over the few rows: G and H are
 //       first copied with rows 2p and 2p + 1 interleaved (M x (N1 + N2) values, small).
-// At M = 20, 1 thread: 400-490 GFLOP/s, against 499 for vdpbf16ps alone in a register-only
-// loop. Accumulation is float32 (as oneDNN's); each output is rounded to bf16 once, bias
+// Accumulation is float32 (as oneDNN's); each output is rounded to bf16 once, bias
 // included.
 // Rows past the end of a block repeat the last row (computed, not stored); column and K
 // tails use masked loads and stores.
