@@ -71,6 +71,61 @@ def test_cuda_kernels_compile_with_nvcc(cu, arch, tmp_path):
     assert (tmp_path / (cu.stem + ".o")).stat().st_size > 0
 
 
+# The CUDA binding includes ATen's CUDA context, which names the handle types of cuBLAS,
+# cuSPARSE and cuSOLVER; a toolkit without those libraries gets one-line stand-ins (the
+# binding itself uses none of them), so its torch-facing code is still type-checked here.
+_HANDLE_STUBS = {
+    "cusparse.h": "typedef struct cusparseContext* cusparseHandle_t; typedef int cusparseStatus_t;",
+    "cublas_v2.h": "typedef struct cublasContext* cublasHandle_t; typedef int cublasStatus_t;",
+    "cublasLt.h": "typedef struct cublasLtContext* cublasLtHandle_t;",
+    "cusolverDn.h": "typedef struct cusolverDnContext* cusolverDnHandle_t; "
+    "typedef int cusolverStatus_t;",
+    "cusolver_common.h": "",
+    "c10/cuda/impl/cuda_cmake_macros.h": "",
+}
+
+
+def test_cuda_binding_type_checks_against_torch(tmp_path):
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    cuda_include = next(
+        (
+            d
+            for d in (
+                Path(home) / "include",
+                Path(_nvcc() or "/").resolve().parent.parent / "include",
+            )
+            if (d / "cuda_runtime.h").is_file()
+        ),
+        None,
+    )
+    if cuda_include is None:
+        pytest.skip("no CUDA toolkit headers (cuda_runtime.h): the binding cannot be checked")
+    import sysconfig
+
+    import torch.utils.cpp_extension as ce
+
+    stubs = tmp_path / "stubs"
+    for name, text in _HANDLE_STUBS.items():
+        if not (cuda_include / name).is_file():
+            (stubs / name).parent.mkdir(parents=True, exist_ok=True)
+            (stubs / name).write_text(f"#pragma once\n{text}\n")
+    cmd = [
+        os.environ.get("CXX", "c++"),
+        "-std=c++20",
+        "-fsyntax-only",
+        *[f"-I{d}" for d in ce.include_paths()],
+        f"-I{cuda_include}",
+        f"-I{stubs}",
+        f"-I{REPO / 'csrc'}",
+        f"-I{REPO / 'csrc' / 'include'}",
+        f"-I{sysconfig.get_paths()['include']}",
+        "-DTORCH_EXTENSION_NAME=_cuda",
+        str(REPO / "csrc" / "cuda" / "bindings_cuda.cpp"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+
+
 def test_cuda_sources_are_torch_free():
     for cu in CU_FILES + [
         REPO / "csrc" / "cuda" / "launchers.h",

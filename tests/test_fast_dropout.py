@@ -43,6 +43,39 @@ def test_masks_are_fresh_per_call_and_follow_the_seed():
     assert torch.equal(FD.dropout(x, 0.5), a)
 
 
+def hash_keep(seed: int, first: int, n: int, p: float):
+    """kernel_math.h's dropout_bits for elements first..first+n-1, in numpy (the spec)."""
+    import numpy as np
+
+    m = np.uint64(0xFFFFFFFF)
+
+    def mix32(x):
+        x = x ^ (x >> np.uint64(16))
+        x = (x * np.uint64(0x7FEB352D)) & m
+        x = x ^ (x >> np.uint64(15))
+        x = (x * np.uint64(0x846CA68B)) & m
+        return x ^ (x >> np.uint64(16))
+
+    i = np.arange(n, dtype=np.uint64) + np.uint64(first)
+    s = np.uint64(seed)
+    a = mix32((i & m) ^ (s & m))
+    bits = mix32((a + (i >> np.uint64(32)) * np.uint64(0x9E3779B9) + (s >> np.uint64(32))) & m)
+    threshold = int(p * 16777216.0 + 0.5)
+    return torch.from_numpy((bits >> np.uint64(8)) >= np.uint64(threshold))
+
+
+@pytest.mark.parametrize("offset", [0, 12345, (1 << 32) - 37, (5 << 32) - 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_masks_are_the_specified_hash(offset, dtype):
+    """Bit for bit the hash of kernel_math.h at this ISA level, also where the element index
+    crosses a multiple of 2^32 (the kernel evaluates it in 32-bit lanes)."""
+    seed, n, p = 0x1234_5678_9ABC_DEF0, 3001, 0.3
+    y = torch.ops.xpe_fast.dropout(torch.ones(n, dtype=dtype), p, seed, offset)
+    keep = hash_keep(seed, offset, n, p)
+    assert torch.equal(y != 0, keep)
+    assert torch.all(y[keep] == torch.tensor(1 / (1 - p), dtype=torch.float32).to(dtype))
+
+
 def test_neighbouring_elements_are_uncorrelated():
     m = (torch.ops.xpe_fast.dropout(torch.ones(1 << 20), 0.5, 12345) != 0).double()
     for lag in (1, 2, 16, 1024):

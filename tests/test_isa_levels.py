@@ -18,6 +18,15 @@ SCRIPT = textwrap.dedent("""
     from xpe_fast import ops, _extension
     from xpe_fast.reference import assemble_embeddings_reference, prompt_encoder_mlp_reference
     TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 2e-2}
+    def mix32(x):
+        x ^= x >> 16; x = x * 0x7FEB352D & 0xFFFFFFFF; x ^= x >> 15
+        x = x * 0x846CA68B & 0xFFFFFFFF; return x ^ (x >> 16)
+    def keep_spec(seed, first, n, p):
+        t, out = int(p * 16777216.0 + 0.5), []
+        for i in range(first, first + n):
+            a = mix32((i ^ seed) & 0xFFFFFFFF)
+            out.append(mix32((a + (i >> 32) * 0x9E3779B9 + (seed >> 32)) & 0xFFFFFFFF) >> 8 >= t)
+        return out
     g = torch.Generator().manual_seed(0)
     for dt in TOL:
         for B, L, N, d in [(3, 13, 7, 127), (2, 5, 20, 384), (1, 1, 1, 3)]:
@@ -45,6 +54,9 @@ SCRIPT = textwrap.dedent("""
         torch.testing.assert_close(out.double(), ref.double(), rtol=TOL[dt] * 2, atol=TOL[dt] * 4)
         y = torch.ops.xpe_fast.dropout(torch.ones(1 << 16, dtype=dt), 0.25, 7)
         assert abs((y != 0).double().mean().item() - 0.75) < 0.01
+        # the hash of kernel_math.h at every level, across a 2^32 boundary of the index
+        y2 = torch.ops.xpe_fast.dropout(torch.ones(999, dtype=dt), 0.3, 2**40 + 7, 2**32 - 500)
+        assert [v != 0 for v in y2.tolist()] == keep_spec(2**40 + 7, 2**32 - 500, 999, 0.3)
     from xpe_fast.reference import packed_attention_reference, residual_layer_norm_reference
     for dt in (torch.float32, torch.bfloat16):
         for B, S, H, hd in [(2, 37, 3, 32), (1, 5, 2, 64), (2, 3, 1, 16), (1, 9, 1, 128)]:

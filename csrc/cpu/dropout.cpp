@@ -10,6 +10,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "xpe_fast/checks.h"
 #include "xpe_fast/kernel_math.h"
 #include "cpu/clones.h"
@@ -19,14 +21,34 @@ namespace {
 
 using xpe::bf16_t;
 
+// The hash of kernel_math.h (dropout_bits), evaluated in 32-bit lanes: within a run of
+// elements whose 64-bit index has one high word, the low word is a 32-bit counter, and the
+// 24 hash bits compare with the threshold as signed ints. The plain 64-bit form vectorizes
+// only with AVX-512 (its 64 -> 32-bit truncations and unsigned compares); this one also with
+// AVX2, to the same bits (tests compare it with dropout_bits).
 template <typename T>
 XPE_HD void dropout_range(const T* x, T* y, uint64_t seed, uint64_t offset, uint32_t threshold,
                           float scale, int64_t begin, int64_t end) {
+  using A = typename xpe::acc_of<T>::type;
+  const uint32_t seed_lo = static_cast<uint32_t>(seed), seed_hi = static_cast<uint32_t>(seed >> 32);
+  const int32_t thr = static_cast<int32_t>(threshold);
+  for (int64_t i = begin; i < end;) {
+    const uint64_t first = offset + static_cast<uint64_t>(i);
+    const uint32_t lo0 = static_cast<uint32_t>(first);
+    const uint64_t until_wrap = (uint64_t{1} << 32) - lo0;
+    const int32_t n = static_cast<int32_t>(
+        std::min<uint64_t>({until_wrap, static_cast<uint64_t>(end - i), uint64_t{1} << 30}));
+    const uint32_t add = static_cast<uint32_t>(first >> 32) * 0x9e3779b9u + seed_hi;
+    const T* xs = x + i;
+    T* ys = y + i;
 #pragma omp simd
-  for (int64_t i = begin; i < end; ++i) {
-    const float k =
-        xpe::dropout_scale_keep(seed, offset + static_cast<uint64_t>(i), threshold, scale);
-    xpe::store(y, i, static_cast<typename xpe::acc_of<T>::type>(xpe::load(x, i)) * k);
+    for (int32_t j = 0; j < n; ++j) {
+      const uint32_t lo = lo0 + static_cast<uint32_t>(j);
+      const int32_t bits = static_cast<int32_t>(xpe::mix32(xpe::mix32(lo ^ seed_lo) + add) >> 8);
+      const float k = bits >= thr ? scale : 0.0f;
+      xpe::store(ys, j, static_cast<A>(xpe::load(xs, j)) * k);
+    }
+    i += n;
   }
 }
 

@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <vector>
 
 #include "cuda/launchers.h"
@@ -75,26 +76,7 @@ at::Tensor assemble_backward(const at::Tensor& grad_out, const at::Tensor& promp
   return grad_prompt;
 }
 
-// c = epilogue(a @ b + bias) with a, b any-strided 2-D views.
-at::Tensor linear(const at::Tensor& a, const at::Tensor& b, const at::Tensor& bias,
-                  const at::Tensor& mask, const at::Tensor& h, int epilogue) {
-  auto c = at::empty({a.size(0), b.size(1)}, a.options());
-  check_cuda(xpe_cuda::linear(dtype_of(a), a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(),
-                              b.stride(0), b.stride(1), c.data_ptr(), a.size(0), b.size(1),
-                              a.size(1), bias.defined() ? bias.data_ptr() : nullptr,
-                              mask.defined() ? mask.data_ptr() : nullptr,
-                              h.defined() ? h.data_ptr() : nullptr, epilogue, stream()),
-             "linear");
-  return c;
-}
-
-at::Tensor colsum(const at::Tensor& g) {
-  auto out = at::empty({g.size(1)}, g.options());
-  check_cuda(xpe_cuda::column_sum(dtype_of(g), g.data_ptr(), out.data_ptr(), g.size(0), g.size(1),
-                                  stream()),
-             "column_sum");
-  return out;
-}
+const void* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_forward(
     const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
@@ -105,10 +87,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_forward(
   const auto dt = a.x.scalar_type();
   const at::Tensor m1 = xpe_cpu::check_mask(mask1, "mask1", a.N, a.h, dt, "cuda");
   const at::Tensor m2 = xpe_cpu::check_mask(mask2, "mask2", a.N, a.h, dt, "cuda");
-  const at::Tensor none;
-  at::Tensor h1 = linear(a.x, a.w1.t(), a.b1, m1, none, xpe_cuda::kReluMask);
-  at::Tensor h2 = linear(h1, a.w2.t(), a.b2, m2, none, xpe_cuda::kReluMask);
-  at::Tensor out = linear(h2, a.w3.t(), a.b3, none, none, xpe_cuda::kNone);
+  auto h1 = at::empty({a.N, a.h}, a.x.options());
+  auto h2 = at::empty({a.N, a.h}, a.x.options());
+  auto out = at::empty({a.N, a.d}, a.x.options());
+  check_cuda(xpe_cuda::prompt_encoder_mlp_forward(
+                 dtype_of(a.x), a.x.data_ptr(), a.w1.data_ptr(), a.b1.data_ptr(), a.w2.data_ptr(),
+                 a.b2.data_ptr(), a.w3.data_ptr(), a.b3.data_ptr(), ptr(m1), ptr(m2), h1.data_ptr(),
+                 h2.data_ptr(), out.data_ptr(), a.N, a.d_in, a.h, a.d, stream()),
+             "prompt_encoder_mlp_forward");
   return {out, h1, h2};
 }
 
@@ -119,19 +105,20 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& grad_out, const at::Tenso
                                      const c10::optional<at::Tensor>& mask2) {
   const auto a =
       xpe_cpu::check_mlp_backward_args(grad_out, x, w1, w2, w3, h1, h2, mask1, mask2, "cuda");
-  const at::Tensor &g = a.g, &xc = a.x, &w1c = a.w1, &w2c = a.w2, &w3c = a.w3, &h1c = a.h1,
-                   &h2c = a.h2, &m1 = a.m1, &m2 = a.m2;
-  const c10::cuda::CUDAGuard guard(xc.device());
-  const at::Tensor none;
-  at::Tensor gw3 = linear(g.t(), h2c, none, none, none, xpe_cuda::kNone);
-  at::Tensor gb3 = colsum(g);
-  at::Tensor g2 = linear(g, w3c, none, m2, h2c, xpe_cuda::kReluGrad);
-  at::Tensor gw2 = linear(g2.t(), h1c, none, none, none, xpe_cuda::kNone);
-  at::Tensor gb2 = colsum(g2);
-  at::Tensor g1 = linear(g2, w2c, none, m1, h1c, xpe_cuda::kReluGrad);
-  at::Tensor gw1 = linear(g1.t(), xc, none, none, none, xpe_cuda::kNone);
-  at::Tensor gb1 = colsum(g1);
-  at::Tensor gx = linear(g1, w1c, none, none, none, xpe_cuda::kNone);
+  const c10::cuda::CUDAGuard guard(a.x.device());
+  const auto o = a.x.options();
+  const int64_t d_in = a.x.size(1);
+  auto g1 = at::empty({a.N, a.h}, o), g2 = at::empty({a.N, a.h}, o);
+  auto gx = at::empty({a.N, d_in}, o), gw1 = at::empty({a.h, d_in}, o);
+  auto gb1 = at::empty({a.h}, o), gw2 = at::empty({a.h, a.h}, o), gb2 = at::empty({a.h}, o);
+  auto gw3 = at::empty({a.d, a.h}, o), gb3 = at::empty({a.d}, o);
+  check_cuda(
+      xpe_cuda::prompt_encoder_mlp_backward(
+          dtype_of(a.x), a.g.data_ptr(), a.x.data_ptr(), a.w1.data_ptr(), a.w2.data_ptr(),
+          a.w3.data_ptr(), a.h1.data_ptr(), a.h2.data_ptr(), ptr(a.m1), ptr(a.m2), g1.data_ptr(),
+          g2.data_ptr(), gx.data_ptr(), gw1.data_ptr(), gb1.data_ptr(), gw2.data_ptr(),
+          gb2.data_ptr(), gw3.data_ptr(), gb3.data_ptr(), a.N, d_in, a.h, a.d, stream()),
+      "prompt_encoder_mlp_backward");
   return {gx, gw1, gb1, gw2, gb2, gw3, gb3};
 }
 

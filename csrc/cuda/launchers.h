@@ -33,4 +33,19 @@ int linear(DType dt, const void* A, int64_t sa0, int64_t sa1, const void* B, int
 // out[n] = sum_m g[m, n] for contiguous g [M, N], accumulated in fp32 (fp64 for double).
 int column_sum(DType dt, const void* g, void* out, int64_t M, int64_t N, void* stream);
 
+// The prompt-encoder MLP over contiguous tensors (weights in nn.Linear's [out, in] layout,
+// masks [N, h] or null): h1 = relu(x w1^T + b1) * m1, h2 = relu(h1 w2^T + b2) * m2,
+// out = h2 w3^T + b3; h1, h2 [N, h] and out [N, d] are written.
+int prompt_encoder_mlp_forward(DType dt, const void* x, const void* w1, const void* b1,
+                               const void* w2, const void* b2, const void* w3, const void* b3,
+                               const void* m1, const void* m2, void* h1, void* h2, void* out,
+                               int64_t N, int64_t d_in, int64_t h, int64_t d, void* stream);
+
+// Its backward from grad_out g [N, d] and the saved h1, h2; g1, g2 are [N, h] workspaces.
+int prompt_encoder_mlp_backward(DType dt, const void* g, const void* x, const void* w1,
+                                const void* w2, const void* w3, const void* h1, const void* h2,
+                                const void* m1, const void* m2, void* g1, void* g2, void* gx,
+                                void* gw1, void* gb1, void* gw2, void* gb2, void* gw3, void* gb3,
+                                int64_t N, int64_t d_in, int64_t h, int64_t d, void* stream);
+
 }  // namespace xpe_cuda

@@ -122,4 +122,41 @@ int column_sum(DType dt, const void* g, void* out, int64_t M, int64_t N, void* s
   return static_cast<int>(cudaErrorInvalidValue);
 }
 
+// The GEMM sequences: every product reads its operands through strides (a transpose is a
+// view), so nothing is copied; each call stops at the first launch error.
+int prompt_encoder_mlp_forward(DType dt, const void* x, const void* w1, const void* b1,
+                               const void* w2, const void* b2, const void* w3, const void* b3,
+                               const void* m1, const void* m2, void* h1, void* h2, void* out,
+                               int64_t N, int64_t d_in, int64_t h, int64_t d, void* stream) {
+  int err = linear(dt, x, d_in, 1, w1, 1, d_in, h1, N, h, d_in, b1, m1, nullptr, kReluMask, stream);
+  if (!err) err = linear(dt, h1, h, 1, w2, 1, h, h2, N, h, h, b2, m2, nullptr, kReluMask, stream);
+  if (!err) err = linear(dt, h2, h, 1, w3, 1, h, out, N, d, h, b3, nullptr, nullptr, kNone, stream);
+  return err;
+}
+
+int prompt_encoder_mlp_backward(DType dt, const void* g, const void* x, const void* w1,
+                                const void* w2, const void* w3, const void* h1, const void* h2,
+                                const void* m1, const void* m2, void* g1, void* g2, void* gx,
+                                void* gw1, void* gb1, void* gw2, void* gb2, void* gw3, void* gb3,
+                                int64_t N, int64_t d_in, int64_t h, int64_t d, void* stream) {
+  // layer 3: gw3 = g^T h2, gb3 = colsum(g), g2 = (g w3) through relu/dropout of h2
+  int err = linear(dt, g, 1, d, h2, h, 1, gw3, d, h, N, nullptr, nullptr, nullptr, kNone, stream);
+  if (!err) err = column_sum(dt, g, gb3, N, d, stream);
+  if (!err) err = linear(dt, g, d, 1, w3, h, 1, g2, N, h, d, nullptr, m2, h2, kReluGrad, stream);
+  // layer 2
+  if (!err)
+    err = linear(dt, g2, 1, h, h1, h, 1, gw2, h, h, N, nullptr, nullptr, nullptr, kNone, stream);
+  if (!err) err = column_sum(dt, g2, gb2, N, h, stream);
+  if (!err) err = linear(dt, g2, h, 1, w2, h, 1, g1, N, h, h, nullptr, m1, h1, kReluGrad, stream);
+  // layer 1
+  if (!err)
+    err =
+        linear(dt, g1, 1, h, x, d_in, 1, gw1, h, d_in, N, nullptr, nullptr, nullptr, kNone, stream);
+  if (!err) err = column_sum(dt, g1, gb1, N, h, stream);
+  if (!err)
+    err =
+        linear(dt, g1, h, 1, w1, d_in, 1, gx, N, d_in, h, nullptr, nullptr, nullptr, kNone, stream);
+  return err;
+}
+
 }  // namespace xpe_cuda
