@@ -100,3 +100,36 @@ def test_every_isa_variant_matches_the_reference(isa):
     assert r.returncode == 0 and r.stdout.strip().split()[-2] == "ok", r.stderr[-3000:]
     level = int(r.stdout.split()[-1])
     assert level <= {"avx512bf16": 3, "avx512": 2, "avx2": 1, "baseline": 0}[isa]
+
+
+STATS_SCRIPT = textwrap.dedent("""
+    import hashlib, torch
+    torch.set_num_threads(1)
+    from xpe_fast import _extension
+    g = torch.Generator().manual_seed(3)
+    h = hashlib.sha256()
+    for d in (384, 127, 16):
+        for tx, tr in ((torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                       (torch.bfloat16, torch.bfloat16)):
+            x, r = torch.randn(9, d, generator=g).to(tx), torch.randn(9, d, generator=g).to(tr)
+            w, b = torch.randn(d, generator=g), torch.randn(d, generator=g)
+            for y in torch.ops.xpe_fast.residual_layer_norm(x, r, w, b, 1e-5, True):
+                h.update(y.view(torch.uint8 if y.dtype == torch.float32 else torch.int16)
+                         .numpy().tobytes())
+    print(_extension._C.cpu_isa_level(), h.hexdigest())
+""")
+
+
+@pytest.mark.skipif(_extension._C is None, reason="the C++ extension is not built")
+def test_residual_layer_norm_gives_the_same_bits_at_every_isa_level():
+    """Its row statistics use the register width of each level in the same summation order."""
+    digests = {}
+    for isa in ("avx512", "avx2", "baseline"):
+        env = {**os.environ, "XPE_FAST_CPU_ISA": isa, "OMP_NUM_THREADS": "1"}
+        r = subprocess.run(
+            [sys.executable, "-c", STATS_SCRIPT], env=env, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        level, digest = r.stdout.split()
+        digests[int(level)] = digest
+    assert len(set(digests.values())) == 1, digests

@@ -22,16 +22,15 @@ def isa_level() -> int:
 
 
 def use_packed_attention() -> bool:
-    # Its 16-float vectors compile to one register per vector only with AVX-512; on AVX2 and
-    # below GCC splits the compares and selects into scalar code, slower than the plain
-    # matmul + softmax (BENCHMARKS.md, per ISA level).
-    return isa_level() >= 2
+    # Each variant runs vectors of its register width (16 floats with AVX-512, 8 with AVX2);
+    # the SSE baseline's 4-float build loses to the plain matmul + softmax.
+    return isa_level() >= 1
 
 
 def use_residual_layer_norm() -> bool:
-    # Faster than eager's add + LayerNorm (+ cast) with AVX-512 and, oddly, in the SSE
-    # baseline build, but not in the AVX2 build (the same GCC vector code compiles worse).
-    return isa_level() != 1
+    # Faster than eager's add + LayerNorm (+ cast) at every level (row statistics in the
+    # register width of each).
+    return isa_level() >= 0
 
 
 def use_onednn_linear(dtype: torch.dtype) -> bool:

@@ -53,16 +53,20 @@ F pick_isa(F avx512, F avx2, F base) {
 #if defined(__x86_64__) && defined(__GNUC__)
 #define XPE_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 #define XPE_TARGET_AVX2 __attribute__((target("avx2,fma")))
-// Defines `void name params` that runs `impl args` in the variant this CPU supports.
-#define XPE_MULTIVERSION(name, params, args, impl)                                          \
-  XPE_TARGET_AVX512 static void name##_avx512 params { impl args; }                         \
-  XPE_TARGET_AVX2 static void name##_avx2 params { impl args; }                             \
-  static void name##_base params { impl args; }                                             \
+// Defines `void name params` that runs, in the variant this CPU supports, `avx512 args`,
+// `avx2 args` or `base args` (one implementation per level where a kernel needs it).
+#define XPE_MULTIVERSION_EACH(name, params, args, avx512, avx2, base)                       \
+  XPE_TARGET_AVX512 static void name##_avx512 params { avx512 args; }                       \
+  XPE_TARGET_AVX2 static void name##_avx2 params { avx2 args; }                             \
+  static void name##_base params { base args; }                                             \
   static void name params {                                                                 \
     static const auto fn = ::xpe_cpu::pick_isa(&name##_avx512, &name##_avx2, &name##_base); \
     fn args;                                                                                \
   }
 #else
-#define XPE_MULTIVERSION(name, params, args, impl) \
-  static void name params { impl args; }
+#define XPE_MULTIVERSION_EACH(name, params, args, avx512, avx2, base) \
+  static void name params { base args; }
 #endif
+// The same implementation compiled for every level.
+#define XPE_MULTIVERSION(name, params, args, impl) \
+  XPE_MULTIVERSION_EACH(name, params, args, impl, impl, impl)

@@ -12,8 +12,9 @@
 // key_mask is additive over keys, [B, S] float32 (0 attend, -inf masked), the key-padding
 // mask of an encoder. A row whose keys are all masked gets zeros.
 //
-// Written with GCC vector extensions (16 floats); XPE_MULTIVERSION compiles them as one
-// AVX-512 register, two AVX2 registers or four SSE registers.
+// Written with GCC vector extensions (16 floats), compiled per ISA level as one AVX-512
+// register or two AVX2 registers (compares and selects split by hand there, and fewer query
+// rows per block) or four SSE registers.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -36,17 +37,37 @@ namespace {
 
 using xpe::bf16_t;
 
-constexpr int64_t W = kLanes;
+// Vectors of the target's register width: 16 floats with AVX-512, 8 with AVX2, 4 with SSE.
+// A vector wider than the registers has no machine mode in GCC and lives on the stack (every
+// operation through memory), so each ISA variant takes its own width.
+template <int L>
+struct Vec {
+  typedef float f __attribute__((vector_size(4 * L)));
+  typedef int32_t i __attribute__((vector_size(4 * L)));
+};
+
+template <typename V>
+XPE_INLINE V load_v(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename V>
+XPE_INLINE void store_v(float* p, V v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
 
 // exp(x) for x <= 0 (scores minus their row maximum): Cody-Waite reduction to
 // r in [-ln2/2, ln2/2], a degree-7 Taylor polynomial (relative error < 1e-7), times 2^n;
 // below -87 (and for -inf, the masked keys) exactly 0.
-XPE_INLINE v16 vexp_nonpos(v16 x) {
-  const v16 xc = x > vsplat(-87.0f) ? x : vsplat(-87.0f);
-  const v16 magic = vsplat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const v16 n = (xc * 1.44269504088896341f + magic) - magic;
-  const v16 r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
-  v16 p = vsplat(1.0f / 5040.0f);
+template <int L, typename V = typename Vec<L>::f, typename VI = typename Vec<L>::i>
+XPE_INLINE V vexp_nonpos(V x) {
+  const V lo = V{} - 87.0f;
+  const V xc = x > lo ? x : lo;
+  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const V n = (xc * 1.44269504088896341f + magic) - magic;
+  const V r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  V p = V{} + 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
@@ -54,28 +75,37 @@ XPE_INLINE v16 vexp_nonpos(v16 x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
-  v16 two_n;
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  V two_n;
   __builtin_memcpy(&two_n, &bits, sizeof(two_n));
-  const v16 e = p * two_n;
-  return x > vsplat(-87.0f) ? e : v16{};
+  const V e = p * two_n;
+  return x > lo ? e : V{};
 }
 
-XPE_INLINE float hmax(v16 v) {
+template <int L, typename V>
+XPE_INLINE float hmax(V v) {
   float m = v[0];
-  for (int i = 1; i < W; ++i) m = v[i] > m ? v[i] : m;
+  for (int i = 1; i < L; ++i) m = v[i] > m ? v[i] : m;
   return m;
+}
+template <int L, typename V>
+XPE_INLINE float hsum_v(V v) {
+  float s = 0.0f;
+  for (int i = 0; i < L; ++i) s += v[i];
+  return s;
 }
 
 struct Geometry {
   int64_t S, S16, H, hd, row;  // S16: S rounded up to 16; row: elements per qkv row
 };
 
-// One (sample, head): keys, values and scores in `buf`; hd = 16 * DV, R query rows a block.
-template <typename T, int DV, int R>
+// One (sample, head) with L-float vectors: keys, values and scores in `buf`; hd = L * DV,
+// R query rows a block.
+template <typename T, int L, int DV, int R>
 XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geometry& g,
                             int64_t head, float scale, float* buf) {
-  constexpr int64_t hd = W * DV;
+  using V = typename Vec<L>::f;
+  constexpr int64_t hd = L * DV;
   const int64_t S = g.S, S16 = g.S16, ostride = g.H * hd;
   float* kt = buf;            // [hd, S16]: keys transposed, zero beyond S
   float* vv = kt + hd * S16;  // [S, hd]
@@ -105,16 +135,16 @@ XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geome
 #pragma omp simd
       for (int64_t d = 0; d < hd; ++d) qf[r * hd + d] = xpe::load(qr, d) * scale;
     }
-    // Scores: two 16-key chunks per pass (R * 2 independent accumulators), then an odd one.
+    // Scores: two L-key chunks per pass (R * 2 independent accumulators), then an odd one.
     int64_t jc = 0;
-    for (; jc + 2 * W <= S16; jc += 2 * W) {
-      v16 acc[R][2];
+    for (; jc + 2 * L <= S16; jc += 2 * L) {
+      V acc[R][2];
       for (int r = 0; r < R; ++r) {
-        acc[r][0] = vload(mk + jc);
-        acc[r][1] = vload(mk + jc + W);
+        acc[r][0] = load_v<V>(mk + jc);
+        acc[r][1] = load_v<V>(mk + jc + L);
       }
       for (int64_t d = 0; d < hd; ++d) {
-        const v16 ka = vload(kt + d * S16 + jc), kb = vload(kt + d * S16 + jc + W);
+        const V ka = load_v<V>(kt + d * S16 + jc), kb = load_v<V>(kt + d * S16 + jc + L);
         for (int r = 0; r < R; ++r) {
           const float qd = qf[r * hd + d];
           acc[r][0] += qd * ka;
@@ -122,46 +152,49 @@ XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geome
         }
       }
       for (int r = 0; r < R; ++r) {
-        vstore(sc + r * S16 + jc, acc[r][0]);
-        vstore(sc + r * S16 + jc + W, acc[r][1]);
+        store_v(sc + r * S16 + jc, acc[r][0]);
+        store_v(sc + r * S16 + jc + L, acc[r][1]);
       }
     }
-    if (jc < S16) {
-      v16 acc[R];
-      for (int r = 0; r < R; ++r) acc[r] = vload(mk + jc);
+    for (; jc < S16; jc += L) {
+      V acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = load_v<V>(mk + jc);
       for (int64_t d = 0; d < hd; ++d) {
-        const v16 ka = vload(kt + d * S16 + jc);
+        const V ka = load_v<V>(kt + d * S16 + jc);
         for (int r = 0; r < R; ++r) acc[r] += qf[r * hd + d] * ka;
       }
-      for (int r = 0; r < R; ++r) vstore(sc + r * S16 + jc, acc[r]);
+      for (int r = 0; r < R; ++r) store_v(sc + r * S16 + jc, acc[r]);
     }
     // Softmax numerators in place; 1 / row sum kept for the end.
     float inv[R];
     for (int r = 0; r < R; ++r) {
       float* s = sc + r * S16;
-      v16 m = vload(s);
-      for (int64_t jc = W; jc < S16; jc += W) m = vmax(m, vload(s + jc));
-      const float mx = hmax(m);
+      V m = load_v<V>(s);
+      for (int64_t jc = L; jc < S16; jc += L) {
+        const V x = load_v<V>(s + jc);
+        m = x > m ? x : m;
+      }
+      const float mx = hmax<L>(m);
       if (mx == -__builtin_inff()) {  // every key masked: zeros
         for (int64_t j = 0; j < S16; ++j) s[j] = 0.0f;
         inv[r] = 0.0f;
         continue;
       }
-      v16 sum{};
-      for (int64_t jc = 0; jc < S16; jc += W) {
-        const v16 e = vexp_nonpos(vload(s + jc) - mx);
-        vstore(s + jc, e);
+      V sum{};
+      for (int64_t jc = 0; jc < S16; jc += L) {
+        const V e = vexp_nonpos<L>(load_v<V>(s + jc) - mx);
+        store_v(s + jc, e);
         sum += e;
       }
-      inv[r] = 1.0f / hsum(sum);
+      inv[r] = 1.0f / hsum_v<L>(sum);
     }
     // Context: R * DV accumulators over the keys.
-    v16 o[R][DV];
+    V o[R][DV];
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < DV; ++c) o[r][c] = v16{};
+      for (int c = 0; c < DV; ++c) o[r][c] = V{};
     for (int64_t j = 0; j < S; ++j) {
-      v16 vj[DV];
-      for (int c = 0; c < DV; ++c) vj[c] = vload(vv + j * hd + c * W);
+      V vj[DV];
+      for (int c = 0; c < DV; ++c) vj[c] = load_v<V>(vv + j * hd + c * L);
       for (int r = 0; r < R; ++r) {
         const float p = sc[r * S16 + j];
         for (int c = 0; c < DV; ++c) o[r][c] += p * vj[c];
@@ -169,7 +202,7 @@ XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geome
     }
     for (int r = 0; r < R && i0 + r < S; ++r) {
       float tmp[hd];
-      for (int c = 0; c < DV; ++c) vstore(tmp + c * W, o[r][c] * inv[r]);
+      for (int c = 0; c < DV; ++c) store_v(tmp + c * L, o[r][c] * inv[r]);
       T* orow = out + (i0 + r) * ostride + head * hd;
 #pragma omp simd
       for (int64_t d = 0; d < hd; ++d) xpe::store(orow, d, tmp[d]);
@@ -177,8 +210,19 @@ XPE_INLINE void attend_head(const T* qkv, const float* mask, T* out, const Geome
   }
 }
 
-// Tasks [begin, end) of the B * H (sample, head) pairs.
-template <typename T>
+// Query rows per block for L-float vectors and head size hd: as many as keep the R * hd / L
+// context accumulators and the hd / L value vectors within the register file (32 registers
+// with AVX-512, 16 with AVX2 and SSE).
+template <int L>
+constexpr int rows_per_block(int64_t hd) {
+  const int regs = L == 16 ? 32 : 16;
+  const int dv = static_cast<int>(hd / L);
+  const int r = (regs - 2 - dv) / dv;
+  return r >= 8 ? 8 : r >= 4 ? 4 : r >= 2 ? 2 : 1;
+}
+
+// Tasks [begin, end) of the B * H (sample, head) pairs, with L-float vectors.
+template <typename T, int L>
 XPE_INLINE void attend_range(const T* qkv, const float* mask, T* out, const Geometry* g,
                              float scale, float* buf, int64_t begin, int64_t end) {
   for (int64_t t = begin; t < end; ++t) {
@@ -186,31 +230,34 @@ XPE_INLINE void attend_range(const T* qkv, const float* mask, T* out, const Geom
     const T* x = qkv + b * g->S * g->row;
     const float* m = mask ? mask + b * g->S : nullptr;
     T* o = out + b * g->S * g->H * g->hd;
-    switch (g->hd / W) {
-      case 1:
-        attend_head<T, 1, 8>(x, m, o, *g, head, scale, buf);
+    switch (g->hd) {
+      case 16:
+        attend_head<T, L, 16 / L, rows_per_block<L>(16)>(x, m, o, *g, head, scale, buf);
         break;
-      case 2:
-        attend_head<T, 2, 8>(x, m, o, *g, head, scale, buf);
+      case 32:
+        attend_head<T, L, 32 / L, rows_per_block<L>(32)>(x, m, o, *g, head, scale, buf);
         break;
-      case 4:
-        attend_head<T, 4, 4>(x, m, o, *g, head, scale, buf);
+      case 64:
+        attend_head<T, L, 64 / L, rows_per_block<L>(64)>(x, m, o, *g, head, scale, buf);
         break;
       default:
-        attend_head<T, 8, 2>(x, m, o, *g, head, scale, buf);
+        attend_head<T, L, 128 / L, rows_per_block<L>(128)>(x, m, o, *g, head, scale, buf);
         break;
     }
   }
 }
 
-XPE_MULTIVERSION(attend_f32,
-                 (const float* x, const float* m, float* o, const Geometry* g, float s, float* buf,
-                  int64_t b, int64_t e),
-                 (x, m, o, g, s, buf, b, e), attend_range<float>)
-XPE_MULTIVERSION(attend_bf16,
-                 (const bf16_t* x, const float* m, bf16_t* o, const Geometry* g, float s,
-                  float* buf, int64_t b, int64_t e),
-                 (x, m, o, g, s, buf, b, e), attend_range<bf16_t>)
+// Each ISA variant with its own vector width.
+XPE_MULTIVERSION_EACH(attend_f32,
+                      (const float* x, const float* m, float* o, const Geometry* g, float s,
+                       float* buf, int64_t b, int64_t e),
+                      (x, m, o, g, s, buf, b, e), (attend_range<float, 16>),
+                      (attend_range<float, 8>), (attend_range<float, 4>))
+XPE_MULTIVERSION_EACH(attend_bf16,
+                      (const bf16_t* x, const float* m, bf16_t* o, const Geometry* g, float s,
+                       float* buf, int64_t b, int64_t e),
+                      (x, m, o, g, s, buf, b, e), (attend_range<bf16_t, 16>),
+                      (attend_range<bf16_t, 8>), (attend_range<bf16_t, 4>))
 
 struct FreeDeleter {
   void operator()(float* p) const { std::free(p); }
@@ -256,9 +303,9 @@ at::Tensor packed_attention_forward(const at::Tensor& qkv_,
   }
   const at::Tensor qkv = qkv_.contiguous();
   auto out = at::empty({B, S, num_heads * hd}, qkv.options());
-  const Geometry g{S, (S + W - 1) / W * W, num_heads, hd, row};
-  const int R = hd <= 32 ? 8 : hd == 64 ? 4 : 2;
-  const int64_t buf_floats = hd * g.S16 + S * hd + g.S16 + R * g.S16 + R * hd + W;
+  const Geometry g{S, (S + 15) / 16 * 16, num_heads, hd, row};
+  const int R = 8;  // the most rows per block of any variant
+  const int64_t buf_floats = hd * g.S16 + S * hd + g.S16 + R * g.S16 + R * hd + 16;
   const float* m = mask.defined() ? mask.data_ptr<float>() : nullptr;
   const float s = static_cast<float>(scale);
   at::parallel_for(0, B * num_heads, 1, [&](int64_t b, int64_t e) {

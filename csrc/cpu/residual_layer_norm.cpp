@@ -29,8 +29,9 @@ XPE_HD float round_as(float v, const bf16_t*) {
   return xpe::bf16_bits_to_float(xpe::float_to_bf16_bits(v));
 }
 
-// Rows [begin, end): x in TX, residual and y in TY, y16 (may be null) in bf16.
-template <typename TX, typename TY>
+// Rows [begin, end): x in TX, residual and y in TY, y16 (may be null) in bf16; the row
+// statistics with L-float registers (vec16.h).
+template <typename TX, typename TY, int L>
 XPE_HD void rows(const TX* x, const TY* res, const float* w, const float* b, TY* y, bf16_t* y16,
                  float* buf, int64_t d, float eps, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
@@ -39,8 +40,8 @@ XPE_HD void rows(const TX* x, const TY* res, const float* w, const float* b, TY*
 #pragma omp simd
     for (int64_t k = 0; k < d; ++k) buf[k] = round_as(xpe::load(xr, k) + xpe::load(rr, k), rr);
     // vector accumulators (vec16.h), not an omp simd reduction's scalar epilogue
-    const float mean = row_sum(buf, d) / float(d);
-    const float rstd = xpe::rsqrt_acc(row_sq_dev(buf, mean, d) / float(d) + eps);
+    const float mean = row_sum_regs<L>(buf, d) / float(d);
+    const float rstd = xpe::rsqrt_acc(row_sq_dev_regs<L>(buf, mean, d) / float(d) + eps);
     TY* yr = y + r * d;
     if (y16) {
       bf16_t* y16r = y16 + r * d;
@@ -58,35 +59,22 @@ XPE_HD void rows(const TX* x, const TY* res, const float* w, const float* b, TY*
   }
 }
 
-// Template commas cannot pass through the macro: one name per instantiation.
-XPE_HD void rows_bf16_f32_impl(const bf16_t* x, const float* r, const float* w, const float* b,
-                               float* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s,
-                               int64_t e) {
-  rows<bf16_t, float>(x, r, w, b, y, y16, buf, d, eps, s, e);
-}
-XPE_HD void rows_f32_f32_impl(const float* x, const float* r, const float* w, const float* b,
-                              float* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s,
-                              int64_t e) {
-  rows<float, float>(x, r, w, b, y, y16, buf, d, eps, s, e);
-}
-XPE_HD void rows_bf16_bf16_impl(const bf16_t* x, const bf16_t* r, const float* w, const float* b,
-                                bf16_t* y, bf16_t* y16, float* buf, int64_t d, float eps, int64_t s,
-                                int64_t e) {
-  rows<bf16_t, bf16_t>(x, r, w, b, y, y16, buf, d, eps, s, e);
-}
-
-XPE_MULTIVERSION(rows_bf16_f32,
-                 (const bf16_t* x, const float* r, const float* w, const float* b, float* y,
-                  bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
-                 (x, r, w, b, y, y16, buf, d, eps, s, e), rows_bf16_f32_impl)
-XPE_MULTIVERSION(rows_f32_f32,
-                 (const float* x, const float* r, const float* w, const float* b, float* y,
-                  bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
-                 (x, r, w, b, y, y16, buf, d, eps, s, e), rows_f32_f32_impl)
-XPE_MULTIVERSION(rows_bf16_bf16,
-                 (const bf16_t* x, const bf16_t* r, const float* w, const float* b, bf16_t* y,
-                  bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
-                 (x, r, w, b, y, y16, buf, d, eps, s, e), rows_bf16_bf16_impl)
+// Each ISA variant with its register width (16, 8, 4 floats).
+XPE_MULTIVERSION_EACH(rows_bf16_f32,
+                      (const bf16_t* x, const float* r, const float* w, const float* b, float* y,
+                       bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
+                      (x, r, w, b, y, y16, buf, d, eps, s, e), (rows<bf16_t, float, 16>),
+                      (rows<bf16_t, float, 8>), (rows<bf16_t, float, 4>))
+XPE_MULTIVERSION_EACH(rows_f32_f32,
+                      (const float* x, const float* r, const float* w, const float* b, float* y,
+                       bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
+                      (x, r, w, b, y, y16, buf, d, eps, s, e), (rows<float, float, 16>),
+                      (rows<float, float, 8>), (rows<float, float, 4>))
+XPE_MULTIVERSION_EACH(rows_bf16_bf16,
+                      (const bf16_t* x, const bf16_t* r, const float* w, const float* b, bf16_t* y,
+                       bf16_t* y16, float* buf, int64_t d, float eps, int64_t s, int64_t e),
+                      (x, r, w, b, y, y16, buf, d, eps, s, e), (rows<bf16_t, bf16_t, 16>),
+                      (rows<bf16_t, bf16_t, 8>), (rows<bf16_t, bf16_t, 4>))
 
 template <typename T>
 T* raw(const at::Tensor& t) {

@@ -14,6 +14,8 @@ typedef int32_t v16i __attribute__((vector_size(64)));
 constexpr int64_t kLanes = 16;
 
 #define XPE_INLINE inline __attribute__((always_inline))
+// A lambda's body is its own function, compiled for the baseline ISA unless inlined.
+#define XPE_LAMBDA_INLINE __attribute__((always_inline))
 
 // Lane shuffle of two vectors (indices 0-31 into their concatenation): GCC before 12 has
 // only __builtin_shuffle with a mask vector.
@@ -90,6 +92,61 @@ XPE_INLINE float row_sq_dev(const float* x, float mean, int64_t n) {
   float s = hsum((acc[0] + acc[1]) + (acc[2] + acc[3]));
   for (; k < n; ++k) s += (x[k] - mean) * (x[k] - mean);
   return s;
+}
+
+// The same two row statistics with each 16-float vector held as K = 16 / L registers of L
+// floats (L = 8 for AVX2, 4 for SSE): a 64-byte GCC vector wider than the registers has no
+// machine mode and lives on the stack. Same partial sums and the same reduction tree as
+// row_sum / row_sq_dev (hsum's: lanes i + 8, i + 4, i + 2), so the same bits at every width.
+template <int L>
+struct Lanes {
+  typedef float v __attribute__((vector_size(4 * L)));
+};
+template <int L, bool Sq>
+XPE_INLINE float row_stat_lanes(const float* x, float mean, int64_t n) {
+  using V = typename Lanes<L>::v;
+  constexpr int K = 16 / L;
+  V acc[4 * K] = {};  // acc[j * K + q]: lanes q * L .. of row_sum's accumulator j
+  int64_t k = 0;
+  auto term = [mean](const float* p) XPE_LAMBDA_INLINE {
+    V v;
+    __builtin_memcpy(&v, p, sizeof(v));
+    if constexpr (Sq) {
+      v -= mean;
+      v *= v;
+    }
+    return v;
+  };
+  for (; k + 4 * kLanes <= n; k += 4 * kLanes)
+    for (int j = 0; j < 4; ++j)
+      for (int q = 0; q < K; ++q) acc[j * K + q] += term(x + k + j * kLanes + q * L);
+  for (; k + kLanes <= n; k += kLanes)
+    for (int q = 0; q < K; ++q) acc[q] += term(x + k + q * L);
+  float t[16];
+  for (int q = 0; q < K; ++q) {
+    const V v = (acc[q] + acc[K + q]) + (acc[2 * K + q] + acc[3 * K + q]);
+    __builtin_memcpy(t + q * L, &v, sizeof(v));
+  }
+  for (int i = 0; i < 8; ++i) t[i] = t[i] + t[i + 8];
+  for (int i = 0; i < 4; ++i) t[i] = t[i] + t[i + 4];
+  for (int i = 0; i < 2; ++i) t[i] = t[i] + t[i + 2];
+  float s = t[0] + t[1];
+  if constexpr (Sq) {
+    for (; k < n; ++k) s += (x[k] - mean) * (x[k] - mean);
+  } else {
+    for (; k < n; ++k) s += x[k];
+  }
+  return s;
+}
+template <int L>
+XPE_INLINE float row_sum_regs(const float* x, int64_t n) {
+  if constexpr (L == 16) return row_sum(x, n);
+  return row_stat_lanes<L, false>(x, 0.0f, n);
+}
+template <int L>
+XPE_INLINE float row_sq_dev_regs(const float* x, float mean, int64_t n) {
+  if constexpr (L == 16) return row_sq_dev(x, mean, n);
+  return row_stat_lanes<L, true>(x, mean, n);
 }
 
 }  // namespace xpe_cpu
