@@ -352,7 +352,14 @@ def write_report(
             f"In short: on the low-performing languages, XPE minus SPT from Joshi5 is "
             f"{p['mean']:+.2f} points, 95 % interval [{p['lo']:+.2f}, {p['hi']:+.2f}]: "
             + (
-                "the interval excludes zero, so the sign is settled at this scale"
+                (
+                    "the interval excludes zero, so the sign is settled at this scale"
+                    if min(p["seeds"]) >= 3
+                    else f"the interval excludes zero for these seeds ({p['seeds'][0]} XPE, "
+                    f"{p['seeds'][1]} SPT), but it resamples languages only: with fewer than "
+                    "3 seeds a side, seed-to-seed variation is not in it, and the sign is "
+                    "not settled yet"
+                )
                 if sure
                 else "the interval includes zero, so these runs do not settle the "
                 "sign at this scale"
