@@ -287,7 +287,9 @@ def write_report(
             f"median {statistics.median(walls) / 60:.1f} min (training "
             f"{statistics.median(trains) / 60:.1f} min, zero-shot evaluation "
             f"{statistics.median(evals) / 60:.1f} min), {len(runs)} runs, "
-            f"{sum(walls) / 3600:.1f} h in all."
+            f"{sum(walls) / 3600:.1f} h in all (clock time: it includes whatever else the "
+            "machine ran meanwhile, e.g. a second run on the other core, or a pause while "
+            "benchmarks ran)."
             if walls
             else "-"
         ),
