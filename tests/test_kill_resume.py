@@ -5,6 +5,7 @@ replaced atomically, so a kill leaves the previous checkpoint or the next, never
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,13 +47,14 @@ def test_killed_at_random_moments_resumes_to_the_same_result(shared_dir, tmp_pat
     part = tmp_path / "part"
     rng = random.Random(1234)
     kills = 0
-    for _ in range(40):
+    t_run = t_full  # how long a whole run takes, as far as we know
+    for _ in range(60):
         resume = (part / "run_config.json").is_file()
         p = launch(base_args(env, part, *extra), resume)
         if kills < 8:
             # a moment anywhere in a run's life: start-up, training, saving, evaluating
             try:
-                p.wait(timeout=rng.uniform(0.2, 0.9) * t_full)
+                p.wait(timeout=rng.uniform(0.2, 0.9) * t_run)
             except subprocess.TimeoutExpired:
                 p.send_signal(signal.SIGKILL)
                 p.communicate()
@@ -61,7 +63,13 @@ def test_killed_at_random_moments_resumes_to_the_same_result(shared_dir, tmp_pat
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
         if (part / "summary.json").is_file():
-            break
+            if kills >= 3:
+                break
+            # It finished before being killed often enough: the machine got faster than
+            # during the first run (a shared machine). Start the interrupted run over with
+            # shorter kill times.
+            shutil.rmtree(part)
+            kills, t_run = 0, t_run / 2
     assert kills >= 3, f"only {kills} runs were killed; the test proves little"
     a = load_file(str(full / "seed-0/adapter/adapter.safetensors"))
     b = load_file(str(part / "seed-0/adapter/adapter.safetensors"))
