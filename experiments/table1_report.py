@@ -60,16 +60,29 @@ def language_means(runs, source, tag, langs):
     return np.array([np.mean([100 * r["per_language"][l] for r in rs]) for l in langs])
 
 
-def paired(runs, source, a, b, langs):
-    """Mean over languages of (a - b), seed-averaged per language, with a bootstrap 95 %
-    interval over languages (fixed generator: the same files give the same interval)."""
-    ma, mb = language_means(runs, source, a, langs), language_means(runs, source, b, langs)
-    if ma is None or mb is None:
+def seed_matrix(runs, source, tag, langs):
+    """[seeds, languages] accuracies % of (source, method), or None."""
+    rs = [r for r in runs if r["source"] == source and r["method"] == tag]
+    if not rs:
         return None
-    diff = ma - mb
+    return np.array([[100 * r["per_language"][l] for l in langs] for r in rs])
+
+
+def paired(runs, source, a, b, langs):
+    """Mean over languages of (a - b), seed-averaged per language, with a two-level bootstrap
+    95 % interval: each resample draws each method's seeds (with replacement) and then the
+    languages, so both seed-to-seed and language-to-language variation are in it (fixed
+    generator: the same files give the same interval)."""
+    sa, sb = seed_matrix(runs, source, a, langs), seed_matrix(runs, source, b, langs)
+    if sa is None or sb is None:
+        return None
+    diff = sa.mean(axis=0) - sb.mean(axis=0)
     rng = np.random.default_rng(0)
-    idx = rng.integers(0, len(diff), size=(BOOTSTRAP, len(diff)))
-    boots = diff[idx].mean(axis=1)
+    ia = rng.integers(0, len(sa), size=(BOOTSTRAP, len(sa)))
+    ib = rng.integers(0, len(sb), size=(BOOTSTRAP, len(sb)))
+    il = rng.integers(0, len(diff), size=(BOOTSTRAP, len(diff)))
+    per_lang = sa[ia].mean(axis=1) - sb[ib].mean(axis=1)  # [BOOTSTRAP, languages]
+    boots = np.take_along_axis(per_lang, il, axis=1).mean(axis=1)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return {
         "mean": float(diff.mean()),
@@ -326,8 +339,10 @@ def write_report(
         "## XPE - SPT on the 46 low-performing languages (paired)",
         "",
         "Per language: XPE's accuracy averaged over its seeds minus SPT's; the mean of "
-        f"those 46 differences, with a bootstrap 95 % interval over languages "
-        f"({BOOTSTRAP:,} resamples, generator seed 0).",
+        "those 46 differences, with a two-level bootstrap 95 % interval: each resample "
+        "draws each method's seeds with replacement, then the languages, so seed-to-seed "
+        f"and language-to-language variation are both in it ({BOOTSTRAP:,} resamples, "
+        "generator seed 0).",
         "",
         "| source | XPE - SPT (points) | 95 % interval | languages XPE better / worse | "
         "seeds (XPE, SPT) |",
@@ -358,9 +373,9 @@ def write_report(
                     "the interval excludes zero, so the sign is settled at this scale"
                     if min(p["seeds"]) >= 3
                     else f"the interval excludes zero for these seeds ({p['seeds'][0]} XPE, "
-                    f"{p['seeds'][1]} SPT), but it resamples languages only: with fewer than "
-                    "3 seeds a side, seed-to-seed variation is not in it, and the sign is "
-                    "not settled yet"
+                    f"{p['seeds'][1]} SPT), but with fewer than 3 seeds a side resampling "
+                    "seeds says little about seed-to-seed variation, so the sign is not "
+                    "settled yet"
                 )
                 if sure
                 else "the interval includes zero, so these runs do not settle the "
