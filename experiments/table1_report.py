@@ -98,6 +98,29 @@ def paired(runs, source, a, b, langs):
     }
 
 
+def machine_label(m: dict) -> str:
+    """A short name for the kind of CPU a run ran on: its model and its widest matrix/vector
+    feature (the thing that decides which kernels, and so which rounding, a run used)."""
+    cpu = m.get("cpu", "?").replace("(R)", "").replace("(TM)", "").replace(" Processor", "")
+    cpu = " ".join(cpu.split()[:3])
+    isa = m.get("isa", [])
+    top = next((f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in isa), "")
+    return f"{cpu} [{top}]" if top else cpu
+
+
+def wall_summary(rs) -> str:
+    walls = [r["wall_seconds_total"] for r in rs if r.get("wall_seconds_total")]
+    trains = [r["train_seconds"] for r in rs if r.get("train_seconds")]
+    evals = [r["eval_seconds"] for r in rs if r.get("eval_seconds")]
+    if not walls:
+        return "wall time not recorded"
+    return (
+        f"median {statistics.median(walls) / 60:.1f} min (training "
+        f"{statistics.median(trains) / 60:.1f} min, zero-shot evaluation "
+        f"{statistics.median(evals) / 60:.1f} min), {sum(walls) / 3600:.1f} h in all"
+    )
+
+
 def low_performing():
     import sys
 
@@ -250,6 +273,32 @@ def orderings(runs) -> list[str]:
     return out
 
 
+def in_short(source: str, p: dict) -> str:
+    """One line: XPE - SPT from `source` on the low-performing languages, and what it settles."""
+    sname = dict(SOURCES)[source]
+    paper = PAPER.get((source, "low-performing"), {})
+    sure = p["lo"] > 0 or p["hi"] < 0
+    if not sure:
+        verdict = "the interval includes zero, so these runs do not settle the sign at this scale"
+    elif min(p["seeds"]) >= 3:
+        verdict = "the interval excludes zero, so the sign is settled at this scale"
+    else:
+        verdict = (
+            f"the interval excludes zero for these seeds ({p['seeds'][0]} XPE, {p['seeds'][1]} "
+            "SPT), but with fewer than 3 seeds a side resampling seeds says little about "
+            "seed-to-seed variation, so the sign is not settled yet"
+        )
+    ref = (
+        f" (the paper: {paper['xpe'] - paper['spt']:+.1f} on XLM-R large)"
+        if "xpe" in paper and "spt" in paper
+        else ""
+    )
+    return (
+        f"- from {sname}: {p['mean']:+.2f} points, 95 % interval [{p['lo']:+.2f}, "
+        f"{p['hi']:+.2f}]: {verdict}{ref}."
+    )
+
+
 def write_report(
     results: Path,
     dest: Path,
@@ -274,16 +323,9 @@ def write_report(
     ]
     # ---- setup
     prec = sorted({r["precision"] for r in runs})
-    machines = sorted(
-        {
-            f"{r['machine']['cpu']} ({', '.join(r['machine']['isa'])}), "
-            f"torch {r['machine']['torch']}"
-            for r in runs
-        }
-    )
-    walls = [r["wall_seconds_total"] for r in runs if r.get("wall_seconds_total")]
-    trains = [r["train_seconds"] for r in runs if r.get("train_seconds")]
-    evals = [r["eval_seconds"] for r in runs if r.get("eval_seconds")]
+    by_machine: dict[str, list[dict]] = {}
+    for r in runs:
+        by_machine.setdefault(machine_label(r["machine"]), []).append(r)
     lines += [
         "## Setup",
         "",
@@ -294,17 +336,13 @@ def write_report(
         "best checkpoint by source dev accuracy; 1 thread per run.",
         f"- Precision: {', '.join(prec) or '-'} (`auto`: bf16 autocast on CPUs with "
         "AVX-512 bf16 or AMX).",
-        f"- Machine(s): {'; '.join(machines) or '-'}.",
-        "- Wall time per run (1 thread): "
-        + (
-            f"median {statistics.median(walls) / 60:.1f} min (training "
-            f"{statistics.median(trains) / 60:.1f} min, zero-shot evaluation "
-            f"{statistics.median(evals) / 60:.1f} min), {len(runs)} runs, "
-            f"{sum(walls) / 3600:.1f} h in all (clock time: it includes whatever else the "
-            "machine ran meanwhile, e.g. a second run on the other core, or a pause while "
-            "benchmarks ran)."
-            if walls
-            else "-"
+        "- Machine(s) and wall time per run (1 thread; clock time: it includes whatever else "
+        "the machine ran meanwhile, e.g. a second run on the other core, or a pause while "
+        "benchmarks ran):" + ("" if runs else " -"),
+        *(
+            f"  - {label} ({', '.join(rs[0]['machine']['isa'])}), torch "
+            f"{rs[0]['machine']['torch']}: {len(rs)} runs, {wall_summary(rs)}"
+            for label, rs in sorted(by_machine.items())
         ),
         "- Plan: "
         + "; ".join(
@@ -361,28 +399,9 @@ def write_report(
     # ---- orderings
     lines += ["## Which of the paper's orderings hold at this scale", ""]
     lines += orderings(runs) or ["- (no runs yet)"]
-    if "joshi5" in pairs:
-        p = pairs["joshi5"]
-        sure = p["lo"] > 0 or p["hi"] < 0
-        lines += [
-            "",
-            f"In short: on the low-performing languages, XPE minus SPT from Joshi5 is "
-            f"{p['mean']:+.2f} points, 95 % interval [{p['lo']:+.2f}, {p['hi']:+.2f}]: "
-            + (
-                (
-                    "the interval excludes zero, so the sign is settled at this scale"
-                    if min(p["seeds"]) >= 3
-                    else f"the interval excludes zero for these seeds ({p['seeds'][0]} XPE, "
-                    f"{p['seeds'][1]} SPT), but with fewer than 3 seeds a side resampling "
-                    "seeds says little about seed-to-seed variation, so the sign is not "
-                    "settled yet"
-                )
-                if sure
-                else "the interval includes zero, so these runs do not settle the "
-                "sign at this scale"
-            )
-            + f" (the paper: {39.1 - 36.0:+.1f} on XLM-R large).",
-        ]
+    summary = [in_short(src, p) for src, p in pairs.items()]
+    if summary:
+        lines += ["", "In short, XPE minus SPT on the 46 low-performing languages:", "", *summary]
     lines += [""]
     # ---- the schedule
     cs = curves(results)
@@ -442,8 +461,8 @@ def write_report(
         "## Every run",
         "",
         "| source | method | seed | precision | best step | source "
-        "dev % | LP % | Unseen % | Seen w/o J5 % | All w/o J5 % | wall min | commit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "dev % | LP % | Unseen % | Seen w/o J5 % | All w/o J5 % | wall min | CPU | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(runs, key=lambda r: (r["source"], r["method"], r["seed"])):
         gs = [f"{100 * r['groups'][g]:.1f}" if g in r["groups"] else "" for g, _ in GROUPS]
@@ -452,7 +471,7 @@ def write_report(
             f"{r['best_step']} | {100 * r['source_dev_accuracy']:.1f} | "
             + " | ".join(gs)
             + f" | {(r.get('wall_seconds_total') or 0) / 60:.1f} | "
-            f"{r['commit'][:10]} |"
+            f"{machine_label(r['machine'])} | {r['commit'][:10]} |"
         )
     if runs:
         lines += [

@@ -78,6 +78,11 @@ def test_report_from_result_files_is_deterministic(tmp_path):
     row = next(l for l in a.splitlines() if l.startswith("| Joshi5 |"))
     assert "+3.00" in row  # the fake XPE is 3 points better on every language
     assert "levels off by step" in a and (tmp_path / "curves.png").is_file()
+    # each run names its kind of CPU (results from different machines can share the grid)
+    assert (
+        "| test CPU [avx2] | 0123456789 |" in a and "- test CPU [avx2] (avx2), torch x: 6 runs" in a
+    )
+    assert "- from Joshi5: +3.00 points" in a
     assert (tmp_path / "table1.png").is_file()
 
 
