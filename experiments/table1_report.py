@@ -131,27 +131,44 @@ def low_performing():
 
 
 def plot_groups(runs, path: Path) -> None:
+    """One panel per Table 1 row: Joshi5's four groups (four methods), then each other source's
+    low-performing row (SPT and XPE); each seed a dot, the mean a bar, the paper an x."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(GROUPS), figsize=(13, 3.6), dpi=110)
+    panels = [("joshi5", g, title, METHODS) for g, title in GROUPS]
+    panels += [
+        (source, "low-performing", "Low-Performing", METHODS[:2])
+        for source, _ in SOURCES[1:]
+        if any(r["source"] == source for r in runs)
+    ]
+    widths = [len(methods) for *_, methods in panels]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(3.3 * sum(widths) / 4, 3.6),
+        dpi=110,
+        gridspec_kw={"width_ratios": widths},
+    )
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    for ax, (g, title) in zip(axes, GROUPS):
-        for i, ((tag, _name), c) in enumerate(zip(METHODS, colors)):
-            vals = cell(runs, "joshi5", tag, g)
+    for ax, (source, g, title, methods) in zip(axes, panels):
+        for i, ((tag, _name), c) in enumerate(zip(methods, colors)):
+            vals = cell(runs, source, tag, g)
+            paper = PAPER.get((source, g), {}).get(tag)
+            if paper is not None:
+                ax.scatter([i], [paper], marker="x", color="k", s=30, zorder=4)
             if not vals:
                 continue
             x = np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals))
             ax.scatter(x, vals, color=c, s=14, zorder=3)
             ax.hlines(np.mean(vals), i - 0.3, i + 0.3, color=c, lw=2)
-            paper = PAPER.get(("joshi5", g), {}).get(tag)
-            if paper is not None:
-                ax.scatter([i], [paper], marker="x", color="k", s=30, zorder=4)
-        ax.set_xticks(range(len(METHODS)))
-        ax.set_xticklabels([n for _, n in METHODS], fontsize=8)
-        ax.set_title(f"Joshi5 -> {title}", fontsize=9)
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels([n for _, n in methods], fontsize=8)
+        ax.set_xlim(-0.6, len(methods) - 0.4)
+        sep = " " if len(methods) > 2 else "\n"  # narrow panels: the title on two lines
+        ax.set_title(f"{dict(SOURCES)[source]} ->{sep}{title}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("zero-shot accuracy %")
     fig.suptitle(
