@@ -5,6 +5,8 @@
                                             # start one per core to share it
     python experiments/table1.py report     # RESULTS.md and its plots, from results/ alone
     python experiments/table1.py status     # what is done, what is left
+    python experiments/table1.py reproduce results/table1/joshi5/xpe/seed-0.json
+                                            # re-run one result at its commit and compare
 
 `run` and `curves` call `python -m xpe_fast.train` once per (source, method, seed) into
 runs/table1/ (or runs/curves/), and copy each finished run's small result file (group means,
@@ -297,6 +299,111 @@ def cmd_status(_args) -> int:
     return 0
 
 
+# Code whose changes can change a run's numbers: a result reproduces at a commit whose copy of
+# these equals the one it was made at.
+CODE = ["xpe_fast", "csrc", "setup.py", "CMakeLists.txt", "pyproject.toml"]
+TOLERANCE = 0.1  # points, per group mean (the issue's "same group means")
+
+
+def same_code(commit_a: str, commit_b: str) -> bool:
+    r = subprocess.run(
+        ["git", "diff", "--quiet", commit_a, commit_b, "--", *CODE],
+        cwd=REPO,
+        capture_output=True,
+    )
+    return r.returncode == 0
+
+
+def compare_groups(recorded: dict, got: dict, tol: float = TOLERANCE) -> tuple[list[str], bool]:
+    """Lines comparing group means (fractions in, points out) and whether all are within tol."""
+    lines, ok = [], True
+    for g in sorted(recorded):
+        a = 100 * recorded[g]
+        b = 100 * got[g] if g in got else float("nan")
+        within = abs(a - b) <= tol + 1e-9
+        ok &= within
+        lines.append(
+            f"  {g:<16} recorded {a:6.2f}  now {b:6.2f}  diff {b - a:+.2f}  "
+            + ("met" if within else f"MISSED (more than {tol} points)")
+        )
+    return lines, ok
+
+
+def cmd_reproduce(args) -> int:
+    """Re-runs a result file's recorded command at its recorded commit (a git worktree built
+    beside this checkout when the code differs) and compares the group means."""
+    path = Path(args.result)
+    try:
+        rec = json.loads(path.read_text())
+        command, rec_commit, groups = rec["command"], rec["commit"], rec["groups"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"table1.py reproduce: {path}: not a readable result file ({e})", file=sys.stderr)
+        return 2
+    if rec_commit.endswith("-dirty"):
+        print(
+            f"table1.py reproduce: {path}: made from uncommitted code ({rec_commit}); "
+            "its commit does not pin it",
+            file=sys.stderr,
+        )
+        return 2
+    known = subprocess.run(
+        ["git", "cat-file", "-e", f"{rec_commit}^{{commit}}"], cwd=REPO, capture_output=True
+    )
+    if known.returncode != 0:
+        print(
+            f"table1.py reproduce: {path}: commit {rec_commit} is not in this clone",
+            file=sys.stderr,
+        )
+        return 2
+    head = commit().removesuffix("-dirty")
+    here_dirty = commit().endswith("-dirty")
+    tree = REPO
+    if here_dirty or not same_code(rec_commit, head):
+        tree = RUNS / "reproduce" / f"tree-{rec_commit[:12]}"
+        if not (tree / "xpe_fast").is_dir():
+            print(
+                f"+ git worktree add {tree} {rec_commit[:12]} (its code differs from this checkout)"
+            )
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", "-f", str(tree), rec_commit],
+                cwd=REPO,
+                check=True,
+            )
+        if not list((tree / "xpe_fast").glob("_C*.so")):
+            print(f"+ building its extension in {tree}", flush=True)
+            subprocess.run(
+                [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, check=True
+            )
+    out = (
+        RUNS / "reproduce" / f"{rec['source']}-{rec['method']}-seed{rec['seed']}-{rec_commit[:12]}"
+    )
+    argv = shlex.split(command)
+    if argv[:3] != ["python", "-m", "xpe_fast.train"] or argv[-2:] != ["--output-dir", "OUT"]:
+        print(f"table1.py reproduce: {path}: unexpected command {command!r}", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, *argv[1:-1], str(out), "--no-progress"]
+    if (out / "run_config.json").is_file():
+        cmd.append("--resume")
+    print("+", " ".join(shlex.quote(c) for c in cmd[1:]), f"(in {tree})", flush=True)
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    if subprocess.run(cmd, cwd=tree, env=env).returncode != 0:
+        print(f"! the run failed; see {out}", file=sys.stderr)
+        return 1
+    summary = json.loads((out / "summary.json").read_text())
+    got = {g: r["mean"] for g, r in summary["groups"]["zero_shot"].items()}
+    lines, ok = compare_groups(groups, got)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from table1_report import machine_label
+
+    then, now = machine_label(rec["machine"]), machine_label(machine())
+    print(f"{path} at {rec_commit[:12]}: recorded on {then}, re-run on {now}")
+    print("\n".join(lines))
+    if then != now:
+        print(f"(another kind of CPU: {then} then, {now} now; bf16 kernels may round differently)")
+    print("reproduced" if ok else "NOT reproduced within the tolerance")
+    return 0 if ok else 1
+
+
 def cmd_report(_args) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from table1_report import write_report
@@ -310,10 +417,19 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("run", "curves", "report", "status"):
         sub.add_parser(name)
+    rp = sub.add_parser(
+        "reproduce",
+        help="re-run one result file's command at its commit and compare its group means",
+    )
+    rp.add_argument("result", help="a result file, e.g. results/table1/joshi5/xpe/seed-0.json")
     args = ap.parse_args(argv)
-    return {"run": cmd_run, "curves": cmd_curves, "report": cmd_report, "status": cmd_status}[
-        args.cmd
-    ](args)
+    return {
+        "run": cmd_run,
+        "curves": cmd_curves,
+        "report": cmd_report,
+        "status": cmd_status,
+        "reproduce": cmd_reproduce,
+    }[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -493,8 +493,15 @@ def write_report(
     if runs:
         lines += [
             "",
-            f"Reproduce one: `{runs[0]['command']}` at its commit, on the same kind of "
-            "CPU and precision.",
+            f"Each run's command is in its result file (e.g. `{runs[0]['command']}`). "
+            "Reproduce one with `python experiments/table1.py reproduce "
+            "results/table1/<source>/<method>/seed-<N>.json`: it re-runs that command at the "
+            "run's commit (in a git worktree, built there, when that commit's code differs "
+            "from the checkout's) and compares the group means, 0.1 points allowed. Run it on "
+            "the same kind of CPU: kernels' rounding differs between CPU kinds (bf16 GEMMs on "
+            "AMX or AVX-512 bf16) and between commits (e.g. the packed attention's summation "
+            "order), and a different rounding flips the odd prediction and can move the "
+            "checkpoint chosen by source dev accuracy.",
         ]
     text = "\n".join(lines) + "\n"
     dest.write_text(text)

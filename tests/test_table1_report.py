@@ -1,6 +1,7 @@
 """experiments/table1.py report: RESULTS.md from the result files alone, the same every time,
 and the committed RESULTS.md regenerated exactly from the committed results/."""
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -99,3 +100,30 @@ def test_committed_results_md_is_regenerated_exactly(tmp_path):
         plot_dir=tmp_path,
     )
     assert text == (REPO / "RESULTS.md").read_text()
+
+
+def test_reproduce_compares_group_means_within_a_tenth_of_a_point():
+    rec = {"low-performing": 0.5012, "unseen": 0.6300}
+    lines, ok = table1.compare_groups(rec, {"low-performing": 0.5020, "unseen": 0.6291})
+    assert ok and all("met" in l for l in lines)
+    lines, ok = table1.compare_groups(rec, {"low-performing": 0.5030, "unseen": 0.6300})
+    assert not ok and "MISSED" in lines[0] and "+0.18" in lines[0]
+    _, ok = table1.compare_groups(rec, {"unseen": 0.63})  # a group the re-run lacks
+    assert not ok
+
+
+def test_reproduce_refuses_what_it_cannot_pin(tmp_path, capsys):
+    def run(rec) -> tuple[int, str]:
+        f = tmp_path / "r.json"
+        f.write_text(rec if isinstance(rec, str) else json.dumps(rec))
+        code = table1.main(["reproduce", str(f)])
+        return code, capsys.readouterr().err
+
+    good = {"command": "python -m xpe_fast.train --output-dir OUT", "groups": {}, "seed": 0}
+    assert run("{not json")[0] == 2
+    code, err = run({"groups": {}})  # no command, no commit
+    assert code == 2 and err.count("\n") == 1 and "r.json" in err
+    code, err = run({**good, "commit": "0123abcd-dirty"})
+    assert code == 2 and "uncommitted" in err
+    code, err = run({**good, "commit": "f" * 40})
+    assert code == 2 and "not in this clone" in err
