@@ -384,23 +384,56 @@ def cmd_reproduce(args) -> int:
     cmd = [sys.executable, *argv[1:-1], str(out), "--no-progress"]
     if (out / "run_config.json").is_file():
         cmd.append("--resume")
-    print("+", " ".join(shlex.quote(c) for c in cmd[1:]), f"(in {tree})", flush=True)
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    if subprocess.run(cmd, cwd=tree, env=env).returncode != 0:
-        print(f"! the run failed; see {out}", file=sys.stderr)
-        return 1
+    if not (out / "summary.json").is_file():  # else the re-run finished: only compare
+        print("+", " ".join(shlex.quote(c) for c in cmd[1:]), f"(in {tree})", flush=True)
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        if subprocess.run(cmd, cwd=tree, env=env).returncode != 0:
+            print(f"! the run failed; see {out}", file=sys.stderr)
+            return 1
     summary = json.loads((out / "summary.json").read_text())
     got = {g: r["mean"] for g, r in summary["groups"]["zero_shot"].items()}
     lines, ok = compare_groups(groups, got)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from table1_report import machine_label
 
-    then, now = machine_label(rec["machine"]), machine_label(machine())
+    now_machine = machine()
+    then, now = machine_label(rec["machine"]), machine_label(now_machine)
     print(f"{path} at {rec_commit[:12]}: recorded on {then}, re-run on {now}")
     print("\n".join(lines))
     if then != now:
         print(f"(another kind of CPU: {then} then, {now} now; bf16 kernels may round differently)")
     print("reproduced" if ok else "NOT reproduced within the tolerance")
+    if path.resolve().is_relative_to(RESULTS / "table1"):
+        # kept beside the results, so RESULTS.md can say what re-running them gave
+        slug = "".join(c if c.isalnum() else "-" for c in now.lower()).strip("-")
+        dest = (
+            RESULTS
+            / "reruns"
+            / rec["source"]
+            / rec["method"]
+            / f"seed-{rec['seed']}--{slug}--{rec_commit[:12]}.json"
+        )
+        phase = json.loads(next(out.glob("seed-*/source_done.json")).read_text())
+        per_lang = json.loads(next(out.glob("seed-*/results.json")).read_text())["zero_shot"]
+        rec_lang = rec.get("per_language", {})
+        atomic_json(
+            dest,
+            {
+                "result": str(path.resolve().relative_to(REPO)),
+                "commit": rec_commit,
+                "recorded_machine": rec["machine"],
+                "rerun_machine": now_machine,
+                "recorded": groups,
+                "rerun": got,
+                "recorded_best_step": rec.get("best_step"),
+                "rerun_best_step": phase["best_step"],
+                "languages_compared": len(rec_lang),
+                "languages_differing": sum(per_lang.get(l) != a for l, a in rec_lang.items()),
+                "tolerance_points": TOLERANCE,
+                "reproduced": ok,
+            },
+        )
+        print(f"= {dest.relative_to(REPO)}")
     return 0 if ok else 1
 
 

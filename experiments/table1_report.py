@@ -130,6 +130,40 @@ def low_performing():
     return list(groups()["low-performing"])
 
 
+def reruns_section(results: Path) -> list[str]:
+    """`table1.py reproduce` records: what re-running a result file's command gave."""
+    recs = [json.loads(p.read_text()) for p in sorted((results / "reruns").rglob("*.json"))]
+    lines = [
+        "## Re-runs",
+        "",
+        "`python experiments/table1.py reproduce <result file>` re-runs a result's recorded "
+        "command at its commit and records what it gave in `results/reruns/`:",
+        "",
+    ]
+    if not recs:
+        return lines + ["(none yet)", ""]
+    lines += [
+        "| result | commit | recorded on | re-run on | best step (recorded, re-run) | "
+        "languages differing | LP % (recorded, re-run) | largest group difference | "
+        "within 0.1 points |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in recs:
+        diffs = [abs(100 * (r["rerun"].get(g, float("nan")) - v)) for g, v in r["recorded"].items()]
+        lp = (
+            f"{100 * r['recorded']['low-performing']:.2f}, {100 * r['rerun']['low-performing']:.2f}"
+            if "low-performing" in r["recorded"] and "low-performing" in r["rerun"]
+            else ""
+        )
+        lines.append(
+            f"| `{r['result']}` | {r['commit'][:10]} | {machine_label(r['recorded_machine'])} | "
+            f"{machine_label(r['rerun_machine'])} | {r['recorded_best_step']}, "
+            f"{r['rerun_best_step']} | {r['languages_differing']} of {r['languages_compared']} "
+            f"| {lp} | {max(diffs):.2f} | {'yes' if r['reproduced'] else 'no'} |"
+        )
+    return lines + [""]
+
+
 def plot_groups(runs, path: Path) -> None:
     """One panel per Table 1 row: Joshi5's four groups (four methods), then each other source's
     low-performing row (SPT and XPE); each seed a dot, the mean a bar, the paper an x."""
@@ -473,6 +507,7 @@ def write_report(
     else:
         lines += ["(no curves in results/curves/ yet)"]
     lines += [""]
+    lines += reruns_section(results)
     # ---- every run
     lines += [
         "## Every run",

@@ -50,6 +50,24 @@ def fake_results(root: Path) -> None:
                     "wall_seconds_total": 190.0,
                 },
             )
+    m = {"cpu": "test CPU", "isa": ["avx2"], "torch": "x"}
+    table1.atomic_json(
+        root / "reruns" / "joshi5" / "spt" / "seed-0--test.json",
+        {
+            "result": "results/table1/joshi5/spt/seed-0.json",
+            "commit": "0123456789abcdef",
+            "recorded_machine": m,
+            "rerun_machine": {**m, "cpu": "other CPU"},
+            "recorded": {"low-performing": 0.5, "unseen": 0.6},
+            "rerun": {"low-performing": 0.503, "unseen": 0.6},
+            "recorded_best_step": 450,
+            "rerun_best_step": 500,
+            "languages_compared": 198,
+            "languages_differing": 17,
+            "tolerance_points": 0.1,
+            "reproduced": False,
+        },
+    )
     for name in ("spt-lr3e-2", "xpe-lr3e-2", "spt"):
         hist = [
             {"step": s, "dev_accuracy": min(0.85, s / 600), "dev_loss": 1 / s}
@@ -84,6 +102,10 @@ def test_report_from_result_files_is_deterministic(tmp_path):
         "| test CPU [avx2] | 0123456789 |" in a and "- test CPU [avx2] (avx2), torch x: 6 runs" in a
     )
     assert "- from Joshi5: +3.00 points" in a
+    assert (
+        "| `results/table1/joshi5/spt/seed-0.json` | 0123456789 | test CPU [avx2] | other CPU "
+        "[avx2] | 450, 500 | 17 of 198 | 50.00, 50.30 | 0.30 | no |" in a
+    )
     assert (tmp_path / "table1.png").is_file()
 
 
