@@ -130,7 +130,7 @@ def low_performing():
     return list(groups()["low-performing"])
 
 
-def reruns_section(results: Path) -> list[str]:
+def reruns_section(results: Path, runs) -> list[str]:
     """`table1.py reproduce` records: what re-running a result file's command gave."""
     recs = [json.loads(p.read_text()) for p in sorted((results / "reruns").rglob("*.json"))]
     lines = [
@@ -161,6 +161,43 @@ def reruns_section(results: Path) -> list[str]:
             f"{r['rerun_best_step']} | {r['languages_differing']} of {r['languages_compared']} "
             f"| {lp} | {max(diffs):.2f} | {'yes' if r['reproduced'] else 'no'} |"
         )
+    same = [
+        r for r in recs if machine_label(r["recorded_machine"]) == machine_label(r["rerun_machine"])
+    ]
+    other = [r for r in recs if r not in same]
+    if same:
+        exact = sum(r["languages_differing"] == 0 for r in same)
+        lines += [
+            "",
+            f"On the same kind of CPU, {exact} of {len(same)} re-runs gave every language's "
+            "accuracy bit for bit.",
+        ]
+    if other:
+        worst = max(
+            abs(100 * (r["rerun"].get(g, float("nan")) - v))
+            for r in other
+            for g, v in r["recorded"].items()
+        )
+        stds = [
+            statistics.stdev(v)
+            for source, _ in SOURCES
+            for tag, _ in METHODS
+            for g, _ in GROUPS
+            if len(v := cell(runs, source, tag, g)) > 1
+        ]
+        spread = statistics.median(stds) if stds else float("nan")
+        lines += [
+            "",
+            f"On another kind of CPU a run's trajectory differs from the first steps (other "
+            f"bf16 GEMM kernels round differently); its group means moved by up to "
+            f"{worst:.2f} points ({len(other)} re-run(s)); the median seed-to-seed std of the "
+            f"table's cells is {spread:.2f} points"
+            + (
+                ", so mixing kinds of CPU in a cell adds less spread than the seeds do."
+                if worst < spread
+                else ": mixing kinds of CPU in a cell adds spread comparable to the seeds'."
+            ),
+        ]
     return lines + [""]
 
 
@@ -507,7 +544,7 @@ def write_report(
     else:
         lines += ["(no curves in results/curves/ yet)"]
     lines += [""]
-    lines += reruns_section(results)
+    lines += reruns_section(results, runs)
     # ---- every run
     lines += [
         "## Every run",
