@@ -149,3 +149,23 @@ def test_reproduce_refuses_what_it_cannot_pin(tmp_path, capsys):
     assert code == 2 and "uncommitted" in err
     code, err = run({**good, "commit": "f" * 40})
     assert code == 2 and "not in this clone" in err
+
+
+def test_a_group_mean_counts_only_where_every_language_of_the_group_was_evaluated(tmp_path):
+    """Seen-92's runs evaluate the unseen languages only: their 'all-wo-joshi5' mean (over
+    those) must not appear as the group's mean."""
+    from table1_report import load
+
+    unseen = groups()["unseen"]
+    table1.atomic_json(
+        tmp_path / "table1" / "seen-92" / "spt" / "seed-0.json",
+        {
+            "source": "seen-92",
+            "method": "spt",
+            "seed": 0,
+            "groups": {"unseen": 0.6, "low-performing": 0.5, "all-wo-joshi5": 0.6},
+            "per_language": {l: 0.6 for l in unseen},
+        },
+    )
+    (run,) = load(tmp_path)
+    assert set(run["groups"]) == {"unseen", "low-performing"}
