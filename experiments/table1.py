@@ -355,10 +355,9 @@ def cmd_reproduce(args) -> int:
             file=sys.stderr,
         )
         return 2
-    head = commit().removesuffix("-dirty")
-    here_dirty = commit().endswith("-dirty")
+    here = commit()
     tree = REPO
-    if here_dirty or not same_code(rec_commit, head):
+    if here.endswith("-dirty") or not same_code(rec_commit, here):
         tree = RUNS / "reproduce" / f"tree-{rec_commit[:12]}"
         if not (tree / "xpe_fast").is_dir():
             print(
