@@ -339,6 +339,10 @@ def cmd_reproduce(args) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"table1.py reproduce: {path}: not a readable result file ({e})", file=sys.stderr)
         return 2
+    argv = shlex.split(command)
+    if argv[:3] != ["python", "-m", "xpe_fast.train"] or argv[-2:] != ["--output-dir", "OUT"]:
+        print(f"table1.py reproduce: {path}: unexpected command {command!r}", file=sys.stderr)
+        return 2
     if rec_commit.endswith("-dirty"):
         print(
             f"table1.py reproduce: {path}: made from uncommitted code ({rec_commit}); "
@@ -376,10 +380,6 @@ def cmd_reproduce(args) -> int:
     out = (
         RUNS / "reproduce" / f"{rec['source']}-{rec['method']}-seed{rec['seed']}-{rec_commit[:12]}"
     )
-    argv = shlex.split(command)
-    if argv[:3] != ["python", "-m", "xpe_fast.train"] or argv[-2:] != ["--output-dir", "OUT"]:
-        print(f"table1.py reproduce: {path}: unexpected command {command!r}", file=sys.stderr)
-        return 2
     cmd = [sys.executable, *argv[1:-1], str(out), "--no-progress"]
     if (out / "run_config.json").is_file():
         cmd.append("--resume")
