@@ -370,8 +370,10 @@ def orderings(runs) -> list[str]:
                 " (within one seed std, so not resolved by these seeds)" if abs(d) <= noise else ""
             )
         label = f"{dict(SOURCES)[source]} -> {dict(GROUPS)[g]}: {names[a]} > {names[b]}"
+        # a difference that rounds to 0.0 gets a second decimal: its sign says why it holds or not
+        dtxt = f"{d:+.2f}" if abs(d) < 0.05 else f"{d:+.1f}"
         out.append(
-            f"- {label} {verdict}: {ma[0]:.1f} vs {mb[0]:.1f} ({d:+.1f} points; {spread}; {paper})."
+            f"- {label} {verdict}: {ma[0]:.1f} vs {mb[0]:.1f} ({dtxt} points; {spread}; {paper})."
         )
         checked.append((label, d > 0, min(ma[2], mb[2]) >= 2 and abs(d) > noise))
     if checked:
