@@ -101,6 +101,10 @@ def test_report_from_result_files_is_deterministic(tmp_path):
     assert (
         "| test CPU [avx2] | 0123456789 |" in a and "- test CPU [avx2] (avx2), torch x: 6 runs" in a
     )
+    # wall times per kind of CPU and per source (sources' dev sets differ in size)
+    assert (
+        "    - from Joshi5: 6 runs, median 3.2 min (training 1.0 min, zero-shot evaluation 2.0" in a
+    )
     assert "- from Joshi5: +3.00 points" in a
     assert (
         "| `results/table1/joshi5/spt/seed-0.json` | 0123456789 | test CPU [avx2] | other CPU "
