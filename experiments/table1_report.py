@@ -479,10 +479,10 @@ def write_report(
         f"- Precision: {', '.join(prec) or '-'} (`auto`: bf16 autocast on CPUs with "
         "AVX-512 bf16 or AMX).",
         "- Machine(s) and wall time per run (1 thread; clock time: it includes whatever else "
-        "the machine ran meanwhile, e.g. a second run on the other core, or a pause while "
-        "benchmarks ran; training includes the source-dev evaluation every 50 steps, over "
-        "92 languages' dev sets from Seen-92 against 5 from Joshi5 and 3 from EnArZho):"
-        + ("" if runs else " -"),
+        "the machine ran meanwhile, e.g. other runs sharing the 2 cores (at times three on "
+        "two), or a pause while benchmarks ran; training includes the source-dev evaluation "
+        "every 50 steps, over 92 languages' dev sets from Seen-92 against 5 from Joshi5 and "
+        "3 from EnArZho):" + ("" if runs else " -"),
         *machine_lines(runs),
         "- Plan: "
         + "; ".join(
