@@ -481,8 +481,10 @@ def write_report(
         "- Machine(s) and wall time per run (1 thread; clock time: it includes whatever else "
         "the machine ran meanwhile, e.g. other runs sharing the 2 cores (at times three on "
         "two), or a pause while benchmarks ran; training includes the source-dev evaluation "
-        "every 50 steps, over 92 languages' dev sets from Seen-92 against 5 from Joshi5 and "
-        "3 from EnArZho):" + ("" if runs else " -"),
+        "every 50 steps, over each source language's dev set: "
+        + ", ".join(f"{len(all_groups()[s])} from {n}" for s, n in SOURCES)
+        + "):"
+        + ("" if runs else " -"),
         *machine_lines(runs),
         "- Plan: "
         + "; ".join(
