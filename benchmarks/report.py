@@ -38,7 +38,7 @@ def targets(e: dict) -> str:
         what = (
             f"<= {1 / t['target']:g}x lower bound"
             if k == "lower_bound"
-            else f"vs {k} >= {t['target']:g}x"
+            else f"vs {k} >= {t['target']:.3g}x"
         )
         parts.append(f"{what}: {'met' if t['met'] else '**missed**'}")
     return "; ".join(parts) or "-"
@@ -114,6 +114,14 @@ def main(results_path, peaks_path):
         "",
     ]
     for name, e in model_rows:
+        if "sample_over_batch" in e:
+            out.append(
+                f"- `{name}`: per-sample prompt dropout (`--prompt-dropout-scope sample`) "
+                f"{1e3 * e['step_s_sample']:.0f} ms against {1e3 * e['step_s_batch']:.0f} ms "
+                f"per batch, {e['sample_over_batch']:.3f}x the step time, {e['precision']}, "
+                f"{e['threads']} thread(s), batch {e['batch_tokens']} ({targets(e)})"
+            )
+            continue
         rng = e.get("speedup_vs_peft_range", [0, 0])
         line = (
             f"- `{name}`: {e['speedup_vs_peft']:.2f}x PEFT [{rng[0]:.2f}, {rng[1]:.2f}] "

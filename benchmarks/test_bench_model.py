@@ -142,6 +142,52 @@ def test_training_step(benchmark, setup, precision, threads):
     )
 
 
+@pytest.mark.parametrize("threads", [1], indirect=True)
+def test_training_step_prompt_dropout_scope(benchmark, setup, threads):
+    """The cost of --prompt-dropout-scope sample (the paper's per-sample MLP masks: the MLP
+    runs over B * N rows instead of N, and assemble_embeddings takes [B, N, d] prompts) in
+    one training step of the same model. Target: at most 5 % slower than batch."""
+    from xpe_fast.device import autocast, cpu_has_fast_bf16
+
+    precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+    ids, mask, labels = train_batch(setup)
+    ours = setup["ours"].train()
+    opt = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
+    dev = torch.device("cpu")
+
+    def step(scope):
+        def run():
+            ours.prompt.dropout_scope = scope
+            with autocast(precision, dev):
+                loss, _ = ours(ids, mask, labels=labels)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return run
+
+    stats = interleaved({"sample": step("sample"), "batch": step("batch")}, rounds=7, warmup=1)
+    ours.prompt.dropout_scope = "batch"
+    cost = stats["sample"]["median"] / stats["batch"]["median"]
+    benchmark.extra_info.update(
+        {
+            "precision": precision,
+            "threads": threads,
+            "batch_tokens": list(ids.shape),
+            "step_s_batch": stats["batch"]["median"],
+            "step_s_sample": stats["sample"]["median"],
+            "sample_over_batch": cost,
+        }
+    )
+    benchmark.pedantic(step("sample"), rounds=1, iterations=1)
+    ours.prompt.dropout_scope = "batch"
+    record_targets(
+        benchmark,
+        {"batch": (1.0 / cost, 1 / 1.05)},
+        f"training step {precision}, prompt dropout per sample vs per batch",
+    )
+
+
 def eval_flops(model, enc, batch_size: int) -> float:
     """FLOPs of xpe_fast's evaluation pass over `enc`: its length-sorted batches (padded to a
     multiple of 4, plus the prompt), every layer's GEMMs and attention, the last layer for

@@ -466,7 +466,7 @@ CORRUPT = {
     "nan tensor": (_nan_tensor, "not a finite"),
     "ratio out of range": (_edit_config(encoder_ratio=3), "encoder_ratio"),
     "missing key": (_edit_config(num_virtual_tokens=None), "num_virtual_tokens"),
-    "method mismatch": (_edit_config(encoder_ratio=0.0), "do not match"),
+    "method mismatch": (_edit_config(encoder_ratio=0.0), "num_xpe_tokens 4 does not fit spt"),
     "other hidden size": (_edit_config(hidden_size=32), "shape"),
 }
 
@@ -772,3 +772,16 @@ def test_own_data_from_the_hub_offline_is_one_line(env, capsys, tmp_path):
     code, cap = run_train(args, capsys)
     assert code == 2 and "--data" in cap.err and cap.err.strip().count("\n") == 0, cap.err
     assert not (tmp_path / "o").exists()
+
+
+def test_prompt_dropout_scope_defaults_to_batch_and_the_paper_preset_to_sample():
+    from xpe_fast.config import build_parser, resolve_config
+
+    parse = lambda *a: resolve_config(build_parser().parse_args(["--output-dir", "x", *a]))
+    assert parse().prompt_dropout_scope == "batch"
+    assert parse("--preset", "paper").prompt_dropout_scope == "sample"
+    assert parse("--preset", "paper", "--prompt-dropout-scope", "batch").prompt_dropout_scope == (
+        "batch"
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--prompt-dropout-scope", "token"])

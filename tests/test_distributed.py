@@ -224,3 +224,15 @@ def test_grid_with_whole_runs_on_separate_processes_matches_single_runs(setup):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"spt", "dual-0.5"}
+
+
+@pytest.mark.slow
+def test_per_sample_prompt_dropout_two_processes_train_what_one_does(setup):
+    """--prompt-dropout-scope sample (the paper's per-sample MLP masks) numbers its masks by
+    global sample index: two processes train what one does."""
+    extra = [*setup["extra"][:-2], "--targets", "amh_Ethi", "--steps", "8", "--eval-every", "4"]
+    extra += ["--prompt-dropout-scope", "sample"]
+    one, two = setup["root"] / "sample-one", setup["root"] / "sample-two"
+    run([sys.executable, "-m", "xpe_fast.train", *base_args(setup["env"], one, *extra)])
+    run(torchrun(2, "xpe_fast.train", base_args(setup["env"], two, *extra)))
+    assert max_rel_diff(final_tensors(one), final_tensors(two)) <= 1e-5

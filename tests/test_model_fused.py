@@ -10,8 +10,10 @@ from xpe_fast import PromptedEncoderForSequenceClassification
 
 
 @pytest.mark.parametrize("kind", ["xlmr", "bert"])
-@pytest.mark.parametrize("ratio", [0.0, 0.3, 1.0])
-def test_cpu_backend_matches_reference_logits_and_gradients(kind, ratio):
+@pytest.mark.parametrize(
+    "ratio,scope", [(0.0, "batch"), (0.3, "batch"), (1.0, "batch"), (0.3, "sample")]
+)
+def test_cpu_backend_matches_reference_logits_and_gradients(kind, ratio, scope):
     backbone = tiny_backbone(kind)
     fused = PromptedEncoderForSequenceClassification(
         backbone,
@@ -19,15 +21,20 @@ def test_cpu_backend_matches_reference_logits_and_gradients(kind, ratio):
         num_virtual_tokens=6,
         encoder_ratio=ratio,
         encoder_hidden_size=12,
-        prompt_dropout=0.0,
+        # per-sample prompts: MLP dropout on, the same masks on both routes under one seed
+        prompt_dropout=0.0 if scope == "batch" else 0.3,
+        prompt_dropout_scope=scope,
+        classifier_dropout=0.0,
         backend="cpu",
     )
     ref = copy.deepcopy(fused)
     ref.set_backend("reference")
-    fused.train(), ref.train()  # dropout 0 everywhere (tiny config), so train mode is exact
+    fused.train(), ref.train()  # backbone dropout 0 (tiny config), so train mode is exact
     ids, mask = padded_ids(5, 13, backbone.config.vocab_size)
     labels = torch.tensor([0, 1, 2, 3, 4])
+    torch.manual_seed(7)
     loss_f, logits_f = fused(ids, mask, labels=labels)
+    torch.manual_seed(7)
     loss_r, logits_r = ref(ids, mask, labels=labels)
     torch.testing.assert_close(logits_f, logits_r, rtol=1e-5, atol=1e-5)
     loss_f.backward()

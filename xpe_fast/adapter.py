@@ -175,8 +175,10 @@ def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     from .prompt import split_virtual_tokens
 
     try:
-        n_spt, n_xpe = split_virtual_tokens(cfg["num_virtual_tokens"], cfg["encoder_ratio"])
-    except ValueError as e:
+        n_spt, n_xpe = split_virtual_tokens(
+            cfg["num_virtual_tokens"], cfg["encoder_ratio"], cfg.get("num_xpe_tokens")
+        )
+    except (TypeError, ValueError) as e:
         raise AdapterMismatchError(f"adapter config: {e}") from None
     d, h, d_in, c = (
         cfg["hidden_size"],
@@ -241,16 +243,26 @@ def read_adapter(folder) -> tuple[dict, dict[str, torch.Tensor]]:
     return cfg, read_adapter_tensors(folder, cfg)
 
 
+def prompt_shape_kwargs(cfg: dict) -> dict:
+    """The prompt's sizes as an adapter's config records them (its split included, read
+    from its tensors when imported), as keyword arguments of the model."""
+    return {
+        "num_virtual_tokens": cfg["num_virtual_tokens"],
+        "encoder_ratio": cfg["encoder_ratio"],
+        "encoder_hidden_size": cfg["encoder_hidden_size"],
+        "encoder_input_size": cfg.get("encoder_input_size"),
+        "num_xpe_tokens": cfg.get("num_xpe_tokens"),
+    }
+
+
 def build_model_for_adapter(backbone: torch.nn.Module, cfg: dict, backend=None):
     return PromptedEncoderForSequenceClassification(
         backbone,
         cfg["num_labels"],
-        num_virtual_tokens=cfg["num_virtual_tokens"],
-        encoder_ratio=cfg["encoder_ratio"],
-        encoder_hidden_size=cfg["encoder_hidden_size"],
         prompt_dropout=0.0,
         backend=backend,
         head_style=cfg["head_style"],
+        **prompt_shape_kwargs(cfg),
     )
 
 

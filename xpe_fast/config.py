@@ -47,6 +47,7 @@ PAPER_PRESET = dict(
     seeds="0,1,2,3,4,5,6,7,8,9",
     batch_size=32,
     max_length=164,
+    prompt_dropout_scope="sample",
 )
 
 METHOD_RATIOS = {"spt": 0.0, "xpe": 1.0, "dual": 0.7}
@@ -63,7 +64,9 @@ class TrainConfig:
     placement: str = "data-parallel"
     num_virtual_tokens: int = 20
     encoder_hidden_size: int = 256
+    encoder_input_size: int | None = None
     prompt_dropout: float = 0.1
+    prompt_dropout_scope: str = "batch"
     source: str = "joshi5"
     targets: str = "all-wo-joshi5"
     regime: str = "zero-shot"
@@ -121,6 +124,7 @@ KEYS = {f.name for f in fields(TrainConfig)}
 _INT = {
     "num_virtual_tokens",
     "encoder_hidden_size",
+    "encoder_input_size",
     "steps",
     "target_steps",
     "batch_size",
@@ -149,6 +153,7 @@ _CHOICES = {
     "placement": ("data-parallel", "process"),
     "backend": (None, "reference", "cpu", "triton", "cuda"),
     "preset": (None, "paper"),
+    "prompt_dropout_scope": ("batch", "sample"),
 }
 
 
@@ -220,7 +225,20 @@ def build_parser(doc: str = "") -> argparse.ArgumentParser:
     )
     g.add_argument("--num-virtual-tokens", type=int, default=S, help="N [20]")
     g.add_argument("--encoder-hidden-size", type=int, default=S, help="MLP width h [256]")
+    g.add_argument(
+        "--encoder-input-size",
+        type=int,
+        default=S,
+        help="width d_in of the XPE input table [the backbone's hidden size]",
+    )
     g.add_argument("--prompt-dropout", type=float, default=S, help="MLP dropout on sources [0.1]")
+    g.add_argument(
+        "--prompt-dropout-scope",
+        choices=list(_CHOICES["prompt_dropout_scope"]),
+        default=S,
+        help="batch: one set of MLP dropout masks per step (the prompt computed once); "
+        "sample: each sample its own masks, as the paper's code (--preset paper) [batch]",
+    )
     g = ap.add_argument_group("data")
     g.add_argument(
         "--source",
@@ -416,6 +434,9 @@ def _check_range(cfg: TrainConfig) -> None:
         need(getattr(cfg, key) >= 1, key, ">= 1")
     need(cfg.max_length >= 3, "max_length", ">= 3 (<s>, one token, </s>)")
     need(cfg.threads is None or cfg.threads >= 1, "threads", ">= 1")
+    need(
+        cfg.encoder_input_size is None or cfg.encoder_input_size >= 1, "encoder_input_size", ">= 1"
+    )
     need(0.0 <= cfg.prompt_dropout < 1.0, "prompt_dropout", "in [0, 1)")
     need(cfg.lr > 0, "lr", "> 0")
     need(cfg.lr_prompt > 0, "lr_prompt", "> 0")

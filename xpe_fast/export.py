@@ -23,7 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m xpe_fast.export", description=__doc__.split("\n\n")[0]
     )
-    ap.add_argument("--adapter", required=True, help="an xpe_fast adapter folder")
+    ap.add_argument(
+        "--adapter",
+        required=True,
+        help="an adapter folder: xpe_fast's, PEFT prompt tuning / P-tuning, or the paper's layout",
+    )
     ap.add_argument("--to", choices=["peft"], default="peft")
     ap.add_argument("--out", required=True, help="the folder to write (must not exist)")
     ap.add_argument(
@@ -42,15 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from .adapter import read_adapter
-    from .interop import export_peft
+    from .interop import export_peft, read_any_adapter
 
     out = Path(args.out)
     if out.exists():
         raise UserError(f"--out: {out} exists; give a new folder")
     if args.save_base_model and Path(args.save_base_model).exists():
         raise UserError(f"--save-base-model: {args.save_base_model} exists; give a new folder")
-    cfg, _ = read_adapter(args.adapter)  # checked before anything is written
+    cfg, _ = read_any_adapter(args.adapter)  # checked before anything is written
     base = args.base_model
     if args.save_base_model:
         from . import backbones

@@ -77,6 +77,25 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     return torch.ops.xpe_fast.dropout.default(x, p, seed, offset)
 
 
+def sample_keep_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """A scaled keep-mask (0 or 1 / (1 - p)) of the batch-first `shape`, drawn on the CPU (on
+    every device alike) and numbered
+    by global sample index like every dropout here: the counter-based hash of
+    torch.ops.xpe_fast.dropout, its seed drawn from torch's default generator (one draw
+    whatever the shape, so every rank's generator stays in step). Without the extension, a
+    generator of that seed draws the rows up to this share's end and keeps this share's,
+    which equals a one-process run's rows as well."""
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    ones = torch.ones(shape, dtype=torch.float32)
+    if _extension._C is not None:
+        offset = _first_sample * (ones.numel() // shape[0])
+        mask = torch.ops.xpe_fast.dropout.default(ones, p, seed, offset)
+        return mask.to(device=device, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.empty((_first_sample + shape[0], *shape[1:])).bernoulli_(1.0 - p, generator=gen)
+    return rows[_first_sample:].div_(1.0 - p).to(device=device, dtype=dtype)
+
+
 class FastDropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inplace or not available(x):

@@ -18,13 +18,13 @@ completely before anything is loaded. What each layout carries:
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import torch
 
 from .adapter import (
-    CONFIG_NAME,
     FORMAT,
     WEIGHTS_NAME,
     AdapterMismatchError,
@@ -33,6 +33,7 @@ from .adapter import (
     read_adapter,
     read_json_config,
 )
+from .prompt import method_name
 
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PEFT_TYPES = ("PROMPT_TUNING", "P_TUNING")
@@ -117,67 +118,161 @@ def read_peft_adapter(folder: Path, cfg: dict) -> tuple[dict, dict]:
     return conf, tensors
 
 
-def read_paper_adapter(folder: Path, cfg: dict, path: Path) -> tuple[dict, dict]:
-    """The reference code's layout (XPE, SPT and DUAL runs of bmikaberidze/XPE)."""
-    t = {_normalize(k): v for k, v in load_safetensors(path).items()}
-    t = {re.sub(r"^base_model\.prompt_encoder\.", "prompt_encoder.", k): v for k, v in t.items()}
+# gen_mlp_head of the paper's code with encoder_num_layers = 2 (PEFT's default): Linear,
+# ReLU, Dropout, Linear, ReLU, Dropout, Linear, so its Linear layers sit at 0, 3 and 6.
+PAPER_MLP_LINEARS = {0: "fc1", 3: "fc2", 6: "fc3"}
+PAPER_TABLES = ("prompt_encoder.embedding.weight", "prompt_encoder.xpe_embedding.weight")
+
+
+def _paper_tensors(path: Path) -> dict:
+    """The file's tensors under the paper's unwrapped names (`prompt_encoder.*`,
+    `base_model.classifier.*`). Where PEFT saved both copies of a wrapped module, the trained
+    one (modules_to_save) wins over the initial one (original_module)."""
+    t, initial = {}, {}
+    for k, v in load_safetensors(path).items():
+        name = _normalize(k)
+        name = re.sub(r"^base_model\.prompt_encoder\.", "prompt_encoder.", name)
+        (initial if ".original_module." in k else t)[name] = v
+    return {**initial, **t}
+
+
+def _paper_mlp(t: dict, path: Path) -> dict:
+    """Our MLP tensors from `prompt_encoder.xpe_head.*`; an MLP of another depth or another
+    kind of head is refused, naming the first tensor that does not fit (never loaded
+    partly)."""
+    head = {k: v for k, v in t.items() if k.startswith("prompt_encoder.xpe_head.")}
+    linear = re.compile(r"prompt_encoder\.xpe_head\.(\d+)\.(weight|bias)")
+    for key in sorted(head):
+        if linear.fullmatch(key) is None:
+            raise AdapterMismatchError(
+                f"{path}: {key} does not fit xpe_fast's prompt MLP (Linear layers at "
+                "xpe_head.0, .3 and .6; this is another kind of head)"
+            )
+    layers = sorted({int(linear.fullmatch(k).group(1)) for k in head})
+    if layers and layers != sorted(PAPER_MLP_LINEARS):
+        extra = [i for i in layers if i not in PAPER_MLP_LINEARS]
+        bad = layers[3] if len(layers) > 3 else layers[-1] if len(layers) < 3 else extra[0]
+        raise AdapterMismatchError(
+            f"{path}: prompt_encoder.xpe_head.{bad}.weight does not fit: this MLP has "
+            f"{len(layers)} Linear layers (at xpe_head.{', .'.join(map(str, layers))}), "
+            "xpe_fast's fused MLP 3 (at .0, .3, .6: the paper's encoder_num_layers 2)"
+        )
+    out = {}
+    for key, v in head.items():
+        m = linear.fullmatch(key)
+        out[f"prompt.encoder.{PAPER_MLP_LINEARS[int(m.group(1))]}.{m.group(2)}"] = v
+    return out
+
+
+def _paper_tables(t: dict, cfg: dict, path: Path, has_mlp: bool):
+    """(SPT table or None, XPE table or None). `prompt_encoder.embedding` is the SPT table,
+    except in the old layout of XPE-only adapters (an MLP and no xpe_embedding), where it is
+    the XPE input table (never random inputs)."""
     spt = t.get("prompt_encoder.embedding.weight")
     xpe = t.get("prompt_encoder.xpe_embedding.weight")
-    has_mlp = "prompt_encoder.xpe_head.0.weight" in t
-    ratio = cfg.get("encoder_ratio")
-    if ratio is None:
-        if not has_mlp:
-            ratio = 0
-        elif xpe is None or spt is None:
-            ratio = 1  # one table and the MLP: XPE (under the new key or the old one)
-        else:
+    for key in (k for k in t if k.startswith("prompt_encoder.")):
+        if key not in PAPER_TABLES and not key.startswith("prompt_encoder.xpe_head."):
+            raise AdapterMismatchError(f"{path}: {key} does not map to xpe_fast's prompt")
+    if xpe is None and spt is not None and has_mlp:
+        ratio = _paper_ratio(cfg)
+        if ratio is not None and ratio < 1:
             raise AdapterMismatchError(
-                f"{folder}/{CONFIG_NAME}: encoder_ratio is needed for "
-                "a DUAL adapter in the paper's layout"
+                f"{path}: an MLP with one table, prompt_encoder.embedding, is an XPE adapter "
+                f"of the old layout, but adapter_config.json says encoder_ratio {ratio:g}; "
+                "a DUAL adapter holds prompt_encoder.xpe_embedding too"
             )
-    ratio = float(ratio)
-    if ratio > 1:
-        ratio /= 100  # DUAL-30 written as 30
-    if ratio == 1.0 and xpe is None and spt is not None:
-        xpe, spt = spt, None  # the old key: the XPE input table, not random inputs
-    if ratio > 0 and not has_mlp:
+        return None, spt
+    if xpe is not None and not has_mlp:
         raise AdapterMismatchError(
-            f"{path}: encoder_ratio {ratio} needs the MLP prompt_encoder.xpe_head.{{0,3,6}}"
+            f"{path}: prompt_encoder.xpe_embedding needs the MLP prompt_encoder.xpe_head.{{0,3,6}}"
         )
-    if ratio < 1 and spt is None:
+    if has_mlp and xpe is None:
+        raise AdapterMismatchError(f"{path}: the MLP prompt_encoder.xpe_head has no XPE table")
+    if spt is None and xpe is None:
+        raise AdapterMismatchError(f"{path}: no prompt table (prompt_encoder.embedding.weight)")
+    return spt, xpe
+
+
+def _paper_ratio(cfg: dict) -> float | None:
+    r = cfg.get("encoder_ratio")
+    if r is None:
+        return None
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
+        raise AdapterMismatchError(f"adapter_config.json: encoder_ratio {r!r} is not a number")
+    return r / 100 if r > 1 else float(r)  # DUAL-30 written as 30
+
+
+def _paper_split(cfg: dict, spt, xpe, path: Path) -> tuple[float, int, int]:
+    """(encoder ratio, N, XPE rows), the split read from the tables' shapes. The config's
+    ratio is kept where it names the same method (the paper's int(N * r) split, which
+    can differ from xpe_fast's rounding, is what the tensors hold)."""
+    for name, table in (("embedding", spt), ("xpe_embedding", xpe)):
+        if table is not None and (table.dim() != 2 or table.shape[0] < 1):
+            raise AdapterMismatchError(
+                f"{path}: prompt_encoder.{name}.weight has shape {tuple(table.shape)}, "
+                "expected [rows, width]"
+            )
+    n_spt = int(spt.shape[0]) if spt is not None else 0
+    n_xpe = int(xpe.shape[0]) if xpe is not None else 0
+    n = n_spt + n_xpe
+    method = "spt" if not n_xpe else "xpe" if not n_spt else "dual"
+    ratio = _paper_ratio(cfg)
+    if ratio is not None and not 0 <= ratio <= 1:
+        raise AdapterMismatchError(f"{path}: encoder_ratio {ratio:g} is outside [0, 1]")
+    if ratio is not None and method_name(ratio) != method:
         raise AdapterMismatchError(
-            f"{path}: encoder_ratio {ratio} needs the SPT table prompt_encoder.embedding.weight"
+            f"{path}: adapter_config.json says encoder_ratio {ratio:g} "
+            f"({method_name(ratio)}), but the tensors hold {n_spt} SPT and {n_xpe} XPE rows"
         )
+    if ratio is None:
+        ratio = {"spt": 0.0, "xpe": 1.0}.get(method, n_xpe / n)
+    given = cfg.get("num_virtual_tokens")
+    if isinstance(given, int) and not isinstance(given, bool) and given != n:
+        raise AdapterMismatchError(
+            f"{path}: adapter_config.json says num_virtual_tokens {given}, but the prompt "
+            f"tables hold {n} rows ({n_spt} SPT + {n_xpe} XPE)"
+        )
+    return ratio, n, n_xpe
+
+
+def read_paper_adapter(folder: Path, cfg: dict, path: Path) -> tuple[dict, dict]:
+    """The reference code's layout (SPT, XPE and DUAL runs of bmikaberidze/XPE), with the
+    split taken from the tables' shapes."""
+    t = _paper_tensors(path)
+    mlp = _paper_mlp(t, path)
+    spt, xpe = _paper_tables(t, cfg, path, bool(mlp))
+    ratio, n, n_xpe = _paper_split(cfg, spt, xpe, path)
     style, head = _head(t, path)
     d = int(head["head.out_proj.weight"].shape[1])
-    n = sum(int(x.shape[0]) for x in (spt, xpe) if x is not None)
     tensors = dict(head)
     if spt is not None:
         tensors["prompt.spt_embedding"] = spt
     if xpe is not None:
         tensors["prompt.xpe_embedding"] = xpe
-        for ours, i in (("fc1", 0), ("fc2", 3), ("fc3", 6)):
-            for w in ("weight", "bias"):
-                v = t.get(f"prompt_encoder.xpe_head.{i}.{w}")
-                if v is not None:  # a missing one is named by _check_imported
-                    tensors[f"prompt.encoder.{ours}.{w}"] = v
+        tensors.update(mlp)
     fc1 = tensors.get("prompt.encoder.fc1.weight")
-    h = int(fc1.shape[0]) if fc1 is not None else 256
-    d_in = int(xpe.shape[1]) if xpe is not None else d
-    method = "spt" if ratio == 0 else "xpe" if ratio == 1 else "dual"
     conf = _base_config(
         cfg,
-        method=method,
+        method=method_name(ratio),
         encoder_ratio=ratio,
         num_virtual_tokens=n,
+        num_spt_tokens=n - n_xpe,
+        num_xpe_tokens=n_xpe,
         hidden_size=d,
-        encoder_hidden_size=h,
-        encoder_input_size=d_in,
+        encoder_hidden_size=int(fc1.shape[0]) if fc1 is not None else 256,
+        encoder_input_size=int(xpe.shape[1]) if xpe is not None else d,
         num_labels=int(head["head.out_proj.weight"].shape[0]),
         head_style=style,
         source_format="bmikaberidze/XPE",
     )
     return conf, tensors
+
+
+def _is_paper_layout(cfg: dict, names: set[str]) -> bool:
+    """The paper's code saves its prompt under `prompt_encoder.*` (PEFT's own P-tuning saves
+    only `prompt_embeddings`) and writes encoder_ratio into its config."""
+    ours = any(re.sub(r"^base_model\.", "", n).startswith("prompt_encoder.") for n in names)
+    return ours or ("encoder_ratio" in cfg and "prompt_embeddings" not in names)
 
 
 def read_any_adapter(folder) -> tuple[dict, dict]:
@@ -194,7 +289,7 @@ def read_any_adapter(folder) -> tuple[dict, dict]:
     )
     if paper_file is not None:
         names = {_normalize(k) for k in _safetensors_names(paper_file)}
-        if any("xpe_head" in n or "xpe_embedding" in n for n in names):
+        if _is_paper_layout(cfg, names):
             conf, tensors = read_paper_adapter(folder, cfg, paper_file)
             return conf, _check_imported(conf, tensors, paper_file)
     if peft_type in PEFT_TYPES:
@@ -242,6 +337,27 @@ def _check_imported(conf: dict, tensors: dict, where) -> dict:
 # ---- export ------------------------------------------------------------------------------
 
 
+def static_prompt(tensors: dict) -> torch.Tensor:
+    """The [N, d] prompt at inference: saved by xpe_fast, else computed from the tables and
+    the MLP (no dropout) as the model does, SPT rows first."""
+    if "static_prompt" in tensors:
+        return tensors["static_prompt"]
+    from .reference import prompt_encoder_mlp_reference
+
+    parts = []
+    if "prompt.spt_embedding" in tensors:
+        parts.append(tensors["prompt.spt_embedding"].float())
+    if "prompt.xpe_embedding" in tensors:
+        w = [
+            tensors[f"prompt.encoder.fc{i}.{k}"].float()
+            for i in (1, 2, 3)
+            for k in ("weight", "bias")
+        ]
+        with torch.no_grad():
+            parts.append(prompt_encoder_mlp_reference(tensors["prompt.xpe_embedding"].float(), *w))
+    return torch.cat(parts, dim=0).contiguous()
+
+
 def export_peft(adapter_dir, out_dir, base_model: str | None = None) -> Path:
     """Writes the xpe_fast adapter in `adapter_dir` as a PEFT prompt-tuning adapter (SEQ_CLS):
     `prompt_embeddings` = the static prompt (every method is a static prompt at inference)
@@ -249,9 +365,9 @@ def export_peft(adapter_dir, out_dir, base_model: str | None = None) -> Path:
     logits. Atomic: the folder appears whole or not at all."""
     from .atomic import atomic_folder, save_tensors
 
-    cfg, t = read_adapter(adapter_dir)
+    cfg, t = read_any_adapter(adapter_dir)
     model_type = (cfg.get("backbone_fingerprint") or {}).get("model_type") or "bert"
-    tensors = {"prompt_embeddings": t["static_prompt"]}
+    tensors = {"prompt_embeddings": static_prompt(t)}
     if cfg["head_style"] == "roberta":
         for ours, theirs in (("dense", "classifier.dense"), ("out_proj", "classifier.out_proj")):
             for w in ("weight", "bias"):

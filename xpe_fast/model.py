@@ -153,6 +153,9 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         num_labels: number of classes.
         num_virtual_tokens, encoder_ratio, encoder_hidden_size, prompt_dropout: the prompt
             (see CrossPromptEncoder); encoder_ratio 0 = SPT, 1 = XPE, between = DUAL.
+        encoder_input_size, num_xpe_tokens, prompt_dropout_scope: the width of the XPE
+            table (default d), an explicit split (a loaded adapter's) and the MLP dropout's
+            scope ("batch" or "sample"), as in CrossPromptEncoder.
         classifier_dropout: head dropout (default: the backbone's hidden dropout).
         backend: backend of the fused ops (None = best available; "reference" runs the plain
             Hugging Face model with inputs_embeds).
@@ -177,6 +180,9 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         backend: str | None = None,
         head_style: str | None = None,
         fast_path: FastPathOptions | None = None,
+        encoder_input_size: int | None = None,
+        num_xpe_tokens: int | None = None,
+        prompt_dropout_scope: str = "batch",
     ):
         super().__init__()
         if num_labels < 1:
@@ -202,8 +208,11 @@ class PromptedEncoderForSequenceClassification(nn.Module):
             d,
             encoder_ratio,
             encoder_hidden_size,
+            encoder_input_size,
             dropout=prompt_dropout,
             backend=backend,
+            num_xpe_tokens=num_xpe_tokens,
+            dropout_scope=prompt_dropout_scope,
         )
         if head_style is None:
             head_style = "roberta" if self.parts.position_offset > 0 else "bert"
@@ -327,7 +336,7 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         """The embedding stream [B, N + L, d] the encoder stack sees (before dropout)."""
         p = self.parts
         if prompt is None:
-            prompt = self.prompt()
+            prompt = self.prompt(input_ids.shape[0])
         word = p.word.weight
         prompt = prompt.to(word.dtype)
         if p.token_type is not None:
@@ -358,14 +367,15 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         the rows the classifier reads)."""
         self._check_inputs(input_ids)
         mask = self._extended_mask(input_ids, attention_mask)
+        B = input_ids.shape[0]
         if prompt is None:
-            prompt = self.prompt()
+            prompt = self.prompt(B)
         if self.backend == "reference":
             # Exactly PEFT's route: the unmodified Hugging Face model with inputs_embeds.
             word = self.parts.word(input_ids)
-            embeds = torch.cat(
-                [prompt.to(word.dtype).unsqueeze(0).expand(input_ids.shape[0], -1, -1), word], dim=1
-            )
+            if prompt.dim() == 2:
+                prompt = prompt.unsqueeze(0).expand(B, -1, -1)
+            embeds = torch.cat([prompt.to(word.dtype), word], dim=1)
             return self.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         from transformers.masking_utils import create_bidirectional_mask
 

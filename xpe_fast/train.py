@@ -131,17 +131,27 @@ def check_data(dataset: D.SIB200, sources: list[str], targets: list[str], cfg: T
 # ---- one run ---------------------------------------------------------------------------
 
 
-def build_model(cfg: TrainConfig, bb, device: torch.device, num_labels: int):
+def build_model(cfg: TrainConfig, bb, device: torch.device, num_labels: int, init=None):
+    """The run's model; with `init` (an --init-adapter as read), the prompt has that
+    adapter's split and table widths, read from its tensors."""
+    from .adapter import prompt_shape_kwargs
     from .model import PromptedEncoderForSequenceClassification
 
+    shape = {
+        "num_virtual_tokens": cfg.num_virtual_tokens,
+        "encoder_ratio": cfg.encoder_ratio,
+        "encoder_hidden_size": cfg.encoder_hidden_size,
+        "encoder_input_size": cfg.encoder_input_size,
+    }
+    if init is not None:
+        shape = prompt_shape_kwargs({**init[0], "encoder_ratio": cfg.encoder_ratio})
     return PromptedEncoderForSequenceClassification(
         bb.model,
         num_labels,
-        num_virtual_tokens=cfg.num_virtual_tokens,
-        encoder_ratio=cfg.encoder_ratio,
-        encoder_hidden_size=cfg.encoder_hidden_size,
         prompt_dropout=cfg.prompt_dropout,
+        prompt_dropout_scope=cfg.prompt_dropout_scope,
         backend=cfg.backend,
+        **shape,
     ).to(device)
 
 
@@ -170,7 +180,7 @@ def run_seed(
     if world.main:
         folder.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
-    model = build_model(cfg, bb, device, len(dataset.labels))
+    model = build_model(cfg, bb, device, len(dataset.labels), init)
     if cfg.init_adapter and not (folder / "checkpoint.safetensors").is_file():
         load_adapter(cfg.init_adapter, model, bb.name, init)
         log.info("%s seed %d: starting from the adapter in %s", cfg.tag, seed, cfg.init_adapter)
@@ -402,6 +412,8 @@ def check_init_adapter(cfg: TrainConfig, dataset) -> tuple[dict, dict]:
     }
     if float(cfg.encoder_ratio) > 0:
         want["encoder_hidden_size"] = cfg.encoder_hidden_size
+        if cfg.encoder_input_size is not None:
+            want["encoder_input_size"] = cfg.encoder_input_size
     diff = {
         k: (a.get(k), v)
         for k, v in want.items()
@@ -411,7 +423,7 @@ def check_init_adapter(cfg: TrainConfig, dataset) -> tuple[dict, dict]:
         raise UserError(
             f"--init-adapter {cfg.init_adapter} does not fit this run (adapter vs "
             f"run: {diff}); set --method/--encoder-ratio/--num-virtual-tokens/"
-            "--encoder-hidden-size to the adapter's"
+            "--encoder-hidden-size/--encoder-input-size to the adapter's"
         )
     return adapter
 
@@ -450,7 +462,7 @@ def train_and_report(
     tags = cfg.methods or [cfg.tag]
     # Refuse an unsupported encoder (or method) before anything is written.
     for tag in tags:
-        build_model(cfg.for_method(tag), bb, device, len(dataset.labels))
+        build_model(cfg.for_method(tag), bb, device, len(dataset.labels), init)
     if world.main:
         create_output_dir(cfg, out)
     world.barrier()

@@ -55,21 +55,29 @@ def prompt_encoder_mlp(
     dropout_p: float = 0.0,
     training: bool = False,
     backend: str | None = None,
+    masks: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The prompt-encoder MLP of XPE: [N, d_in] -> [N, d].
 
     Weights are in nn.Linear's [out, in] layout: w1 [h, d_in], w2 [h, h], w3 [d, h]. Dropout
-    (probability `dropout_p`) follows each ReLU when `training`. Backward gives the gradients
-    of x and of all six weights.
+    (probability `dropout_p`) follows each ReLU when `training`: with the two scaled
+    keep-masks [N, h] in `masks` where given (e.g. drawn per sample), else drawn here.
+    Backward gives the gradients of x and of all six weights.
     """
     backend = resolve_backend(backend, x.device)
     if not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
     if backend in ("reference", "triton"):  # the C++ kernels validate for themselves
         check_mlp_inputs(x, w1, b1, w2, b2, w3, b3)
-    masks = (None, None)
-    if training and dropout_p > 0.0:
+    if not (training and dropout_p > 0.0):
+        masks = (None, None)
+    elif masks is None:
         masks = dropout_masks(x.shape[0], w1.shape[0], dropout_p, x.device, x.dtype)
+    else:
+        want = (x.shape[0], w1.shape[0])
+        if len(masks) != 2 or any(tuple(m.shape) != want for m in masks):
+            raise ValueError(f"masks must be two keep-masks of shape {want}")
+        masks = tuple(m.to(x.dtype) for m in masks)
     if backend == "reference":
         return prompt_encoder_mlp_reference(
             x,
