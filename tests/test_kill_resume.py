@@ -28,6 +28,37 @@ def launch(args, resume):
     )
 
 
+KILLS = 10
+
+
+def run_to_end(args, resume=False):
+    p = launch(args, resume)
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err
+
+
+def killed_runs(env, part, extra, start_up, work, rng) -> int:
+    """The run killed at KILLS moments drawn from `rng` over its real working time `work`
+    (each segment gets the start-up time on top, so the moments fall in the work, not only
+    in start-ups); resumed after each. Returns how many segments were killed (fewer only
+    if the machine became faster than when `work` was measured)."""
+    moments = sorted(rng.uniform(0.02, 0.9) * work for _ in range(KILLS))
+    kills = 0
+    for gap in (b - a for a, b in zip([0.0, *moments], moments)):
+        p = launch(base_args(env, part, *extra), (part / "run_config.json").is_file())
+        try:
+            p.wait(timeout=start_up + gap)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.communicate()
+            kills += 1
+            continue
+        assert p.returncode == 0, p.communicate()[1]
+        return kills  # it finished before its kill
+    run_to_end(base_args(env, part, *extra), resume=True)
+    return kills
+
+
 @pytest.mark.slow
 def test_killed_at_random_moments_resumes_to_the_same_result(shared_dir, tmp_path):
     backbone = tiny_xlmr(tmp_path / "tiny")
@@ -38,39 +69,26 @@ def test_killed_at_random_moments_resumes_to_the_same_result(shared_dir, tmp_pat
     }
     extra = ["--steps", "240", "--eval-every", "2", "--method", "dual", "--encoder-ratio", "0.5"]
     full = tmp_path / "full"
-    t_full = time.time()
+    t0 = time.time()
     p = launch(base_args(env, full, *extra), resume=False)
-    out, err = p.communicate(timeout=600)
+    while not (full / "run_config.json").is_file() and p.poll() is None:
+        time.sleep(0.02)
+    start_up = time.time() - t0  # imports, checks, backbone: before the run's folder exists
+    _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err
-    t_full = time.time() - t_full
+    work = time.time() - t0 - start_up
 
-    part = tmp_path / "part"
     rng = random.Random(1234)
-    kills = 0
-    t_run = t_full  # how long a whole run takes, as far as we know
-    for _ in range(60):
-        resume = (part / "run_config.json").is_file()
-        p = launch(base_args(env, part, *extra), resume)
-        if kills < 8:
-            # a moment anywhere in a run's life: start-up, training, saving, evaluating
-            try:
-                p.wait(timeout=rng.uniform(0.2, 0.9) * t_run)
-            except subprocess.TimeoutExpired:
-                p.send_signal(signal.SIGKILL)
-                p.communicate()
-                kills += 1
-                continue
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err
-        if (part / "summary.json").is_file():
-            if kills >= 3:
-                break
-            # It finished before being killed often enough: the machine got faster than
-            # during the first run (a shared machine). Start the interrupted run over with
-            # shorter kill times.
-            shutil.rmtree(part)
-            kills, t_run = 0, t_run / 2
-    assert kills >= 3, f"only {kills} runs were killed; the test proves little"
+    for _ in range(4):
+        part = tmp_path / "part"
+        kills = killed_runs(env, part, extra, start_up, work, rng)
+        if kills == KILLS:
+            break
+        # The machine got faster than during the first run (a shared machine): over again
+        # with the moments drawn over a shorter working time.
+        shutil.rmtree(part)
+        work /= 2
+    assert kills == KILLS, f"only {kills} of {KILLS} kills landed before the run ended"
     a = load_file(str(full / "seed-0/adapter/adapter.safetensors"))
     b = load_file(str(part / "seed-0/adapter/adapter.safetensors"))
     assert set(a) == set(b)

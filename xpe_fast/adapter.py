@@ -113,9 +113,12 @@ def read_json_config(folder) -> dict:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise AdapterMismatchError(f"{folder} holds no {CONFIG_NAME}: not an adapter")
+    from .textfile import read_text
+
+    text = read_text(path, AdapterMismatchError)
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+        cfg = json.loads(text)
+    except ValueError as e:
         raise AdapterMismatchError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise AdapterMismatchError(f"{path} must hold a JSON object")
@@ -284,12 +287,20 @@ def check_compatible(
 ) -> None:
     fp = backbone_fingerprint(model)
     saved = cfg.get("backbone_fingerprint", {})
-    if not same_backbone(cfg.get("backbone"), backbone_name) or saved != fp:
-        diffs = {k: (saved.get(k), v) for k, v in fp.items() if saved.get(k) != v}
-        raise AdapterMismatchError(
-            f"the adapter was saved for backbone {cfg.get('backbone')!r}, not "
-            f"{backbone_name!r}" + (f" (saved vs this backbone: {diffs})" if diffs else "")
-        )
+    same_name = same_backbone(cfg.get("backbone"), backbone_name)
+    if same_name and saved == fp:
+        return
+    diffs = "; ".join(
+        f"{k} {saved.get(k)} in the adapter, {v} here" for k, v in fp.items() if saved.get(k) != v
+    )
+    where = (
+        f"backbone {cfg.get('backbone')!r}, and the one of that name here differs"
+        if same_name
+        else f"backbone {cfg.get('backbone')!r}, not {backbone_name!r}"
+    )
+    raise AdapterMismatchError(
+        f"the adapter was saved for {where}" + (f": {diffs}" if diffs else "")
+    )
 
 
 def load_adapter(

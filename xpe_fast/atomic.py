@@ -37,6 +37,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _named(e: BaseException, tmp, path) -> BaseException:
+    """An OSError about the temporary file beside `path` as one about `path` itself (the
+    file the user knows); anything else unchanged."""
+    if not isinstance(e, OSError) or not e.filename:
+        return e
+    name = str(e.filename).replace(str(tmp), str(path))
+    return OSError(e.errno, e.strerror, name)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,10 +57,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600 files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        raise _named(e, tmp, path) from None
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -65,11 +74,27 @@ def atomic_write_json(path, obj) -> None:
 def save_tensors(path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
     """safetensors file of CPU copies (a non-atomic write: use inside atomic_folder or via
     atomic_save_tensors)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata
-    )
+    try:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(path),
+            metadata=metadata,
+        )
+    except SafetensorError as e:  # an I/O failure inside the Rust writer: as an OSError
+        raise _as_os_error(e, path) from None
+
+
+def _as_os_error(e: Exception, path) -> OSError:
+    """safetensors reports the OS error inside its message (`os error 28`, `code: 28`)."""
+    import errno
+    import re
+
+    m = re.search(r"(?:code: |os error )(\d+)", str(e))
+    code = int(m.group(1)) if m else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 def atomic_save_tensors(path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
@@ -83,10 +108,10 @@ def atomic_save_tensors(path, tensors: dict[str, torch.Tensor], metadata=None) -
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        raise _named(e, tmp, path) from None
 
 
 @contextlib.contextmanager
@@ -111,9 +136,9 @@ def atomic_folder(path: str | os.PathLike):
         os.replace(tmp, path)
         _fsync_dir(path.parent)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise _named(e, tmp, path) from None
 
 
 def recover_folder(path: str | os.PathLike) -> None:

