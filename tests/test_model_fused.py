@@ -215,3 +215,50 @@ def test_evaluation_draws_nothing_from_the_generator():
     after_eval = torch.rand(4)
     torch.manual_seed(0)
     assert torch.equal(after_eval, torch.rand(4))
+
+
+@pytest.mark.parametrize("kind", ["xlmr", "bert"])
+@pytest.mark.parametrize("train", [True, False], ids=["training", "inference"])
+def test_unpadded_layers_equal_the_padded_route(kind, train, monkeypatch):
+    """The layers over the real tokens only (the CUDA default; forced here on the CPU) give
+    the padded route's logits and every trained gradient, with every dropout on: the same
+    masks, numbered as in the padded [B, S, d] tensors."""
+    from xpe_fast import encoder_fast_path
+    from xpe_fast.encoder_fast_path import FastPathOptions
+
+    calls = []
+    real_layer = encoder_fast_path.unpadded_layer
+    monkeypatch.setattr(
+        encoder_fast_path,
+        "unpadded_layer",
+        lambda layer, x, pk, opts: calls.append(x.shape[0]) or real_layer(layer, x, pk, opts),
+    )
+
+    backbone = tiny_backbone(kind, dropout=0.1)
+    padded = PromptedEncoderForSequenceClassification(
+        backbone, 5, num_virtual_tokens=4, encoder_ratio=0.5, encoder_hidden_size=8,
+        fast_path=FastPathOptions(unpadded=False),
+    )  # fmt: skip
+    unpadded = copy.deepcopy(padded)
+    unpadded.fast_path = FastPathOptions(unpadded=True)
+    ids, mask = padded_ids(5, 13, backbone.config.vocab_size)
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    out = []
+    for m in (padded, unpadded):
+        m.train(train)
+        torch.manual_seed(3)
+        with torch.set_grad_enabled(train):
+            loss, logits = m(ids, mask, labels=labels)
+        grads = {}
+        if train:
+            loss.backward()
+            grads = {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
+        out.append((logits.detach(), grads))
+    assert calls and calls[0] == int(mask.sum()) + 5 * 4  # the real tokens only, prompt too
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-5)
+    for name, g in out[0][1].items():
+        torch.testing.assert_close(out[1][1][name], g, rtol=1e-5, atol=1e-6, msg=name)
+    # the routes differ where they should: the dropout masks do matter in training
+    if train:
+        torch.manual_seed(4)
+        assert not torch.allclose(unpadded(ids, mask), out[1][0])

@@ -128,3 +128,77 @@ def test_model_on_cuda_matches_its_reference_route():
     torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)
     with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
         assert m(ids, mask).shape == (4, 7)
+
+
+def test_dropout_on_cuda_draws_the_cpu_kernels_masks():
+    """The op's CUDA kernel (Triton) and its C++ CPU kernel: the same bits, so a GPU run's
+    masks, numbered by global sample index, do not depend on the number of processes."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        x = torch.randn(7, 1000).to(dtype)
+        for offset in (0, (1 << 32) - 3):
+            cpu = torch.ops.xpe_fast.dropout(x, 0.1, 1234567, offset)
+            gpu = ops.dropout(x.cuda(), 0.1, 1234567, offset)
+            torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_model_on_cuda_trains_as_on_the_cpu(dtype):
+    """One training step with every dropout on (backbone hidden and attention, head, prompt
+    MLP): on CUDA the same masks as on the CPU under one seed, so the logits and every
+    trained gradient agree (bf16: autocast on both, within its rounding)."""
+    import copy
+
+    from helpers import tiny_backbone
+
+    from xpe_fast import PromptedEncoderForSequenceClassification
+
+    torch.manual_seed(0)
+    cpu = PromptedEncoderForSequenceClassification(
+        tiny_backbone("xlmr", dropout=0.1), 7, num_virtual_tokens=5, encoder_ratio=0.6,
+        encoder_hidden_size=16, prompt_dropout=0.1,
+    ).train()  # fmt: skip
+    gpu = copy.deepcopy(cpu).cuda().train()
+    gpu.set_backend(None)
+    ids, mask = padded_ids(4, 11, 211)
+    labels = torch.tensor([0, 3, 6, 2])
+    out = {}
+    for name, m, dev in (("cpu", cpu, "cpu"), ("cuda", gpu, "cuda")):
+        torch.manual_seed(42)
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss, logits = m(ids.to(dev), mask.to(dev), labels=labels.to(dev))
+        loss.backward()
+        grads = {n: p.grad.float().cpu() for n, p in m.named_parameters() if p.requires_grad}
+        out[name] = (logits.float().detach().cpu(), grads)
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(out["cuda"][0], out["cpu"][0], rtol=tol, atol=tol)
+    for n, g in out["cpu"][1].items():
+        torch.testing.assert_close(out["cuda"][1][n], g, rtol=tol, atol=tol, msg=n)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["training", "inference"])
+def test_unpadded_layers_on_cuda_equal_the_padded_route(train):
+    """On CUDA the layers run over the real tokens only (flash varlen attention in bf16
+    inference): the padded route's logits (and, training, the same dropout masks)."""
+    import copy
+
+    from helpers import tiny_backbone
+
+    from xpe_fast import PromptedEncoderForSequenceClassification
+    from xpe_fast.encoder_fast_path import FastPathOptions
+
+    torch.manual_seed(0)
+    m = PromptedEncoderForSequenceClassification(
+        tiny_backbone("xlmr", hidden=64, heads=4, dropout=0.1), 7, num_virtual_tokens=5,
+        encoder_hidden_size=16, fast_path=FastPathOptions(unpadded=False),
+    ).cuda()  # fmt: skip
+    u = copy.deepcopy(m)
+    u.fast_path = FastPathOptions(unpadded=True)
+    ids, mask = padded_ids(6, 17, 211)
+    ids, mask = ids.cuda(), mask.cuda()
+    outs = []
+    for model in (m, u):
+        model.train(train)
+        torch.manual_seed(5)
+        with torch.autocast("cuda", dtype=torch.bfloat16), torch.set_grad_enabled(train):
+            outs.append(model(ids, mask).float())
+    torch.testing.assert_close(outs[1], outs[0], rtol=3e-2, atol=3e-2)

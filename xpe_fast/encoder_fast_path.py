@@ -6,6 +6,11 @@ Hugging Face layers compute, faster.
   read directly by the attention kernel (ops.packed_attention), each residual add +
   LayerNorm in one pass that also writes the next GEMM's bf16 input (ops.residual_layer_norm),
   the GELU fused into the feed-forward GEMM.
+- `unpadded_layer`: a layer over the real tokens only, packed [T, d] (no FLOP spent on
+  padding): its linears on the packed rows, attention by flash varlen (CUDA inference) or
+  padded per batch (training: the attention dropout's masks as in the padded layer), every
+  hidden dropout with the masks the padded [B, S, d] tensor draws (numbered by global sample
+  index, so results equal the padded route and do not depend on the number of processes).
 - `run_encoder`: the stack with those, for the model's forward.
 
 `FastPathOptions` holds the switches (benchmarks/profile_model.py turns them off to measure
@@ -30,11 +35,13 @@ QKV_CACHE = "_xpe_fast_qkv"  # attribute of a self-attention module (acceleratio
 class FastPathOptions:
     """inference_kernels: the C++ inference kernels (packed attention, residual LayerNorm)
     where cpu_paths prefers them; short_keys: up to this many keys, attention by matmul +
-    softmax, beyond it torch's SDPA; first_row_last_layer: the last layer for slot 0 only."""
+    softmax, beyond it torch's SDPA; first_row_last_layer: the last layer for slot 0 only;
+    unpadded: the layers before the last over the real tokens only (unpadded_layer)."""
 
     inference_kernels: bool = True
     short_keys: int = fast_dropout.SHORT_KEYS
     first_row_last_layer: bool = True
+    unpadded: bool | None = None  # layers over the real tokens only; None: on CUDA
 
 
 def supports_first_row(layer: nn.Module) -> bool:
@@ -192,6 +199,107 @@ def inference_layer(
     return _output_block(layer.output, i, a, bf16, opts)
 
 
+try:  # flash attention over packed sequences (torch >= 2.10, CUDA)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older torch: padded attention instead
+    varlen_attn = None
+
+
+@dataclass
+class Packing:
+    """Where the real tokens of a [B, S] batch are: `idx`, their flat indices in row-major
+    order (each sample's tokens contiguous), `cu` the cumulative lengths [B + 1] (int32),
+    `longest`, and the additive key-padding mask [B, 1, 1, S] of the padded layout."""
+
+    idx: torch.Tensor
+    cu: torch.Tensor
+    longest: int
+    B: int
+    S: int
+    mask4d: torch.Tensor
+
+    @classmethod
+    def of(cls, mask4d: torch.Tensor) -> Packing:
+        real = mask4d[:, 0, 0, :] == 0
+        lengths = real.sum(1)
+        cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        idx = real.reshape(-1).nonzero().squeeze(1)
+        return cls(idx, cu, int(lengths.max()), real.shape[0], real.shape[1], mask4d)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, ...] -> [B, S, ...], zeros in the padding."""
+        out = x.new_zeros((self.B * self.S, *x.shape[1:])).index_copy(0, self.idx, x)
+        return out.view(self.B, self.S, *x.shape[1:])
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S, ...] -> [T, ...]."""
+        return x.reshape(self.B * self.S, *x.shape[2:]).index_select(0, self.idx)
+
+
+def _packed_dropout(y: torch.Tensor, drop: nn.Module, pk: Packing) -> torch.Tensor:
+    """`drop` on packed rows with the masks it would draw on the padded [B, S, d] tensor."""
+    if not drop.training or drop.p == 0.0:
+        return y
+    ones = torch.ones(pk.B, pk.S, y.shape[-1], device=y.device, dtype=y.dtype)
+    return y * pk.unpad(drop(ones))
+
+
+def _flash_varlen_fits(q: torch.Tensor) -> bool:
+    """flash attention's varlen kernel: CUDA, half precision, head size a multiple of 8."""
+    return (
+        varlen_attn is not None
+        and q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 256
+    )
+
+
+def _packed_attention(sa: nn.Module, x: torch.Tensor, pk: Packing, opts) -> torch.Tensor:
+    h, hd = sa.num_attention_heads, sa.attention_head_size
+    q, k, v = (m(x).view(-1, h, hd) for m in (sa.query, sa.key, sa.value))
+    p = sa.dropout.p if sa.training else 0.0
+    if p == 0.0 and not torch.is_grad_enabled() and _flash_varlen_fits(q):
+        ctx = varlen_attn(q, k, v, pk.cu, pk.cu, pk.longest, pk.longest, scale=sa.scaling)
+        return ctx.reshape(-1, h * hd)
+    # the padded layer's attention, its dropout's masks included
+    qp, kp, vp = (pk.pad(t).transpose(1, 2) for t in (q, k, v))
+    ctx = fast_dropout.attend(qp, kp, vp, pk.mask4d, sa.scaling, p, opts.short_keys)
+    return pk.unpad(ctx.transpose(1, 2).reshape(pk.B, pk.S, h * hd))
+
+
+def _packed_output(out: nn.Module, x: torch.Tensor, residual: torch.Tensor, pk: Packing):
+    return out.LayerNorm(_packed_dropout(out.dense(x), out.dropout, pk) + residual)
+
+
+def supports_unpadded(layer: nn.Module) -> bool:
+    return (
+        supports_first_row(layer)
+        and _standard_output(layer.attention.output)
+        and _standard_output(layer.output)
+        and all(hasattr(o, "dropout") for o in (layer.attention.output, layer.output))
+    )
+
+
+def unpadded_layer(layer: nn.Module, x: torch.Tensor, pk: Packing, opts) -> torch.Tensor:
+    """A BERT/XLM-R encoder layer over the packed real tokens x [T, d] (see Packing)."""
+    att = layer.attention
+    a = _packed_output(att.output, _packed_attention(att.self, x, pk, opts), x, pk)
+    return _packed_output(layer.output, layer.intermediate(a), a, pk)
+
+
+def _runs_unpadded(hidden, mask4d, attn_is_fast: bool, layers, opts) -> bool:
+    want = hidden.is_cuda if opts.unpadded is None else opts.unpadded
+    return (
+        want
+        and attn_is_fast
+        and isinstance(mask4d, torch.Tensor)
+        and mask4d.dim() == 4
+        and mask4d.shape[1:3] == (1, 1)
+        and all(supports_unpadded(layer) for layer in layers[:-1])
+    )
+
+
 def run_encoder(
     encoder: nn.Module,
     hidden: torch.Tensor,
@@ -213,6 +321,12 @@ def run_encoder(
         or not supports_first_row(layers[-1])
     ):
         return encoder(hidden, attention_mask=mask4d).last_hidden_state
+    if _runs_unpadded(hidden, mask4d, attn_is_fast, layers, opts):
+        pk = Packing.of(mask4d)
+        x = pk.unpad(hidden)
+        for layer in layers[:-1]:
+            x = unpadded_layer(layer, x, pk, opts)
+        return first_row_layer(layers[-1], pk.pad(x), mask4d, None, opts)
     inference = (
         not torch.is_grad_enabled()
         and not encoder.training

@@ -1,4 +1,4 @@
-"""Dropout of the frozen backbone during training, fast on the CPU.
+"""Dropout of the frozen backbone during training, fast on the CPU, the same masks on CUDA.
 
 PEFT trains the prompt with the frozen backbone in train mode, so its hidden and attention
 dropouts are part of the recipe. torch's CPU dropout draws from a stateful generator one
@@ -31,12 +31,15 @@ ATTN_IMPLEMENTATION = "xpe_fast_sdpa"
 
 
 def available(x: torch.Tensor) -> bool:
-    return (
-        _extension._C is not None
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
-        and cpu_paths.use_dropout_kernel()
-    )
+    """Whether the counter-based kernel serves `x`: the C++ kernel on the CPU, the Triton
+    kernel on CUDA (the same masks; else torch's generator draws them)."""
+    if _extension._C is None or x.dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        return False
+    if x.device.type == "cuda":
+        from .ops._backend import cuda_dropout_available
+
+        return cuda_dropout_available()
+    return x.device.type == "cpu" and cpu_paths.use_dropout_kernel()
 
 
 if _extension.has_cpu_kernels():
@@ -65,7 +68,8 @@ def global_batch_offset(first_sample: int):
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """F.dropout's function with a counter-based mask on the CPU (F.dropout elsewhere)."""
+    """F.dropout's function with a counter-based mask (the C++ kernel on the CPU, Triton's on
+    CUDA; F.dropout where neither runs)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 def dropout_masks(n: int, h: int, p: float, device, dtype=torch.float32):
     """The two dropout keep-masks of the prompt-encoder MLP, already scaled by 1/(1-p).
 
-    Every backend draws its masks through this function (from torch's generator), so a
-    fused op and the reference see identical masks under the same seed.
+    Every backend draws its masks through this function, from torch's default CPU generator
+    whatever the device (then moved there), so a fused op and the reference, and a CUDA run
+    and a CPU run, see identical masks under the same seed.
     """
     if p <= 0.0:
         return None, None
@@ -24,9 +25,9 @@ def dropout_masks(n: int, h: int, p: float, device, dtype=torch.float32):
         z = torch.zeros(n, h, device=device, dtype=dtype)
         return z, z.clone()
     keep = 1.0 - p
-    m1 = torch.empty(n, h, device=device, dtype=torch.float32).bernoulli_(keep).div_(keep)
-    m2 = torch.empty(n, h, device=device, dtype=torch.float32).bernoulli_(keep).div_(keep)
-    return m1.to(dtype), m2.to(dtype)
+    m1 = torch.empty(n, h, dtype=torch.float32).bernoulli_(keep).div_(keep)
+    m2 = torch.empty(n, h, dtype=torch.float32).bernoulli_(keep).div_(keep)
+    return m1.to(device=device, dtype=dtype), m2.to(device=device, dtype=dtype)
 
 
 def prompt_encoder_mlp_reference(
@@ -101,3 +102,35 @@ def residual_layer_norm_reference(x, residual, weight, bias, eps: float, bf16_co
     s = x + residual
     y = F.layer_norm(s.float(), (s.shape[-1],), weight.float(), bias.float(), eps).to(s.dtype)
     return y, (y.to(torch.bfloat16) if bf16_copy else None)
+
+
+def _mul32(v: torch.Tensor, c: int) -> torch.Tensor:
+    """(v * c) mod 2^32 for int64 tensors holding uint32 values, in 16-bit halves of c so
+    that no product overflows int64."""
+    return (v * (c & 0xFFFF) + (((v * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """kernel_math.h's mix32 (lowbias32) on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def dropout_reference(x: torch.Tensor, p: float, seed: int, offset: int = 0) -> torch.Tensor:
+    """torch.ops.xpe_fast.dropout in plain tensor arithmetic: element i (numbered from
+    `offset`) is kept when the 24 bits of kernel_math.h's dropout_bits(seed, offset + i) are
+    at or above round(p * 2^24), and scaled by float32(1 / (1 - p)) in the accumulation type
+    (float32 for bfloat16 and float32, float64 for float64)."""
+    m = 0xFFFFFFFF
+    s = int(seed) & 0xFFFFFFFFFFFFFFFF
+    i = torch.arange(x.numel(), dtype=torch.int64, device=x.device) + int(offset)
+    a = _mix32((i & m) ^ (s & m))
+    bits = _mix32((a + _mul32(i >> 32, 0x9E3779B9) + (s >> 32)) & m) >> 8
+    keep = bits >= int(p * 16777216.0 + 0.5)
+    scale = torch.tensor(1.0 / (1.0 - p), dtype=torch.float32, device=x.device)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = x.reshape(-1).to(acc) * torch.where(keep, scale, 0.0).to(acc)
+    return y.to(x.dtype).reshape(x.shape)

@@ -2,6 +2,8 @@
 
 - prompt_encoder_mlp: the XPE prompt-encoder MLP, forward and backward in one call each.
 - assemble_embeddings: prompt rows + token embeddings + positions + token type + LayerNorm.
+- dropout: keep-and-scale with a counter-based hash (the same masks on every device and
+  for every split of a batch over processes).
 
 Inference-only helpers of the encoder (C++ CPU kernel or the eager reference):
 - packed_attention: self-attention read from the packed QKV projection.
@@ -17,6 +19,7 @@ where xpe_fast/cpu_paths.py finds it faster at this ISA level).
 
 from ._backend import BACKENDS, available_backends, resolve_backend
 from .assemble_embeddings import assemble_embeddings
+from .dropout import dropout
 from .packed_attention import kernel_preferred as packed_attention_applies
 from .packed_attention import packed_attention
 from .prompt_encoder_mlp import prompt_encoder_mlp
@@ -27,6 +30,7 @@ __all__ = [
     "available_backends",
     "resolve_backend",
     "assemble_embeddings",
+    "dropout",
     "prompt_encoder_mlp",
     "packed_attention",
     "packed_attention_applies",

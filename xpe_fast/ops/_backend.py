@@ -106,6 +106,7 @@ _TRITON_KERNELS = {
     "prompt_encoder_mlp_backward": ("triton_prompt_encoder_mlp", "prompt_encoder_mlp_backward"),
     "assemble_embeddings": ("triton_assemble_embeddings", "assemble_embeddings_forward"),
     "assemble_embeddings_backward": ("triton_assemble_embeddings", "assemble_embeddings_backward"),
+    "dropout": ("triton_dropout", "dropout"),
 }
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 _triton_libraries: dict[str, torch.library.Library] = {}  # dispatch key -> registration
@@ -133,3 +134,21 @@ def select_kernels(backend: str, device: torch.device) -> None:
     elif backend != "triton" and lib is not None:
         lib._destroy()  # the C++ kernel of this key is the one dispatched again
         del _triton_libraries[key]
+
+
+_cuda_dropout: list[torch.library.Library] = []  # the one permanent registration
+
+
+def cuda_dropout_available() -> bool:
+    """Whether `torch.ops.xpe_fast.dropout` runs on CUDA tensors: its CUDA kernel is the
+    Triton one (there is no C++ CUDA kernel of it), registered here once, for good."""
+    if _cuda_dropout:
+        return True
+    if not (triton_available() and _extension.has_cpu_kernels() and torch.cuda.is_available()):
+        return False
+    from .triton_dropout import dropout
+
+    lib = torch.library.Library("xpe_fast", "IMPL")
+    lib.impl("dropout", dropout, "CUDA")
+    _cuda_dropout.append(lib)
+    return True
