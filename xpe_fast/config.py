@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import data as D
-from .cli_common import UserError
+from .errors import UserError
 
 # Keys that may change between an interrupted run and its resumption.
 VOLATILE = {

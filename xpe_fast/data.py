@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import DataError
 from .textfile import read_text
 
 LABELS = (
@@ -32,10 +33,6 @@ LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
 SPLITS = ("train", "dev", "test")
 HUB_DATASET = "Davlan/sib200"
 ENV_DATA_DIR = "XPE_FAST_DATA_DIR"
-
-
-class DataError(ValueError):
-    """Missing folders or splits, malformed rows, unknown labels, empty texts."""
 
 
 @dataclass(frozen=True)

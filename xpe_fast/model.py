@@ -30,11 +30,8 @@ from torch import nn
 from . import fast_dropout, ops
 from .acceleration import accelerate, attends_fast, restore
 from .encoder_fast_path import FastPathOptions, run_encoder
+from .errors import UnsupportedBackboneError
 from .prompt import CrossPromptEncoder
-
-
-class UnsupportedBackboneError(ValueError):
-    """A backbone whose layers this package cannot run exactly."""
 
 
 def _supported_message() -> str:

@@ -13,11 +13,9 @@ import os
 import socket
 from pathlib import Path
 
+from .errors import FolderInUseError
+
 LOCK_NAME = ".lock"
-
-
-class FolderInUseError(ValueError):
-    """Another process holds the run folder."""
 
 
 def _in_use(folder: Path, fd: int) -> FolderInUseError:

@@ -7,11 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import TextFileError
+
 BOM = b"\xef\xbb\xbf"
-
-
-class TextFileError(ValueError):
-    """A file that is not UTF-8 text."""
 
 
 def read_text(path: str | os.PathLike, error: type[Exception] = TextFileError) -> str:

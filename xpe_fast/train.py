@@ -28,11 +28,13 @@ from . import data as D
 from . import distributed, run_lock
 from .adapter import load_adapter, save_adapter, trainable_state
 from .atomic import atomic_write_json
-from .cli_common import UserError, note_length_cap, run_cli
+from .cli_common import note_length_cap, run_cli
 from .config import TrainConfig, build_parser, resolve_config
 from .device import check_backend, resolve_device, resolve_precision
 from .distributed import World
-from .evaluate import evaluate_encoded, evaluate_languages, fetch_adapter
+from .errors import UserError
+from .evaluation import evaluate_encoded, evaluate_languages
+from .interop import fetch_adapter
 from .languages import resolve_languages, set_language_space
 from .loop import set_seed, train_phase
 from .report import (
