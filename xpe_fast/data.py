@@ -385,8 +385,9 @@ def open_dataset(
     label_column: str,
     groups_csv: str | None,
 ):
-    """SIB-200, or the user's own data (--data); with the user's language groups (--groups)."""
-    from .languages import language_table, load_user_groups, set_language_space
+    """SIB-200, or the user's own data (--data); its `.space` is the language space that
+    names resolve in and reports group by (with the user's language groups, --groups)."""
+    from .languages import LanguageSpace, language_table, load_user_groups
 
     if data:
         dataset = OwnDataset(data, text_column, label_column)
@@ -395,7 +396,7 @@ def open_dataset(
         dataset = SIB200(data_dir)
         codes = None
     user = load_user_groups(groups_csv, codes or list(language_table())) if groups_csv else None
-    set_language_space(codes, user)
+    dataset.space = LanguageSpace.of(codes, user)
     return dataset
 
 

@@ -121,7 +121,7 @@ def run(args) -> int:
             f"--adapter: {args.adapter} was trained on other labels "
             f"({', '.join(cfg['labels'])}); give its data with --data"
         )
-    langs = resolve_languages(args.languages)
+    langs = resolve_languages(args.languages, dataset.space)
     if not dataset.hub:
         for lang in langs:
             dataset.split(lang, args.split)
@@ -168,10 +168,10 @@ def run(args) -> int:
     if not world.main:
         return 0
     if args.output:
-        write_accuracy_csv(args.output, res)
+        write_accuracy_csv(args.output, res, space=dataset.space)
     if args.predictions:
         write_predictions_csv(args.predictions, res, dataset, args.split)
-    means = group_means({k: v["accuracy"] for k, v in res.items()})
+    means = group_means({k: v["accuracy"] for k, v in res.items()}, dataset.space)
     print(
         format_group_table(
             means,
@@ -204,12 +204,8 @@ def write_predictions_csv(path, res: dict, dataset, split: str) -> None:
 
 def main(argv=None) -> int:
     from .cli_common import run_cli
-    from .languages import set_language_space
 
-    try:
-        return run_cli(run, build_parser(), argv)
-    finally:
-        set_language_space(None)  # a user's data (--data, --groups) sets it for one command
+    return run_cli(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -94,33 +94,70 @@ def _builtin_groups() -> dict[str, tuple[str, ...]]:
     return _groups()
 
 
-# A user's own dataset replaces the SIB-200 language space: its languages, and the groups of
-# a user's CSV (set_language_space).
-_space: dict | None = None
+@dataclass(frozen=True)
+class LanguageSpace:
+    """The languages a command may name and the groups over them: SIB-200's table and its
+    groups (the default), or a user's dataset's languages (one group "all") and the groups
+    of a user's CSV. `report`: the groups reports give means for. A value: open_dataset
+    makes it (the dataset's `.space`) and it goes to whoever resolves names or reports."""
+
+    codes: frozenset
+    groups: dict
+    report: tuple
+
+    @classmethod
+    def of(cls, codes: list[str] | None = None, user_groups: dict | None = None) -> LanguageSpace:
+        """The languages of a user's dataset (None: SIB-200's table) with a user's groups
+        (added to SIB-200's; reports then give means for the user's groups)."""
+        builtin = codes is None
+        codes = list(language_table()) if builtin else list(codes)
+        gs = dict(_builtin_groups()) if builtin else {"all": tuple(codes)}
+        gs.update(user_groups or {})
+        report = tuple(user_groups) if user_groups else (TARGET_GROUPS if builtin else ("all",))
+        return cls(frozenset(codes), gs, report)
+
+    def resolve(self, spec: str | list[str] | tuple[str, ...]) -> list[str]:
+        """Codes of a group name ("joshi5", "unseen", ...), a list of codes, or a
+        comma-separated mix of both. Unknown names raise UnknownLanguageError with
+        suggestions."""
+        items = spec.split(",") if isinstance(spec, str) else list(spec)
+        out: list[str] = []
+        for raw in items:
+            item = raw.strip()
+            if not item:
+                continue
+            g = _normalize_group(item)
+            if g in self.groups:
+                out.extend(self.groups[g])
+            elif item in self.codes:
+                out.append(item)
+            else:
+                close = difflib.get_close_matches(item, sorted(self.codes) + list(self.groups), 3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise UnknownLanguageError(
+                    f"unknown language or group {item!r}{hint} (groups: {', '.join(self.groups)})"
+                )
+        if not out:
+            raise UnknownLanguageError(f"no languages in {spec!r}")
+        return list(dict.fromkeys(out))  # de-duplicate, keep order
+
+    def groups_of(self, code: str) -> list[str]:
+        """The report groups a language belongs to."""
+        return [g for g in self.report if code in self.groups[g]]
 
 
-def set_language_space(codes: list[str] | None, user_groups: dict[str, tuple] | None = None):
-    """The languages of a user's dataset (None: SIB-200's table) and a user's groups (added to
-    SIB-200's; reports then give means for the user's groups). Both None: back to SIB-200."""
-    global _space
-    if codes is None and user_groups is None:
-        _space = None
-        return
-    builtin = codes is None
-    codes = list(language_table()) if builtin else list(codes)
-    gs = dict(_builtin_groups()) if builtin else {"all": tuple(codes)}
-    gs.update(user_groups or {})
-    report = tuple(user_groups) if user_groups else (TARGET_GROUPS if builtin else ("all",))
-    _space = {"codes": set(codes), "groups": gs, "report": report}
+@functools.lru_cache(maxsize=1)
+def sib200_space() -> LanguageSpace:
+    return LanguageSpace.of()
 
 
-def groups() -> dict[str, tuple[str, ...]]:
-    return _space["groups"] if _space is not None else _builtin_groups()
+def groups(space: LanguageSpace | None = None) -> dict[str, tuple[str, ...]]:
+    return (space or sib200_space()).groups
 
 
-def target_groups() -> tuple[str, ...]:
+def target_groups(space: LanguageSpace | None = None) -> tuple[str, ...]:
     """The groups reports give means for: the paper's four, or every group of the user's."""
-    return _space["report"] if _space is not None else TARGET_GROUPS
+    return (space or sib200_space()).report
 
 
 def load_user_groups(path, codes: list[str]) -> dict[str, tuple[str, ...]]:
@@ -156,8 +193,8 @@ def load_user_groups(path, codes: list[str]) -> dict[str, tuple[str, ...]]:
     return {g: tuple(dict.fromkeys(c)) for g, c in out.items()}
 
 
-def group_names() -> list[str]:
-    return list(groups())
+def group_names(space: LanguageSpace | None = None) -> list[str]:
+    return list(groups(space))
 
 
 def _normalize_group(name: str) -> str:
@@ -165,33 +202,11 @@ def _normalize_group(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
-def resolve_languages(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Codes of a group name ("joshi5", "unseen", ...), a list of codes, or a comma-separated
-    mix of both. Unknown names raise UnknownLanguageError with suggestions."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    table = _space["codes"] if _space is not None else language_table()
-    gs = groups()
-    out: list[str] = []
-    for raw in items:
-        item = raw.strip()
-        if not item:
-            continue
-        g = _normalize_group(item)
-        if g in gs:
-            out.extend(gs[g])
-        elif item in table:
-            out.append(item)
-        else:
-            close = difflib.get_close_matches(item, list(table) + list(gs), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UnknownLanguageError(
-                f"unknown language or group {item!r}{hint} (groups: {', '.join(gs)})"
-            )
-    if not out:
-        raise UnknownLanguageError(f"no languages in {spec!r}")
-    return list(dict.fromkeys(out))  # de-duplicate, keep order
+def resolve_languages(spec, space: LanguageSpace | None = None) -> list[str]:
+    """LanguageSpace.resolve in `space` (default: SIB-200's)."""
+    return (space or sib200_space()).resolve(spec)
 
 
-def groups_of(code: str) -> list[str]:
+def groups_of(code: str, space: LanguageSpace | None = None) -> list[str]:
     """The target groups a language belongs to."""
-    return [g for g in target_groups() if code in groups()[g]]
+    return (space or sib200_space()).groups_of(code)

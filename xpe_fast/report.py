@@ -21,16 +21,16 @@ def mean_std(vals: list[float]) -> tuple[float, float | None]:
     return mean, std
 
 
-def group_means(per_lang: dict[str, float]) -> dict[str, dict]:
+def group_means(per_lang: dict[str, float], space=None) -> dict[str, dict]:
     """Mean accuracy per target group over the languages present."""
     res = {}
-    for g in target_groups():
-        accs = [per_lang[c] for c in groups()[g] if c in per_lang]
+    for g in target_groups(space):
+        accs = [per_lang[c] for c in groups(space)[g] if c in per_lang]
         if accs:
             res[g] = {
                 "mean": sum(accs) / len(accs),
                 "languages": len(accs),
-                "group_size": len(groups()[g]),
+                "group_size": len(groups(space)[g]),
             }
     return res
 
@@ -51,7 +51,9 @@ def format_group_table(rows: dict[str, dict], title: str = "") -> str:
     return buf.getvalue()
 
 
-def write_accuracy_csv(path, per_lang: dict[str, dict], extra_cols: dict | None = None) -> None:
+def write_accuracy_csv(
+    path, per_lang: dict[str, dict], extra_cols: dict | None = None, space=None
+) -> None:
     table = language_table()
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -79,14 +81,16 @@ def write_accuracy_csv(path, per_lang: dict[str, dict], extra_cols: dict | None 
                 int(t.xlmr_seen) if t else "",
                 int(t.low_performing) if t else "",
                 t.joshi_class if t and t.joshi_class is not None else "",
-                ";".join(groups_of(lang)),
+                ";".join(groups_of(lang, space)),
             ]
             + list((extra_cols or {}).values())
         )
     atomic_write_text(path, buf.getvalue())
 
 
-def summarize(results: list[dict], cfg: dict, out: Path, wall: dict | None = None) -> dict:
+def summarize(
+    results: list[dict], cfg: dict, out: Path, wall: dict | None = None, space=None
+) -> dict:
     """Mean +- std over seeds per group, and per-language means, into `out`/summary.json,
     accuracy.csv and accuracy.png. `wall`: wall-time figures to record."""
     regimes = ["zero_shot"] + (["supervised"] if cfg["regime"] == "supervised" else [])
@@ -99,7 +103,7 @@ def summarize(results: list[dict], cfg: dict, out: Path, wall: dict | None = Non
         "per_language": {},
     }
     for reg in regimes:
-        per_seed = [group_means(r[reg]) for r in results]
+        per_seed = [group_means(r[reg], space) for r in results]
         rows = {}
         for g in per_seed[0]:
             vals = [ps[g]["mean"] for ps in per_seed if g in ps]
@@ -117,7 +121,7 @@ def summarize(results: list[dict], cfg: dict, out: Path, wall: dict | None = Non
             l: sum(r[reg][l] for r in results) / len(results) for l in langs
         }
     atomic_write_json(out / "summary.json", summary)
-    write_mean_csv(out / "accuracy.csv", summary)
+    write_mean_csv(out / "accuracy.csv", summary, space)
     try:
         plot_accuracy(out / "accuracy.png", summary)
     except Exception as e:  # a plot must never lose the results
@@ -176,7 +180,7 @@ def format_grid_table(
     return buf.getvalue()
 
 
-def write_mean_csv(path: Path, summary: dict) -> None:
+def write_mean_csv(path: Path, summary: dict, space=None) -> None:
     per = {}
     for reg, langs in summary["per_language"].items():
         for l, acc in langs.items():
@@ -190,7 +194,7 @@ def write_mean_csv(path: Path, summary: dict) -> None:
             f'{l},"{name}",'
             + ",".join(f"{accs.get(r, float('nan')):.4f}" for r in regs)
             + ","
-            + ";".join(groups_of(l))
+            + ";".join(groups_of(l, space))
         )
     atomic_write_text(path, "\n".join(lines) + "\n")
 

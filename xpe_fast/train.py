@@ -35,7 +35,7 @@ from .distributed import World
 from .errors import UserError
 from .evaluation import evaluate_encoded, evaluate_languages
 from .interop import fetch_adapter
-from .languages import resolve_languages, set_language_space
+from .languages import resolve_languages
 from .loop import set_seed, train_phase
 from .report import (
     format_grid_table,
@@ -270,7 +270,7 @@ def run_seed(
     )
     eval_seconds = time.time() - t1
     if world.main:
-        write_accuracy_csv(folder / "zero_shot_accuracy.csv", zs)
+        write_accuracy_csv(folder / "zero_shot_accuracy.csv", zs, space=dataset.space)
     result = {
         "seed": seed,
         "method": cfg.tag,
@@ -351,7 +351,7 @@ def run_supervised(
         if world.main:
             atomic_write_json(res_file, sup[lang])
     if world.main:
-        write_accuracy_csv(folder / "supervised_accuracy.csv", sup)
+        write_accuracy_csv(folder / "supervised_accuracy.csv", sup, space=dataset.space)
     model.prompt.set_dropout(cfg.prompt_dropout)
     return {k: v["accuracy"] for k, v in sup.items()}
 
@@ -398,8 +398,8 @@ def prepare(cfg: TrainConfig, device: torch.device):
     check_backend(cfg.backend, device)
     cfg.precision = resolve_precision(cfg.precision, device)
     dataset = D.open_dataset(cfg.data, cfg.data_dir, cfg.text_column, cfg.label_column, cfg.groups)
-    sources = resolve_languages(cfg.source)
-    targets = resolve_languages(cfg.targets)
+    sources = resolve_languages(cfg.source, dataset.space)
+    targets = resolve_languages(cfg.targets, dataset.space)
     if dataset.own:
         dataset.fix_labels(sources)
     check_data(dataset, sources, targets, cfg)
@@ -479,7 +479,6 @@ def run(args) -> int:
             )
     finally:
         distributed.shutdown()
-        set_language_space(None)  # a user's data set it for this command only
 
 
 def load_checked_models(cfg: TrainConfig, device, dataset, sources, init=None):
@@ -568,7 +567,11 @@ def train_and_report(
     clock.tick()
     summaries = {
         t: summarize(
-            results[t], cfg.for_method(t).to_dict(), out / t if grid else out, clock.figures()
+            results[t],
+            cfg.for_method(t).to_dict(),
+            out / t if grid else out,
+            clock.figures(),
+            dataset.space,
         )
         for t in tags
     }
