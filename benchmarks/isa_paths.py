@@ -105,7 +105,7 @@ def pairs():
             name,
             lambda: lin_step(fl),
             lambda: lin_step(lin),
-            cpu_paths.use_onednn_linear(dt) and (not bf or onednn_bf16_available()),
+            cpu_paths.use_onednn_linear() and (not bf or onednn_bf16_available()),
         )
         # the backbone's dropout
         xd = torch.randn(32, 12, 90, 90, generator=g).to(dt)

@@ -9,6 +9,9 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The decoded embedded backbone is cached per test session (and shared with the commands the
+# tests start), never in the user's own cache folder.
+os.environ.setdefault("XPE_FAST_CACHE", __import__("tempfile").mkdtemp(prefix="xpe-fast-cache-"))
 
 from pathlib import Path  # noqa: E402
 

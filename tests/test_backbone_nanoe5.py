@@ -86,3 +86,49 @@ def test_tokenizer_matches_the_reference_on_a_sample(shared_dir):
     # the hard cases: combining marks composed without reordering, Japanese ～ kept
     for t in ["Nígbà tí ẹ̀ ń lọ", "11月～2月", "ལྷ་ས།", "আমি বাংলায় গান গাই", "ကျွန်ုပ်"]:
         assert ours.encode(t).ids == ref.encode(t).ids, t
+
+
+def test_the_decoded_backbone_is_cached_exactly_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    """A second load reads the decoded weights and the rebuilt tokenizer from the cache:
+    bit-identical to decoding; a damaged entry is decoded again and replaced; no cache
+    folder (off, or unwritable) only costs the time."""
+    from xpe_fast import backbone_cache
+
+    texts = ["Hello, world!", "Ελληνικά και ελληνικά", "ṭa dấu tiếng Việt", "  two  spaces "]
+
+    def ids(tok):
+        return [e.ids for e in tok.encode_batch(texts)]
+
+    def tokenizer():
+        E.load_tokenizer.cache_clear()
+        return E.load_tokenizer()
+
+    def same_weights(a, b):
+        assert set(a) == set(b)
+        for k, v in a.items():
+            assert torch.equal(v, b[k]), k
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XPE_FAST_CACHE", str(cache))
+    fresh, built = E.load_backbone().state_dict(), tokenizer()
+    assert sorted(p.name.split(".", 1)[1] for p in cache.iterdir()) == [
+        "tokenizer.json",
+        "weights.safetensors",
+    ]
+    same_weights(E.load_backbone().state_dict(), fresh)
+    assert backbone_cache.read_weights(E.default_model_path()) is not None
+    assert ids(tokenizer()) == ids(built)
+    for p in cache.iterdir():  # damaged entries: decoded again and replaced
+        p.write_bytes(b"not what it was")
+    assert ids(tokenizer()) == ids(built)
+    same_weights(E.load_backbone().state_dict(), fresh)
+    assert backbone_cache.read_weights(E.default_model_path()) is not None
+    monkeypatch.setenv("XPE_FAST_CACHE", "off")
+    assert backbone_cache.cache_dir() is None
+    same_weights(E.load_backbone().state_dict(), fresh)
+    blocker = tmp_path / "blocker"  # a file where the cache folder would be
+    blocker.write_text("x")
+    monkeypatch.setenv("XPE_FAST_CACHE", str(blocker / "cache"))
+    same_weights(E.load_backbone().state_dict(), fresh)
+    assert ids(tokenizer()) == ids(built)
+    E.load_tokenizer.cache_clear()

@@ -199,3 +199,40 @@ def test_triton_is_registered_as_the_ops_kernel_and_removed_again(monkeypatch):
     assert "xpe_fast::prompt_encoder_mlp" in {e.name for e in prof.events()}
     ops.prompt_encoder_mlp(*args[:7], backend="cpu").sum().backward()
     assert len(calls) == 2  # the C++ kernels again
+
+
+def test_fake_kernels_refuse_what_the_kernels_refuse():
+    """Under torch.compile (fake tensors) a shape the C++ kernels would refuse is refused too,
+    not traced into a graph that fails later."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.randn(5, 8)
+        w1, b1 = torch.randn(4, 8), torch.randn(4)
+        w2, b2 = torch.randn(4, 4), torch.randn(4)
+        w3, b3 = torch.randn(6, 4), torch.randn(6)
+        XOPS.prompt_encoder_mlp.default(x, w1, b1, w2, b2, w3, b3)  # fits
+        for bad in (
+            (torch.randn(4, 7), b1, w2),
+            (w1, torch.randn(3), w2),
+            (w1, b1, torch.randn(4, 5)),
+        ):
+            with pytest.raises(Exception, match="must be"):
+                XOPS.prompt_encoder_mlp.default(x, bad[0], bad[1], bad[2], b2, w3, b3)
+        ids = torch.randint(0, 10, (2, 3))
+        word, pos, row = torch.randn(10, 6), torch.randn(9, 6), torch.randn(6)
+        XOPS.assemble_embeddings.default(ids, torch.randn(4, 6), word, pos, row, row, row, 1e-5, 2)
+        with pytest.raises(Exception, match="exceed"):  # 4 + 3 slots from position 3 > 9
+            XOPS.assemble_embeddings.default(
+                ids, torch.randn(4, 6), word, pos, row, row, row, 1e-5, 3
+            )
+        with pytest.raises(Exception, match="per-sample prompt"):
+            XOPS.assemble_embeddings.default(
+                ids, torch.randn(3, 4, 6), word, pos, row, row, row, 1e-5, 2
+            )
+        with pytest.raises(Exception, match="key_mask"):
+            XOPS.packed_attention.default(torch.randn(2, 5, 24), torch.zeros(2, 4), 2, 0.5)
+        with pytest.raises(Exception, match="differ"):
+            XOPS.residual_layer_norm.default(torch.randn(2, 6), torch.randn(2, 5), row, row, 1e-5)
+        with pytest.raises(Exception, match="p must be"):
+            XOPS.dropout.default(x, 1.0, 0, 0)

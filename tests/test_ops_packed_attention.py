@@ -6,6 +6,7 @@ import torch
 from helpers import TOL
 
 from xpe_fast import _extension, ops
+from xpe_fast.ops.packed_attention import kernel_preferred
 from xpe_fast.reference import packed_attention_reference
 
 pytestmark = pytest.mark.skipif(_extension._C is None, reason="the C++ extension is not built")
@@ -93,7 +94,7 @@ def test_non_contiguous_inputs():
 
 def test_the_kernel_serves_inference_only():
     qkv = torch.randn(2, 5, 3 * 2 * 32, requires_grad=True)
-    assert not ops.packed_attention_applies(qkv, 2)
+    assert not kernel_preferred(qkv, 2)
     out = ops.packed_attention(qkv, None, 2, 0.2)  # the reference, with autograd
     out.sum().backward()
     assert qkv.grad is not None
@@ -103,7 +104,7 @@ def test_the_kernel_serves_inference_only():
     with torch.no_grad():
         assert kernel_applies(qkv, 2)
         # backend=None takes it only where it is the faster path (AVX-512; cpu_paths.py)
-        assert ops.packed_attention_applies(qkv, 2) == cpu_paths.use_packed_attention()
+        assert kernel_preferred(qkv, 2) == cpu_paths.use_packed_attention()
     with pytest.raises(ValueError, match="needs CPU float32/bfloat16"):
         ops.packed_attention(qkv, None, 2, 0.2, backend="cpu")
 

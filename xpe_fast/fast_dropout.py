@@ -46,6 +46,8 @@ if _extension.has_cpu_kernels():
 
     @torch.library.register_fake("xpe_fast::dropout")
     def _(x, p, seed, offset=0):
+        torch._check(0.0 <= p < 1.0, lambda: f"dropout: p must be in [0, 1), got {p}")
+        torch._check(offset >= 0, lambda: f"dropout: offset must be >= 0, got {offset}")
         return x.new_empty(x.shape)
 
 

@@ -122,7 +122,7 @@ class FrozenLinear(nn.Linear):
             x = x.to(torch.bfloat16)
         elif x.dtype != torch.float32 or w.dtype != torch.float32:
             return None
-        if not cpu_paths.use_onednn_linear(x.dtype):
+        if not cpu_paths.use_onednn_linear():
             return None
         return x.contiguous(), w, b
 

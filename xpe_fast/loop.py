@@ -22,7 +22,7 @@ from .device import autocast
 from .distributed import World
 from .evaluation import evaluate_encoded
 
-log = logging.getLogger("xpe_fast.train")
+log = logging.getLogger("xpe_fast.loop")
 
 PROMPT_TABLES = ("prompt.spt_embedding", "prompt.xpe_embedding")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from .atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .languages import GROUP_TITLES, groups, groups_of, language_table, target_groups
 
-log = logging.getLogger("xpe_fast.train")
+log = logging.getLogger("xpe_fast.report")
 
 
 def mean_std(vals: list[float]) -> tuple[float, float | None]:

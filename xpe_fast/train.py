@@ -371,23 +371,24 @@ class _LogFile(logging.FileHandler):
 
 
 def setup_logging(out: Path, world: World) -> None:
-    """Rank 0 logs to the terminal and to train.log; other ranks only warnings."""
-    log.setLevel(logging.INFO if world.main else logging.WARNING)
-    for h in list(log.handlers):
-        log.removeHandler(h)
-    log.propagate = False
+    """Rank 0 logs the package's messages (xpe_fast.*) to the terminal and to train.log;
+    other ranks only warnings."""
+    pkg = logging.getLogger("xpe_fast")
+    pkg.setLevel(logging.INFO if world.main else logging.WARNING)
+    for h in list(pkg.handlers):
+        pkg.removeHandler(h)
+    pkg.propagate = False
     if not world.main:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(logging.Formatter(f"rank {world.rank}: %(message)s"))
-        log.addHandler(sh)
+        pkg.addHandler(sh)
         return
     fh = _LogFile(out / "train.log", encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     sh = logging.StreamHandler(sys.stderr)
     sh.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(fh)
-    log.addHandler(sh)
-    log.propagate = False
+    pkg.addHandler(fh)
+    pkg.addHandler(sh)
 
 
 def prepare(cfg: TrainConfig, device: torch.device):
@@ -459,8 +460,7 @@ def run(args) -> int:
                 "--output-dir is required under torchrun (every rank, and a "
                 "restarted worker group, must find the same run)"
             )
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = distributed.rank_device(device)
         if distributed.restarted_by_torchrun() and (Path(cfg.output_dir) / MARKER).is_file():
             cfg.resume = True  # a restarted worker group continues its own run
     world = distributed.init(device)

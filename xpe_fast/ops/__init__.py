@@ -20,7 +20,6 @@ where xpe_fast/cpu_paths.py finds it faster at this ISA level).
 from ._backend import BACKENDS, available_backends, resolve_backend
 from .assemble_embeddings import assemble_embeddings
 from .dropout import dropout
-from .packed_attention import kernel_preferred as packed_attention_applies
 from .packed_attention import packed_attention
 from .prompt_encoder_mlp import prompt_encoder_mlp
 from .residual_layer_norm import residual_layer_norm
@@ -33,6 +32,5 @@ __all__ = [
     "dropout",
     "prompt_encoder_mlp",
     "packed_attention",
-    "packed_attention_applies",
     "residual_layer_norm",
 ]

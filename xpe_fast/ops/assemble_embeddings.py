@@ -21,8 +21,31 @@ if _extension.has_cpu_kernels():
 
     @torch.library.register_fake("xpe_fast::assemble_embeddings")
     def _(input_ids, prompt, word, pos, typ, ln_w, ln_b, eps, position_offset):
+        torch._check(
+            input_ids.dim() == 2, lambda: f"input_ids must be [B, L], got {input_ids.shape}"
+        )
         B, L = input_ids.shape
+        torch._check(
+            prompt.dim() in (2, 3),
+            lambda: f"prompt must be [N, d] or [B, N, d], got {prompt.shape}",
+        )
         N, d = prompt.shape[-2:]
+        torch._check(
+            prompt.dim() == 2 or prompt.shape[0] == B,
+            lambda: f"a per-sample prompt needs {B} rows, got {prompt.shape[0]}",
+        )
+        torch._check(
+            word.shape[-1] == d and pos.shape[-1] == d,
+            lambda: f"word and position tables must be [*, {d}]",
+        )
+        torch._check(
+            pos.shape[0] >= position_offset + N + L,
+            lambda: (
+                f"{N + L} slots from position {position_offset} exceed {pos.shape[0]} positions"
+            ),
+        )
+        for name, t in (("token type row", typ), ("ln_weight", ln_w), ("ln_bias", ln_b)):
+            torch._check(tuple(t.shape) == (d,), lambda: f"{name} must be [{d}], got {t.shape}")
         return prompt.new_empty((B, N + L, d))
 
     @torch.library.register_fake("xpe_fast::assemble_embeddings_backward")

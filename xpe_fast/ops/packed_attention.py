@@ -20,7 +20,18 @@ if _extension.has_cpu_kernels():
 
     @torch.library.register_fake("xpe_fast::packed_attention")
     def _(qkv, key_mask, num_heads, scale):
+        torch._check(
+            qkv.dim() == 3, lambda: f"packed_attention: qkv must be [B, S, 3d], got {qkv.shape}"
+        )
         B, S, three_d = qkv.shape
+        torch._check(
+            num_heads > 0 and three_d % (3 * num_heads) == 0,
+            lambda: f"packed_attention: 3d={three_d} is not 3 * heads * head size",
+        )
+        torch._check(
+            key_mask is None or tuple(key_mask.shape) == (B, S),
+            lambda: f"packed_attention: key_mask must be [{B}, {S}], got {key_mask.shape}",
+        )
         return qkv.new_empty((B, S, three_d // 3))
 
 

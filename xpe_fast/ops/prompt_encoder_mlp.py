@@ -18,11 +18,27 @@ from ..reference import dropout_masks, prompt_encoder_mlp_reference
 from ._backend import resolve_backend, select_kernels
 from ._validate import check_mlp_inputs
 
+
+def _check_mlp_shapes(x, w1, b1, w2, b2, w3, b3, mask1, mask2) -> None:
+    """The fake kernel's checks (as the C++ kernel's): nn.Linear layouts that chain."""
+    torch._check(x.dim() == 2, lambda: f"x must be [N, d_in], got {x.shape}")
+    n, d_in = x.shape
+    h, d = w1.shape[0], w3.shape[0]
+    torch._check(tuple(w1.shape) == (h, d_in), lambda: f"w1 must be [h, {d_in}], got {w1.shape}")
+    torch._check(tuple(w2.shape) == (h, h), lambda: f"w2 must be [{h}, {h}], got {w2.shape}")
+    torch._check(tuple(w3.shape) == (d, h), lambda: f"w3 must be [d, {h}], got {w3.shape}")
+    for name, b, size in (("b1", b1, h), ("b2", b2, h), ("b3", b3, d)):
+        torch._check(tuple(b.shape) == (size,), lambda: f"{name} must be [{size}], got {b.shape}")
+    for m in (mask1, mask2):
+        torch._check(m is None or tuple(m.shape) == (n, h), lambda: f"masks must be [{n}, {h}]")
+
+
 if _extension.has_cpu_kernels():
 
     @torch.library.register_fake("xpe_fast::prompt_encoder_mlp")
     def _(x, w1, b1, w2, b2, w3, b3, mask1=None, mask2=None):
         n = x.shape[0]
+        _check_mlp_shapes(x, w1, b1, w2, b2, w3, b3, mask1, mask2)
         return (
             x.new_empty((n, w3.shape[0])),
             x.new_empty((n, w1.shape[0])),

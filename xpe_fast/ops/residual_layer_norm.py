@@ -18,6 +18,15 @@ if _extension.has_cpu_kernels():
 
     @torch.library.register_fake("xpe_fast::residual_layer_norm")
     def _(x, residual, weight, bias, eps, bf16_copy=False):
+        torch._check(
+            x.shape == residual.shape,
+            lambda: f"residual_layer_norm: x {x.shape} and residual {residual.shape} differ",
+        )
+        d = residual.shape[-1]
+        torch._check(
+            tuple(weight.shape) == (d,) and tuple(bias.shape) == (d,),
+            lambda: f"residual_layer_norm: weight and bias must be [{d}]",
+        )
         y = torch.empty_like(residual, memory_format=torch.contiguous_format)
         if bf16_copy and y.dtype == torch.float32:
             return [y, torch.empty_like(y, dtype=torch.bfloat16)]
