@@ -75,6 +75,49 @@ def base_args(env, out, *extra):
     ]
 
 
+def eval_args(env, adapter, *extra, languages="amh_Ethi", backbone=None):
+    """xpe_fast.evaluate's arguments on the tiny backbone and SIB-200, in one place."""
+    return [
+        "--adapter",
+        str(adapter),
+        "--backbone",
+        backbone or env["backbone"],
+        "--tokenizer",
+        env["tokenizer"],
+        "--data-dir",
+        env["data"],
+        "--languages",
+        languages,
+        "--no-progress",
+        *extra,
+    ]
+
+
+def interrupted_by_ctrl_c(args, out: Path) -> tuple[int, str]:
+    """The training command in a process of its own, sent a real SIGINT (Ctrl-C) once its
+    first checkpoint is written: stopped first (SIGSTOP), so the signal lands while work is
+    left, then continued. Returns (exit code, stderr)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    cmd = [sys.executable, "-m", "xpe_fast.train", *args]
+    p = subprocess.Popen(cmd, cwd=repo, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "seed-0" / "checkpoint.safetensors").is_file():
+        assert p.poll() is None and time.time() < deadline, "no checkpoint was written"
+        time.sleep(0.01)
+    p.send_signal(signal.SIGSTOP)
+    p.send_signal(signal.SIGINT)
+    p.send_signal(signal.SIGCONT)
+    _, err = p.communicate(timeout=300)
+    return p.returncode, err
+
+
 def run_train(args, capsys):
     code = train.main(args)
     cap = capsys.readouterr()
@@ -117,40 +160,10 @@ def test_train_writes_every_output(env, capsys):
     assert code == 2 and "holds another run" in cap.err
 
     # Evaluate the saved adapter; a different backbone is refused.
-    code = evaluate.main(
-        [
-            "--adapter",
-            str(out / "seed-0/adapter"),
-            "--backbone",
-            env["backbone"],
-            "--tokenizer",
-            env["tokenizer"],
-            "--data-dir",
-            env["data"],
-            "--languages",
-            "amh_Ethi",
-            "--no-progress",
-            "--precision",
-            "fp32",
-        ]
-    )
+    code = evaluate.main(eval_args(env, str(out / "seed-0/adapter"), "--precision", "fp32"))
     cap = capsys.readouterr()
     assert code == 0, cap.err
-    code = evaluate.main(
-        [
-            "--adapter",
-            str(out / "seed-0/adapter"),
-            "--backbone",
-            env["other"],
-            "--tokenizer",
-            env["tokenizer"],
-            "--data-dir",
-            env["data"],
-            "--languages",
-            "amh_Ethi",
-            "--no-progress",
-        ]
-    )
+    code = evaluate.main(eval_args(env, str(out / "seed-0/adapter"), backbone=env["other"]))
     cap = capsys.readouterr()
     assert code == 2 and "saved for backbone" in cap.err and "Traceback" not in cap.err
 
@@ -171,19 +184,8 @@ def test_each_method_trains_resumes_exactly_and_evaluates(
     args = base_args(env, full, "--steps", "6", *METHODS[method])
     assert run_train(args, capsys)[0] == 0
     part = tmp_path / "part"
-    calls = {"n": 0}
-    real = D.collate
-
-    def interrupt_after_4(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:  # steps 1-4 (and the dev evaluation at 2 and 4) went through
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(D, "collate", interrupt_after_4)
-    code, cap = run_train(base_args(env, part, "--steps", "6", *METHODS[method]), capsys)
-    assert code == 130 and "--resume" in cap.err
-    monkeypatch.setattr(D, "collate", real)
+    code, err = interrupted_by_ctrl_c(base_args(env, part, "--steps", "6", *METHODS[method]), part)
+    assert code == 130 and "--resume" in err, err
     code, cap = run_train(
         base_args(env, part, "--steps", "6", "--resume", *METHODS[method]), capsys
     )
@@ -202,23 +204,16 @@ def test_each_method_trains_resumes_exactly_and_evaluates(
     # The saved adapter evaluates to the run's own numbers (the backbone given with a
     # trailing slash is the same backbone).
     code = evaluate.main(
-        [
-            "--adapter",
+        eval_args(
+            env,
             str(part / "seed-0/adapter"),
-            "--backbone",
-            env["backbone"] + "/",
-            "--tokenizer",
-            env["tokenizer"],
-            "--data-dir",
-            env["data"],
-            "--languages",
-            "amh_Ethi,fra_Latn",
-            "--no-progress",
             "--precision",
             "fp32",
             "--output",
             str(tmp_path / "acc.csv"),
-        ]
+            languages="amh_Ethi,fra_Latn",
+            backbone=env["backbone"] + "/",
+        )
     )
     cap = capsys.readouterr()
     assert code == 0, cap.err
@@ -479,21 +474,7 @@ def test_corrupt_adapters_are_one_line_errors(env, trained_adapter, capsys, tmp_
     d = tmp_path / "adapter"
     shutil.copytree(trained_adapter, d)
     corrupt(d)
-    code = evaluate.main(
-        [
-            "--adapter",
-            str(d),
-            "--backbone",
-            env["backbone"],
-            "--tokenizer",
-            env["tokenizer"],
-            "--data-dir",
-            env["data"],
-            "--languages",
-            "amh_Ethi",
-            "--no-progress",
-        ]
-    )
+    code = evaluate.main(eval_args(env, str(d)))
     cap = capsys.readouterr()
     assert code == 2 and "Traceback" not in cap.err, cap.err
     assert match in cap.err and cap.err.count("\n") == 1, cap.err
