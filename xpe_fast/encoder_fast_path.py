@@ -19,6 +19,7 @@ what they bring); the defaults are what the model runs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -200,10 +201,15 @@ def inference_layer(
     return _output_block(layer.output, i, a, bf16, opts)
 
 
-try:  # flash attention over packed sequences (torch >= 2.10, CUDA)
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # pragma: no cover - older torch: padded attention instead
-    varlen_attn = None
+@functools.cache
+def _varlen_attn():
+    """torch's flash attention over packed sequences (torch >= 2.10), or None. Imported on
+    first use: the module pulls in torch._dynamo, over a second of every command's start."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
 
 
 @dataclass
@@ -248,11 +254,11 @@ def _packed_dropout(y: torch.Tensor, drop: nn.Module, pk: Packing) -> torch.Tens
 def _flash_varlen_fits(q: torch.Tensor) -> bool:
     """flash attention's varlen kernel: CUDA, half precision, head size a multiple of 8."""
     return (
-        varlen_attn is not None
-        and q.is_cuda
+        q.is_cuda
         and q.dtype in (torch.float16, torch.bfloat16)
         and q.shape[-1] % 8 == 0
         and q.shape[-1] <= 256
+        and _varlen_attn() is not None
     )
 
 
@@ -261,7 +267,7 @@ def _packed_attention(sa: nn.Module, x: torch.Tensor, pk: Packing, opts) -> torc
     q, k, v = (m(x).view(-1, h, hd) for m in (sa.query, sa.key, sa.value))
     p = sa.dropout.p if sa.training else 0.0
     if p == 0.0 and not torch.is_grad_enabled() and _flash_varlen_fits(q):
-        ctx = varlen_attn(q, k, v, pk.cu, pk.cu, pk.longest, pk.longest, scale=sa.scaling)
+        ctx = _varlen_attn()(q, k, v, pk.cu, pk.cu, pk.longest, pk.longest, scale=sa.scaling)
         return ctx.reshape(-1, h * hd)
     # the padded layer's attention, its dropout's masks included
     qp, kp, vp = (pk.pad(t).transpose(1, 2) for t in (q, k, v))
