@@ -17,10 +17,10 @@ from . import data as D
 from . import fast_dropout
 from .adapter import trainable_state
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
 from .device import autocast
 from .distributed import World
 from .evaluation import evaluate_encoded
+from .settings import TrainConfig
 
 log = logging.getLogger("xpe_fast.loop")
 
