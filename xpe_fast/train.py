@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -161,6 +162,22 @@ def build_model(cfg: TrainConfig, bb, device: torch.device, num_labels: int, ini
     ).to(device)
 
 
+@dataclass
+class Run:
+    """What every step of one run (method, seed) reads: its settings, the backbone, the data
+    and the languages, where it computes, and the run clock's tick."""
+
+    cfg: TrainConfig
+    bb: object
+    dataset: object
+    sources: list
+    targets: list
+    device: torch.device
+    world: World
+    tick: object = None
+    init: tuple | None = None
+
+
 def run_seed(
     seed: int,
     cfg: TrainConfig,
@@ -185,93 +202,84 @@ def run_seed(
         return json.loads(done.read_text())
     if world.main:
         folder.mkdir(parents=True, exist_ok=True)
-    set_seed(seed)
-    model = build_model(cfg, bb, device, len(dataset.labels), init)
-    if cfg.init_adapter and not (folder / "checkpoint.safetensors").is_file():
-        load_adapter(cfg.init_adapter, model, bb.name, init)
-        log.info("%s seed %d: starting from the adapter in %s", cfg.tag, seed, cfg.init_adapter)
+    run = Run(cfg, bb, dataset, sources, targets, device, world, tick, init)
+    model = seeded_model(run, seed, folder)
     max_len = min(cfg.max_length, model.max_input_length)
-    train = D.concat(
-        [D.encode(bb.tokenizer, dataset.split(l, "train"), max_len, l) for l in sources]
+    phase = train_on_sources(run, seed, folder, model, max_len)
+    result = evaluate_zero_shot(run, seed, folder, model, max_len, phase)
+    if cfg.regime == "supervised":
+        result["supervised"] = run_supervised(
+            model, cfg, seed, bb, dataset, targets, folder, max_len, device, tick, world
+        )
+    if world.main:
+        atomic_write_json(done, result)
+        if tick is not None:
+            tick()
+    world.barrier()
+    return result
+
+
+def seeded_model(run: Run, seed: int, folder: Path):
+    """The run's model after set_seed(seed), from the --init-adapter if one is given (and no
+    checkpoint supersedes it)."""
+    cfg = run.cfg
+    set_seed(seed)
+    model = build_model(cfg, run.bb, run.device, len(run.dataset.labels), run.init)
+    if cfg.init_adapter and not (folder / "checkpoint.safetensors").is_file():
+        load_adapter(cfg.init_adapter, model, run.bb.name, run.init)
+        log.info("%s seed %d: starting from the adapter in %s", cfg.tag, seed, cfg.init_adapter)
+    return model
+
+
+def train_on_sources(run: Run, seed: int, folder: Path, model, max_len: int) -> dict:
+    """The source phase (or, resumed after it, the saved adapter loaded); its state."""
+    cfg, bb, dataset = run.cfg, run.bb, run.dataset
+    encode = lambda split: D.concat(  # noqa: E731
+        [D.encode(bb.tokenizer, dataset.split(l, split), max_len, l) for l in run.sources]
     )
-    dev = D.concat([D.encode(bb.tokenizer, dataset.split(l, "dev"), max_len, l) for l in sources])
+    train, dev = encode("train"), encode("dev")
     log.info(
         "%s seed %d: %d trainable parameters; %d source training examples (%d truncated "
         "to %d tokens), %d dev examples",
-        cfg.tag,
-        seed,
-        model.num_trainable_parameters(),
-        len(train.ids),
-        train.n_truncated,
-        max_len,
-        len(dev.ids),
-    )
-    adapter_dir = folder / "adapter"
-    source_done = folder / "source_done.json"
+        cfg.tag, seed, model.num_trainable_parameters(), len(train.ids), train.n_truncated,
+        max_len, len(dev.ids),
+    )  # fmt: skip
+    adapter_dir, source_done = folder / "adapter", folder / "source_done.json"
     if source_done.is_file():
         log.info("%s seed %d: resumed after training; evaluating the saved adapter", cfg.tag, seed)
         load_adapter(adapter_dir, model, bb.name)
         phase = json.loads(source_done.read_text())
     else:
         phase = train_phase(
-            model,
-            train,
-            dev,
-            cfg,
-            steps=cfg.steps,
-            warmup=cfg.warmup,
-            seed=seed,
-            pad_id=bb.pad_token_id,
-            folder=folder,
-            desc=f"{cfg.tag} seed {seed} train",
-            device=device,
-            precision=cfg.precision,
-            on_checkpoint=tick,
-            world=world,
-        )
-        if world.main:
-            save_adapter(
-                model,
-                adapter_dir,
-                bb.name,
-                list(dataset.labels),
-                extra={
-                    "seed": seed,
-                    "source": sources,
-                    "best_step": phase["best_step"],
-                    "dev_accuracy": phase["best_acc"],
-                },
-            )
+            model, train, dev, cfg, steps=cfg.steps, warmup=cfg.warmup, seed=seed,
+            pad_id=bb.pad_token_id, folder=folder, desc=f"{cfg.tag} seed {seed} train",
+            device=run.device, precision=cfg.precision, on_checkpoint=run.tick, world=run.world,
+        )  # fmt: skip
+        if run.world.main:
+            extra = {"seed": seed, "source": run.sources, "best_step": phase["best_step"],
+                     "dev_accuracy": phase["best_acc"]}  # fmt: skip
+            save_adapter(model, adapter_dir, bb.name, list(dataset.labels), extra=extra)
             atomic_write_json(source_done, phase)
-        world.barrier()
+        run.world.barrier()
     log.info(
         "%s seed %d: best source dev accuracy %.4f at step %d (%.0f s training)",
-        cfg.tag,
-        seed,
-        phase["best_acc"],
-        phase["best_step"],
-        phase.get("train_seconds", 0.0),
-    )
+        cfg.tag, seed, phase["best_acc"], phase["best_step"], phase.get("train_seconds", 0.0),
+    )  # fmt: skip
+    return phase
 
+
+def evaluate_zero_shot(run: Run, seed: int, folder: Path, model, max_len: int, phase) -> dict:
+    """The zero-shot evaluation on every target; the run's result record."""
+    cfg, bb = run.cfg, run.bb
     t1 = time.time()
     zs = evaluate_languages(
-        model,
-        bb.tokenizer,
-        dataset,
-        targets,
-        "test",
-        max_len,
-        cfg.eval_batch_size,
-        bb.pad_token_id,
-        cfg.precision,
-        device,
-        progress=cfg.progress,
-        world=world,
-    )
+        model, bb.tokenizer, run.dataset, run.targets, "test", max_len, cfg.eval_batch_size,
+        bb.pad_token_id, cfg.precision, run.device, progress=cfg.progress, world=run.world,
+    )  # fmt: skip
     eval_seconds = time.time() - t1
-    if world.main:
-        write_accuracy_csv(folder / "zero_shot_accuracy.csv", zs, space=dataset.space)
-    result = {
+    if run.world.main:
+        write_accuracy_csv(folder / "zero_shot_accuracy.csv", zs, space=run.dataset.space)
+    return {
         "seed": seed,
         "method": cfg.tag,
         "source_dev_accuracy": phase["best_acc"],
@@ -283,16 +291,6 @@ def run_seed(
         "zero_shot": {k: v["accuracy"] for k, v in zs.items()},
         "truncated_test_inputs": sum(v["truncated"] for v in zs.values()),
     }
-    if cfg.regime == "supervised":
-        result["supervised"] = run_supervised(
-            model, cfg, seed, bb, dataset, targets, folder, max_len, device, tick, world
-        )
-    if world.main:
-        atomic_write_json(done, result)
-        if tick is not None:
-            tick()
-    world.barrier()
-    return result
 
 
 def run_supervised(
@@ -499,72 +497,21 @@ def load_checked_models(cfg: TrainConfig, device, dataset, sources, init=None):
 def train_and_report(
     cfg: TrainConfig, device, world: World, bb, tags, sources, targets, dataset, out: Path, init
 ) -> int:
+    """Every run of the command (each method and seed), then the summaries and the tables."""
     setup_logging(out, world)
     clock = RunClock(out)
     log.info(
         "xpe_fast.train: %s, N=%d, source %s (%d languages), %d targets, %s, %d steps, "
         "precision %s, device %s, %d process(es) x %d threads; output %s",
-        ",".join(tags),
-        cfg.num_virtual_tokens,
-        cfg.source,
-        len(sources),
-        len(targets),
-        cfg.regime,
-        cfg.steps,
-        cfg.precision,
-        device,
-        world.size,
-        torch.get_num_threads(),
-        out,
-    )
-    grid = cfg.methods is not None
-    # seed-major: a partial grid holds every method equally often
-    runs = [(seed, tag) for seed in cfg.seeds for tag in tags]
-    results: dict[str, list[dict]] = {t: [] for t in tags}
-    if cfg.placement == "process" and world.enabled:
-        # Whole runs on separate processes (small backbones, where a global batch split K
-        # ways wastes each process): run i on rank i mod K, each in one process as alone.
-        for i, (seed, tag) in enumerate(runs):
-            if i % world.size == world.rank:
-                run_seed(
-                    seed,
-                    cfg.for_method(tag),
-                    bb,
-                    dataset,
-                    sources,
-                    targets,
-                    out / tag if grid else out,
-                    device,
-                    World(),
-                    clock.tick if world.main else None,
-                    init,
-                )
-        world.barrier()
-        if not world.main:
-            return 0
-        for seed, tag in runs:
-            done = (out / tag if grid else out) / f"seed-{seed}" / "results.json"
-            results[tag].append(json.loads(done.read_text()))
-    else:
-        for seed, tag in runs:
-            results[tag].append(
-                run_seed(
-                    seed,
-                    cfg.for_method(tag),
-                    bb,
-                    dataset,
-                    sources,
-                    targets,
-                    out / tag if grid else out,
-                    device,
-                    world,
-                    clock.tick,
-                    init,
-                )
-            )
+        ",".join(tags), cfg.num_virtual_tokens, cfg.source, len(sources), len(targets),
+        cfg.regime, cfg.steps, cfg.precision, device, world.size, torch.get_num_threads(), out,
+    )  # fmt: skip
+    run = Run(cfg, bb, dataset, sources, targets, device, world, clock.tick, init)
+    results = run_all(run, tags, out)
     if not world.main:
         return 0
     clock.tick()
+    grid = cfg.methods is not None
     summaries = {
         t: summarize(
             results[t],
@@ -572,26 +519,58 @@ def train_and_report(
             out / t if grid else out,
             clock.figures(),
             dataset.space,
-        )
+        )  # fmt: skip
         for t in tags
     }
-    print()
     if grid:
         summarize_grid(summaries, cfg.to_dict(), out, clock.figures())
+    print_report(cfg, tags, summaries, clock, out)
+    return 0
+
+
+def run_all(run: Run, tags: list[str], out: Path) -> dict[str, list[dict]]:
+    """Each (seed, method)'s result, seed-major (a partial grid holds every method equally
+    often). With --placement process, whole runs on separate processes (small backbones,
+    where a global batch split K ways wastes each process): run i on rank i mod K, each in
+    one process as alone; rank 0 then reads every result."""
+    cfg, world = run.cfg, run.world
+    grid = cfg.methods is not None
+    runs = [(seed, tag) for seed in cfg.seeds for tag in tags]
+    folder = lambda tag: out / tag if grid else out  # noqa: E731
+    args = lambda tag: (cfg.for_method(tag), run.bb, run.dataset, run.sources, run.targets)  # noqa: E731
+    results: dict[str, list[dict]] = {t: [] for t in tags}
+    if cfg.placement == "process" and world.enabled:
+        tick = run.tick if world.main else None
+        for i, (seed, tag) in enumerate(runs):
+            if i % world.size == world.rank:
+                run_seed(seed, *args(tag), folder(tag), run.device, World(), tick, run.init)
+        world.barrier()
+        if world.main:
+            for seed, tag in runs:
+                done = folder(tag) / f"seed-{seed}" / "results.json"
+                results[tag].append(json.loads(done.read_text()))
+        return results
+    for seed, tag in runs:
+        results[tag].append(
+            run_seed(seed, *args(tag), folder(tag), run.device, world, run.tick, run.init)
+        )
+    return results
+
+
+def print_report(cfg: TrainConfig, tags, summaries: dict, clock: RunClock, out: Path) -> None:
+    grid = cfg.methods is not None
+    print()
+    if grid:
         for reg in summaries[tags[0]]["groups"]:
-            print(
-                format_grid_table(summaries, reg, f"source {cfg.source}, {reg.replace('_', '-')}:")
-            )
+            title = f"source {cfg.source}, {reg.replace('_', '-')}:"
+            print(format_grid_table(summaries, reg, title))
     else:
-        summary = summaries[tags[0]]
-        for reg, rows in summary["groups"].items():
-            print(
-                format_group_table(
-                    rows,
-                    f"{cfg.method.upper()} from {cfg.source}, "
-                    f"{reg.replace('_', '-')}, {len(cfg.seeds)} seed(s):",
-                )
+        for reg, rows in summaries[tags[0]]["groups"].items():
+            title = (
+                f"{cfg.method.upper()} from {cfg.source}, {reg.replace('_', '-')}, "
+                f"{len(cfg.seeds)} seed(s):"
             )
+            print(format_group_table(rows, title))
     for tag in tags:
         print(
             f"source dev accuracy{' (' + tag + ')' if grid else ''}: "
@@ -602,7 +581,6 @@ def train_and_report(
         f"session of this run); results in {out}/ (summary.json, accuracy.csv, accuracy.png, "
         "train.log, " + ("<method>/" if grid else "") + "seed-*/adapter)"
     )
-    return 0
 
 
 def main(argv=None) -> int:
