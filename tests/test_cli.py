@@ -766,3 +766,24 @@ def test_prompt_dropout_scope_defaults_to_batch_and_the_paper_preset_to_sample()
     )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--prompt-dropout-scope", "token"])
+
+
+def test_the_command_line_is_derived_from_the_settings():
+    """One source for each setting: every TrainConfig field is a flag whose help shows the
+    field's own default, and no flag given means the field's default."""
+    from dataclasses import fields
+
+    from xpe_fast.config import build_parser, resolve_config
+    from xpe_fast.settings import TrainConfig
+
+    ap = build_parser()
+    dests = {a.dest: a for a in ap._actions}
+    base = TrainConfig()
+    for f in fields(TrainConfig):
+        assert f.name in dests, f.name
+        if f.metadata["kind"] in ("int", "float") and f.metadata["shown"] is None:
+            assert f"[{getattr(base, f.name)}]" in dests[f.name].help, f.name
+    cfg = resolve_config(ap.parse_args(["--output-dir", "x"]))
+    for f in fields(TrainConfig):
+        if f.name not in ("output_dir", "encoder_ratio", "precision"):
+            assert getattr(cfg, f.name) == getattr(base, f.name), f.name

@@ -14,7 +14,6 @@ from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
-from . import data as D
 from .errors import UserError
 from .settings import (  # noqa: F401 (the settings, re-exported beside their parser)
     METHOD_RATIOS,
@@ -25,43 +24,13 @@ from .settings import (  # noqa: F401 (the settings, re-exported beside their pa
     parse_method,
 )
 
-DEVICES_HELP = "auto (CUDA where available), cpu, cuda or cuda:N"
-
 KEYS = {f.name for f in fields(TrainConfig)}
-_INT = {
-    "num_virtual_tokens",
-    "encoder_hidden_size",
-    "encoder_input_size",
-    "steps",
-    "target_steps",
-    "batch_size",
-    "eval_batch_size",
-    "patience",
-    "max_length",
-    "threads",
-}
-_FLOAT = {
-    "encoder_ratio",
-    "prompt_dropout",
-    "lr_prompt",
-    "lr",
-    "weight_decay",
-    "warmup",
-    "target_warmup",
-    "grad_clip",
-}
-_BOOL = {"resume", "progress"}
-_CHOICES = {
-    "method": ("spt", "xpe", "dual"),
-    "regime": ("zero-shot", "supervised"),
-    "schedule": ("cosine", "cosine-restarts", "linear", "constant"),
-    "optimizer": ("adamw", "adafactor"),
-    "precision": ("auto", "fp32", "bf16"),
-    "placement": ("data-parallel", "process"),
-    "backend": (None, "reference", "cpu", "triton", "cuda"),
-    "preset": (None, "paper"),
-    "prompt_dropout_scope": ("batch", "sample"),
-}
+_KIND = {f.name: f.metadata["kind"] for f in fields(TrainConfig)}
+_INT = {k for k, v in _KIND.items() if v == "int"}
+_FLOAT = {k for k, v in _KIND.items() if v == "float"}
+_BOOL = {k for k, v in _KIND.items() if v == "bool"}
+_CHOICES = {f.name: f.metadata["choices"] for f in fields(TrainConfig) if f.metadata["choices"]}
+_TYPES = {"int": int, "float": float}
 
 
 def flag(key: str) -> str:
@@ -72,178 +41,37 @@ def flag(key: str) -> str:
 
 
 def build_parser(doc: str = "") -> argparse.ArgumentParser:
+    """The command line, derived from TrainConfig's fields: each flag's group, help, type,
+    choices and shown default are written there, once. Every flag defaults to "absent", so
+    that a preset and a --config file can tell what the command line set."""
     ap = argparse.ArgumentParser(
-        prog="python -m xpe_fast.train",
-        description=doc.split("\n\n")[0] or None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m xpe_fast.train", description=doc.split("\n\n")[0] or None
     )
-    S = argparse.SUPPRESS
-    g = ap.add_argument_group("method")
-    g.add_argument(
-        "--method",
-        choices=["spt", "xpe", "dual"],
-        default=S,
-        help="spt (r=0), xpe (r=1) or dual (0<r<1) [xpe]",
-    )
-    g.add_argument(
-        "--encoder-ratio",
-        type=float,
-        default=S,
-        help="share of XPE tokens; default 0 / 1 / 0.7 for spt / xpe / dual",
-    )
-    g.add_argument(
-        "--methods",
-        default=S,
-        help="a grid: comma-separated methods, e.g. spt,xpe,dual-0.3,dual-0.7, each "
-        "run for every seed into one output folder",
-    )
-    g.add_argument(
-        "--placement",
-        choices=list(_CHOICES["placement"]),
-        default=S,
-        help="under torchrun: each run data-parallel over all processes, or whole "
-        "runs (method, seed) on separate processes [data-parallel]",
-    )
-    g.add_argument("--num-virtual-tokens", type=int, default=S, help="N [20]")
-    g.add_argument("--encoder-hidden-size", type=int, default=S, help="MLP width h [256]")
-    g.add_argument(
-        "--encoder-input-size",
-        type=int,
-        default=S,
-        help="width d_in of the XPE input table [the backbone's hidden size]",
-    )
-    g.add_argument("--prompt-dropout", type=float, default=S, help="MLP dropout on sources [0.1]")
-    g.add_argument(
-        "--prompt-dropout-scope",
-        choices=list(_CHOICES["prompt_dropout_scope"]),
-        default=S,
-        help="batch: one set of MLP dropout masks per step (the prompt computed once); "
-        "sample: each sample its own masks, as the paper's code (--preset paper) [batch]",
-    )
-    g = ap.add_argument_group("data")
-    g.add_argument(
-        "--source",
-        default=S,
-        help="source group or codes: joshi5, enarzho, seen-92, or a comma-separated list [joshi5]",
-    )
-    g.add_argument("--targets", default=S, help="target languages or groups [all-wo-joshi5]")
-    g.add_argument(
-        "--regime",
-        choices=["zero-shot", "supervised"],
-        default=S,
-        help="supervised also trains on each target's own train split [zero-shot]",
-    )
-    g.add_argument(
-        "--data-dir",
-        default=S,
-        help="SIB-200 folder, or the hub id "
-        f"{D.HUB_DATASET} [$XPE_FAST_DATA_DIR, ./shared/sib200, ../shared/sib200]",
-    )
-    g.add_argument(
-        "--data",
-        default=S,
-        metavar="DIR_OR_HUB_ID",
-        help="your own data instead of SIB-200: a folder <language>/<split>."
-        "{csv,tsv,jsonl} (train, dev, test) or a Hugging Face dataset id with one "
-        "configuration per language",
-    )
-    g.add_argument("--text-column", default=S, help="text field of --data [text]")
-    g.add_argument(
-        "--label-column",
-        default=S,
-        help="label field of --data; the label set is read from the sources' train splits [label]",
-    )
-    g.add_argument(
-        "--groups",
-        default=S,
-        metavar="CSV",
-        help="language groups for --source/--targets and the reports: a CSV with "
-        "columns code,group",
-    )
-    g.add_argument("--max-length", type=int, default=S, help="tokens per input [164]")
-    g = ap.add_argument_group("optimization")
-    g.add_argument("--steps", type=int, default=S, help="training steps on the sources [150]")
-    g.add_argument(
-        "--target-steps",
-        type=int,
-        default=S,
-        help="steps per target language in the supervised regime [100]",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=S,
-        help="global batch (split over processes under torchrun) [32]",
-    )
-    g.add_argument("--eval-batch-size", type=int, default=S, help="[64]")
-    g.add_argument("--lr-prompt", type=float, default=S, help="lr of the prompt tables [5e-3]")
-    g.add_argument("--lr", type=float, default=S, help="lr of the MLP and head [1e-2]")
-    g.add_argument(
-        "--weight-decay",
-        type=float,
-        default=S,
-        help="weight decay of the MLP and head (prompt tables: 0) [0.01]",
-    )
-    g.add_argument("--warmup", type=float, default=S, help="warm-up share of the steps [0.1]")
-    g.add_argument("--target-warmup", type=float, default=S, help="[0.05]")
-    g.add_argument("--schedule", choices=list(_CHOICES["schedule"]), default=S, help="[cosine]")
-    g.add_argument("--optimizer", choices=list(_CHOICES["optimizer"]), default=S, help="[adamw]")
-    g.add_argument("--grad-clip", type=float, default=S, help="0 turns clipping off [1.0]")
-    g.add_argument(
-        "--eval-every",
-        default=S,
-        help="evaluate on the source dev sets every K steps, or 'epoch' [50]",
-    )
-    g.add_argument(
-        "--patience",
-        type=int,
-        default=S,
-        help="early stopping: evaluations without a lower dev loss, counted "
-        "after half the steps [20]",
-    )
-    g.add_argument(
-        "--precision",
-        choices=list(_CHOICES["precision"]),
-        default=S,
-        help="auto = bf16 autocast where the CPU has AMX / AVX-512 bf16 (or on CUDA "
-        "with bf16), else fp32",
-    )
-    g.add_argument("--seeds", default=S, help="comma-separated seeds, one run each [0]")
-    g = ap.add_argument_group("run")
-    g.add_argument(
-        "--preset",
-        choices=["paper"],
-        default=S,
-        help="paper: the paper's recipe (24,000 steps, Adafactor, 10 seeds)",
-    )
-    g.add_argument(
-        "--backbone",
-        default=S,
-        help="e5-small (embedded), a hub id or a local model folder [e5-small]",
-    )
-    g.add_argument("--tokenizer", default=S, help="a tokenizer.json to use instead")
-    g.add_argument(
-        "--init-adapter",
-        default=S,
-        metavar="DIR",
-        help="start from this adapter (xpe_fast's, a PEFT prompt adapter, or the "
-        "paper's layout with its MLP) instead of random tables",
-    )
-    g.add_argument("--output-dir", default=S, help="[runs/<method>-<source>-<time>]")
-    g.add_argument("--device", default=S, help=f"{DEVICES_HELP} [auto]")
-    g.add_argument(
-        "--backend",
-        choices=[c for c in _CHOICES["backend"] if c],
-        default=S,
-        help="backend of the fused ops [the device's best]",
-    )
-    g.add_argument("--threads", type=int, default=S, help="torch threads [torch's default]")
-    g.add_argument(
-        "--resume", action="store_true", default=S, help="continue the run in --output-dir"
-    )
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=S)
-    g.add_argument("--config", default=None, help="a .json or .toml file with these keys")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(TrainConfig):
+        m = f.metadata
+        g = groups.get(m["group"]) or groups.setdefault(
+            m["group"], ap.add_argument_group(m["group"])
+        )
+        extra = dict(m["flag"])
+        name = extra.pop("name", flag(f.name))
+        if m["kind"] in _TYPES:
+            extra["type"] = _TYPES[m["kind"]]
+        if m["choices"]:
+            extra["choices"] = [c for c in m["choices"] if c is not None]
+        g.add_argument(name, dest=f.name, default=argparse.SUPPRESS, help=_help(f), **extra)
+    ap.add_argument("--config", default=None, help="a .json or .toml file with these keys")
     return ap
+
+
+def _help(f) -> str:
+    m = f.metadata
+    if m["kind"] == "bool":
+        return m["help"]
+    shown = m["shown"]
+    if shown is None and f.default is not None and not callable(f.default_factory):
+        shown = f.default
+    return f"{m['help']} [{shown}]" if shown is not None else m["help"]
 
 
 def load_config_file(path: str) -> dict:

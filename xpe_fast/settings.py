@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
+from .data import HUB_DATASET
 from .errors import UserError
 
 # Keys that may change between an interrupted run and its resumption.
@@ -45,54 +46,147 @@ PAPER_PRESET = dict(
 METHOD_RATIOS = {"spt": 0.0, "xpe": 1.0, "dual": 0.7}
 
 
+def setting(default, group: str, help: str, *, kind=None, choices=None, shown=None, **flag):
+    """A TrainConfig field with what the command line shows of it, written once: its group
+    of flags, help, kind ("int", "float", "bool"), allowed values and how its default reads
+    in the help (`shown`; by default the value itself). `flag`: argparse extras (metavar,
+    action, dest flag name)."""
+    meta = {"group": group, "help": help, "kind": kind, "choices": choices, "shown": shown}
+    meta["flag"] = flag
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DEVICES = "auto (CUDA where available), cpu, cuda or cuda:N"
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a training run (a grid of methods is several runs of one config)."""
+    """Every setting of a training run (a grid of methods is several runs of one config).
+    Each field's metadata is what `xpe_fast.config` builds the command line from."""
 
-    method: str = "xpe"
-    encoder_ratio: float | None = None
-    methods: list[str] | None = None
-    placement: str = "data-parallel"
-    num_virtual_tokens: int = 20
-    encoder_hidden_size: int = 256
-    encoder_input_size: int | None = None
-    prompt_dropout: float = 0.1
-    prompt_dropout_scope: str = "batch"
-    source: str = "joshi5"
-    targets: str = "all-wo-joshi5"
-    regime: str = "zero-shot"
-    data: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    groups: str | None = None
-    steps: int = 150
-    target_steps: int = 100
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    lr_prompt: float = 5e-3
-    lr: float = 1e-2
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    target_warmup: float = 0.05
-    schedule: str = "cosine"
-    optimizer: str = "adamw"
-    grad_clip: float = 1.0
-    eval_every: int | str = 50
-    patience: int = 20
-    max_length: int = 164
-    precision: str = "auto"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    backbone: str = "e5-small"
-    init_adapter: str | None = None
-    tokenizer: str | None = None
-    data_dir: str | None = None
-    output_dir: str | None = None
-    backend: str | None = None
-    device: str = "auto"
-    threads: int | None = None
-    preset: str | None = None
-    resume: bool = False
-    progress: bool = True
+    method: str = setting(
+        "xpe", "method", "spt (r=0), xpe (r=1) or dual (0<r<1)", choices=("spt", "xpe", "dual")
+    )
+    encoder_ratio: float | None = setting(
+        None, "method", "share of XPE tokens", kind="float",
+        shown="0 / 1 / 0.7 for spt / xpe / dual",
+    )  # fmt: skip
+    methods: list[str] | None = setting(
+        None, "method", "a grid: comma-separated methods, e.g. spt,xpe,dual-0.3,dual-0.7, each "
+        "run for every seed into one output folder",
+    )  # fmt: skip
+    placement: str = setting(
+        "data-parallel", "method", "under torchrun: each run data-parallel over all processes, "
+        "or whole runs (method, seed) on separate processes",
+        choices=("data-parallel", "process"),
+    )  # fmt: skip
+    num_virtual_tokens: int = setting(20, "method", "N", kind="int")
+    encoder_hidden_size: int = setting(256, "method", "MLP width h", kind="int")
+    encoder_input_size: int | None = setting(
+        None, "method", "width d_in of the XPE input table", kind="int",
+        shown="the backbone's hidden size",
+    )  # fmt: skip
+    prompt_dropout: float = setting(0.1, "method", "MLP dropout on sources", kind="float")
+    prompt_dropout_scope: str = setting(
+        "batch", "method", "batch: one set of MLP dropout masks per step (the prompt computed "
+        "once); sample: each sample its own masks, as the paper's code (--preset paper)",
+        choices=("batch", "sample"),
+    )  # fmt: skip
+    source: str = setting(
+        "joshi5", "data",
+        "source group or codes: joshi5, enarzho, seen-92, or a comma-separated list",
+    )  # fmt: skip
+    targets: str = setting("all-wo-joshi5", "data", "target languages or groups")
+    regime: str = setting(
+        "zero-shot", "data", "supervised also trains on each target's own train split",
+        choices=("zero-shot", "supervised"),
+    )  # fmt: skip
+    data: str | None = setting(
+        None, "data", "your own data instead of SIB-200: a folder <language>/<split>."
+        "{csv,tsv,jsonl} (train, dev, test) or a Hugging Face dataset id with one "
+        "configuration per language", metavar="DIR_OR_HUB_ID",
+    )  # fmt: skip
+    text_column: str = setting("text", "data", "text field of --data")
+    label_column: str = setting(
+        "label", "data",
+        "label field of --data; the label set is read from the sources' train splits",
+    )  # fmt: skip
+    groups: str | None = setting(
+        None, "data", "language groups for --source/--targets and the reports: a CSV with "
+        "columns code,group", metavar="CSV",
+    )  # fmt: skip
+    steps: int = setting(150, "optimization", "training steps on the sources", kind="int")
+    target_steps: int = setting(
+        100, "optimization", "steps per target language in the supervised regime", kind="int"
+    )
+    batch_size: int = setting(
+        32, "optimization", "global batch (split over processes under torchrun)", kind="int"
+    )
+    eval_batch_size: int = setting(64, "optimization", "evaluation batch", kind="int")
+    lr_prompt: float = setting(5e-3, "optimization", "lr of the prompt tables", kind="float")
+    lr: float = setting(1e-2, "optimization", "lr of the MLP and head", kind="float")
+    weight_decay: float = setting(
+        0.01, "optimization", "weight decay of the MLP and head (prompt tables: 0)", kind="float"
+    )
+    warmup: float = setting(0.1, "optimization", "warm-up share of the steps", kind="float")
+    target_warmup: float = setting(
+        0.05, "optimization", "warm-up share of each target's steps (supervised)", kind="float"
+    )
+    schedule: str = setting(
+        "cosine", "optimization", "learning-rate schedule",
+        choices=("cosine", "cosine-restarts", "linear", "constant"),
+    )  # fmt: skip
+    optimizer: str = setting("adamw", "optimization", "optimizer", choices=("adamw", "adafactor"))
+    grad_clip: float = setting(1.0, "optimization", "0 turns clipping off", kind="float")
+    eval_every: int | str = setting(
+        50, "optimization", "evaluate on the source dev sets every K steps, or 'epoch'"
+    )
+    patience: int = setting(
+        20, "optimization",
+        "early stopping: evaluations without a lower dev loss, counted after half the steps",
+        kind="int",
+    )  # fmt: skip
+    max_length: int = setting(164, "data", "tokens per input", kind="int")
+    precision: str = setting(
+        "auto", "optimization", "auto = bf16 autocast where the CPU has AMX / AVX-512 bf16 (or "
+        "on CUDA with bf16), else fp32", choices=("auto", "fp32", "bf16"),
+    )  # fmt: skip
+    seeds: list[int] = setting(
+        lambda: [0], "optimization", "comma-separated seeds, one run each", shown="0"
+    )
+    backbone: str = setting(
+        "e5-small", "run", "e5-small (embedded), a hub id or a local model folder"
+    )
+    init_adapter: str | None = setting(
+        None, "run", "start from this adapter (xpe_fast's, a PEFT prompt adapter, or the "
+        "paper's layout with its MLP) instead of random tables", metavar="DIR",
+    )  # fmt: skip
+    tokenizer: str | None = setting(None, "run", "a tokenizer.json to use instead")
+    data_dir: str | None = setting(
+        None, "data", f"SIB-200 folder, or the hub id {HUB_DATASET}",
+        shown="$XPE_FAST_DATA_DIR, ./shared/sib200, ../shared/sib200",
+    )  # fmt: skip
+    output_dir: str | None = setting(
+        None, "run", "the run's folder", shown="runs/<method>-<source>-<time>"
+    )
+    backend: str | None = setting(
+        None, "run", "backend of the fused ops", shown="the device's best",
+        choices=(None, "reference", "cpu", "triton", "cuda"),
+    )  # fmt: skip
+    device: str = setting("auto", "run", DEVICES)
+    threads: int | None = setting(None, "run", "torch threads", kind="int", shown="torch's default")
+    preset: str | None = setting(
+        None, "run", "paper: the paper's recipe (24,000 steps, Adafactor, 10 seeds)",
+        choices=(None, "paper"),
+    )  # fmt: skip
+    resume: bool = setting(
+        False, "run", "continue the run in --output-dir", kind="bool", action="store_true"
+    )
+    progress: bool = setting(
+        True, "run", "no progress bars", kind="bool", action="store_false", name="--no-progress"
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
