@@ -8,7 +8,7 @@ from helpers import padded_ids
 
 import xpe_fast
 from xpe_fast import ops
-from xpe_fast.ops._backend import select_kernels, triton_available, triton_runs_on_cpu
+from xpe_fast.ops._backend import triton_available, triton_runs_on_cpu
 
 pytestmark = pytest.mark.skipif(
     not xpe_fast.has_compiled_extension(), reason="xpe_fast._C is not built: no dispatcher ops"
@@ -45,13 +45,6 @@ def assemble_args(dtype, B=3, L=6, N=4, V=31, d=10, P=40, shared=True):
         0.1 * torch.randn(d, generator=g),
     ]
     return (ids, prompt.requires_grad_(), *(t.to(dtype) for t in frozen), 1e-5, 2)
-
-
-@pytest.fixture(autouse=True)
-def native_kernels():
-    select_kernels("cpu", torch.device("cpu"))
-    yield
-    select_kernels("cpu", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
@@ -183,9 +176,9 @@ requires_triton_cpu = pytest.mark.skipif(
 
 
 @requires_triton_cpu
-def test_triton_is_registered_as_the_ops_kernel_and_removed_again(monkeypatch):
-    """backend="triton" makes the Triton functions the CPU kernels of the same ops (forward
-    and backward, through the one C++ autograd); a native backend removes them again."""
+def test_triton_runs_as_ops_of_its_own_and_swaps_no_kernel(monkeypatch):
+    """backend="triton" calls torch.ops.xpe_fast_triton.* (forward and backward through their
+    autograd); xpe_fast's ops keep their C++ kernels, whatever was called before."""
     from xpe_fast.ops import triton_prompt_encoder_mlp as tk
 
     calls = []
@@ -196,9 +189,68 @@ def test_triton_is_registered_as_the_ops_kernel_and_removed_again(monkeypatch):
     with torch.profiler.profile() as prof:
         ops.prompt_encoder_mlp(*args[:7], backend="triton").sum().backward()
     assert calls == ["prompt_encoder_mlp_forward", "prompt_encoder_mlp_backward"]
+    assert "xpe_fast_triton::prompt_encoder_mlp" in {e.name for e in prof.events()}
+    with torch.profiler.profile() as prof:
+        ops.prompt_encoder_mlp(*args[:7]).sum().backward()  # the C++ kernels, untouched
+    assert len(calls) == 2
     assert "xpe_fast::prompt_encoder_mlp" in {e.name for e in prof.events()}
-    ops.prompt_encoder_mlp(*args[:7], backend="cpu").sum().backward()
-    assert len(calls) == 2  # the C++ kernels again
+
+
+@pytest.mark.skipif(
+    not (triton_available() and triton_runs_on_cpu()),
+    reason="the Triton ops run on the CPU only under TRITON_INTERPRET=1 with triton installed",
+)
+def test_opcheck_triton_ops():
+    from xpe_fast.ops import triton_ops
+
+    args = mlp_args(torch.float32)
+    torch.library.opcheck(triton_ops.prompt_encoder_mlp, args)
+    ids, _ = padded_ids(2, 3, 10)
+    emb = [torch.randn(10, 8), torch.randn(9, 8)] + [torch.randn(8) for _ in range(3)]
+    prompt = torch.randn(4, 8, requires_grad=True)
+    torch.library.opcheck(triton_ops.assemble_embeddings, (ids, prompt, *emb, 1e-5, 2))
+    x = torch.randn(3, 33, requires_grad=True)
+    torch.library.opcheck(triton_ops.dropout, (x, 0.25, 7, 3))
+
+
+@pytest.mark.skipif(
+    not (triton_available() and triton_runs_on_cpu()),
+    reason="the Triton backend runs on the CPU only under TRITON_INTERPRET=1 with triton",
+)
+def test_two_models_with_different_kernels_interleaved_give_their_own_results():
+    """A model on the C++ kernels and one on Triton's, called in turn in one process: each
+    gives what it gives alone (no process-wide kernel swap between them)."""
+    import copy
+
+    from helpers import tiny_backbone
+
+    from xpe_fast import PromptedEncoderForSequenceClassification
+
+    torch.manual_seed(0)
+    a = PromptedEncoderForSequenceClassification(
+        tiny_backbone("xlmr"), 5, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu"
+    ).eval()
+    b = copy.deepcopy(a)
+    b.set_backend("triton")
+    ids, mask = padded_ids(3, 7, 211)
+    calls = []
+    from xpe_fast.ops import triton_prompt_encoder_mlp as tk
+
+    real = tk.prompt_encoder_mlp_forward
+    tk.prompt_encoder_mlp_forward = lambda *x: calls.append(1) or real(*x)
+    try:
+        with torch.no_grad():
+            alone_a, alone_b = a(ids, mask), b(ids, mask)
+            n = len(calls)
+            for _ in range(2):
+                torch.testing.assert_close(a(ids, mask), alone_a, rtol=0, atol=0)
+                assert len(calls) == n  # model a never reached the Triton kernels
+                torch.testing.assert_close(b(ids, mask), alone_b, rtol=0, atol=0)
+                assert len(calls) == n + 1
+                n += 1
+    finally:
+        tk.prompt_encoder_mlp_forward = real
+    torch.testing.assert_close(alone_a, alone_b, rtol=1e-5, atol=1e-5)
 
 
 def test_fake_kernels_refuse_what_the_kernels_refuse():

@@ -109,13 +109,14 @@ def test_stagewise_against_float64(backend, N, d_in, h, d, dtype, p):
     pre-activation on the other side of 0, so bf16 is checked stage by stage: each backend's
     backward gets identical saved activations and is compared with float64 formulas.
     """
-    from xpe_fast.ops._backend import select_kernels
     from xpe_fast.reference import dropout_masks
 
+    ns = torch.ops.xpe_fast_triton if backend == "triton" else torch.ops.xpe_fast
+    if backend == "triton":
+        from xpe_fast.ops import triton_ops  # noqa: F401 (defines the xpe_fast_triton ops)
     x, w1, b1, w2, b2, w3, b3 = make_params(N, d_in, h, d, dtype)
     m1, m2 = dropout_masks(N, h, p, "cpu", dtype)
-    select_kernels(backend, x.device)  # the backend's kernel of the dispatcher op
-    out, h1, h2 = torch.ops.xpe_fast.prompt_encoder_mlp(x, w1, b1, w2, b2, w3, b3, m1, m2)
+    out, h1, h2 = ns.prompt_encoder_mlp(x, w1, b1, w2, b2, w3, b3, m1, m2)
     # forward, stage by stage, from the backend's own previous stage
     f64 = lambda t: None if t is None else t.double()  # noqa: E731
     e1 = torch.relu(f64(x) @ f64(w1).T + f64(b1)) * (1 if m1 is None else f64(m1))
@@ -126,7 +127,7 @@ def test_stagewise_against_float64(backend, N, d_in, h, d, dtype, p):
         rel = ((a.double() - e).norm() / e.norm().clamp_min(1e-30)).item()
         assert rel <= tol, f"{name}: relative error {rel:.2e}"
     g = torch.randn(N, d, dtype=dtype)
-    got = torch.ops.xpe_fast.prompt_encoder_mlp_backward(g, x, w1, w2, w3, h1, h2, m1, m2)
+    got = ns.prompt_encoder_mlp_backward(g, x, w1, w2, w3, h1, h2, m1, m2)
     exp = backward_float64(g, x, w1, w2, w3, h1, h2, m1, m2)
     for name, a, e in zip(["x", "w1", "b1", "w2", "b2", "w3", "b3"], got, exp):
         assert a.dtype == dtype and a.shape == e.shape

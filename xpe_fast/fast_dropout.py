@@ -80,6 +80,10 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return F.dropout(x, p, training=True)
     seed = int(torch.empty((), dtype=torch.int64).random_())  # from the default generator
     offset = _first_sample * (x.numel() // x.shape[0]) if x.dim() and x.shape[0] else 0
+    if x.device.type == "cuda":
+        from .ops import triton_ops
+
+        return triton_ops.dropout(x, p, seed, offset)
     return torch.ops.xpe_fast.dropout.default(x, p, seed, offset)
 
 

@@ -3,13 +3,12 @@
 None picks the best available for the tensors' device; the environment variable
 XPE_FAST_BACKEND overrides that default (an explicit `backend=` argument still wins).
 
-"reference" is eager PyTorch. The others are kernels of the same dispatcher ops
-(torch.ops.xpe_fast.*, declared in csrc/schema.cpp): "cpu" and "cuda" are the C++ kernels of
-the CPU and CUDA dispatch keys, and "triton" is registered from Python for the device's key.
-A dispatch key holds one kernel at a time, so choosing "triton" where a native kernel exists
-(CUDA with xpe_fast._cuda built, or the CPU under TRITON_INTERPRET=1) makes Triton that
-device's kernel for the whole process until a native backend is chosen again
-(`select_kernels`); on a GPU without xpe_fast._cuda, Triton is the CUDA kernel.
+"reference" is eager PyTorch. "cpu" and "cuda" are the C++ kernels of the dispatcher ops
+torch.ops.xpe_fast.* (declared in csrc/schema.cpp) for the CPU and CUDA dispatch keys;
+"triton" calls the ops of its own, torch.ops.xpe_fast_triton.* (triton_ops.py), on a GPU or
+on the CPU under TRITON_INTERPRET=1. No kernel is ever swapped, so the choice is per call and
+models with different backends can run interleaved in one process. On a GPU without
+xpe_fast._cuda the default is "triton".
 """
 
 from __future__ import annotations
@@ -100,55 +99,7 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     return backend
 
 
-# Where the Triton kernels are: op name -> (module in xpe_fast.ops, function).
-_TRITON_KERNELS = {
-    "prompt_encoder_mlp": ("triton_prompt_encoder_mlp", "prompt_encoder_mlp_forward"),
-    "prompt_encoder_mlp_backward": ("triton_prompt_encoder_mlp", "prompt_encoder_mlp_backward"),
-    "assemble_embeddings": ("triton_assemble_embeddings", "assemble_embeddings_forward"),
-    "assemble_embeddings_backward": ("triton_assemble_embeddings", "assemble_embeddings_backward"),
-    "dropout": ("triton_dropout", "dropout"),
-}
-_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
-_triton_libraries: dict[str, torch.library.Library] = {}  # dispatch key -> registration
-
-
-def select_kernels(backend: str, device: torch.device) -> None:
-    """Makes `backend` ("cpu", "cuda" or "triton", already resolved) the kernel the ops run on
-    `device`'s dispatch key: registers the Triton kernels there, or removes them so the C++
-    kernel (registered when the extension was loaded) runs again."""
-    key = _DISPATCH_KEYS.get(device.type)
-    if key is None or backend == "reference":
-        return
-    lib = _triton_libraries.get(key)
-    if backend == "triton" and lib is None:
-        import importlib
-        import warnings
-
-        lib = torch.library.Library("xpe_fast", "IMPL")
-        with warnings.catch_warnings():  # "Overriding a previously registered kernel"
-            warnings.simplefilter("ignore", UserWarning)
-            for op, (module, fn) in _TRITON_KERNELS.items():
-                kernel = getattr(importlib.import_module(f"{__package__}.{module}"), fn)
-                lib.impl(op, kernel, key)
-        _triton_libraries[key] = lib
-    elif backend != "triton" and lib is not None:
-        lib._destroy()  # the C++ kernel of this key is the one dispatched again
-        del _triton_libraries[key]
-
-
-_cuda_dropout: list[torch.library.Library] = []  # the one permanent registration
-
-
 def cuda_dropout_available() -> bool:
-    """Whether `torch.ops.xpe_fast.dropout` runs on CUDA tensors: its CUDA kernel is the
-    Triton one (there is no C++ CUDA kernel of it), registered here once, for good."""
-    if _cuda_dropout:
-        return True
-    if not (triton_available() and _extension.has_cpu_kernels() and torch.cuda.is_available()):
-        return False
-    from .triton_dropout import dropout
-
-    lib = torch.library.Library("xpe_fast", "IMPL")
-    lib.impl("dropout", dropout, "CUDA")
-    _cuda_dropout.append(lib)
-    return True
+    """Whether the counter-based dropout runs on CUDA tensors: its CUDA kernel is Triton's
+    (torch.ops.xpe_fast_triton.dropout; there is no C++ CUDA kernel of it)."""
+    return triton_available() and _extension.has_cpu_kernels() and torch.cuda.is_available()

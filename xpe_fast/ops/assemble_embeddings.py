@@ -14,7 +14,7 @@ import torch
 
 from .. import _extension
 from ..reference import assemble_embeddings_reference
-from ._backend import resolve_backend, select_kernels
+from ._backend import resolve_backend
 from ._validate import check_assemble_inputs
 
 if _extension.has_cpu_kernels():
@@ -107,9 +107,12 @@ def assemble_embeddings(
             eps,
             position_offset,
         )
-    if not torch.compiler.is_compiling():
-        select_kernels(backend, prompt.device)
-    return torch.ops.xpe_fast.assemble_embeddings.default(
+    op = torch.ops.xpe_fast.assemble_embeddings.default
+    if backend == "triton":
+        from . import triton_ops
+
+        op = triton_ops.assemble_embeddings
+    return op(
         input_ids,
         prompt,
         word_embeddings,

@@ -5,8 +5,10 @@ and never on a generator's state, the device or how a batch was split over proce
 The dispatcher op `torch.ops.xpe_fast.dropout` (schema in csrc/schema.cpp; autograd in C++:
 the backward is the same op on the gradient with the same seed) has a C++ kernel for the CPU
 (csrc/cpu/dropout.cpp) and a Triton kernel (triton_dropout.py) for CUDA, registered as the
-op's CUDA kernel the first time it is needed; the reference (reference.dropout_reference) is
-the same hash in plain tensor arithmetic. Here: the public function.
+op's CUDA kernel the first time it is needed (the backbone's dropouts call the op), and the
+op of its own `torch.ops.xpe_fast_triton.dropout` (triton_ops.py, backend="triton"); the
+reference (reference.dropout_reference) is the same hash in plain tensor arithmetic. Here:
+the public function.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..reference import dropout_reference
-from ._backend import cuda_dropout_available, resolve_backend, select_kernels
+from ._backend import resolve_backend
 
 
 def dropout(
@@ -41,9 +43,8 @@ def dropout(
         return dropout_reference(x, p, seed, offset)
     if backend == "cuda":
         raise ValueError("dropout has no C++ CUDA kernel; its CUDA kernel is Triton's")
-    if x.device.type == "cuda":
-        if not cuda_dropout_available():
-            raise RuntimeError("dropout on CUDA needs the triton package")
-    elif not torch.compiler.is_compiling():
-        select_kernels(backend, x.device)
+    if backend == "triton":
+        from . import triton_ops
+
+        return triton_ops.dropout(x, p, int(seed), int(offset))
     return torch.ops.xpe_fast.dropout.default(x, p, int(seed), int(offset))

@@ -15,7 +15,7 @@ import torch
 
 from .. import _extension
 from ..reference import dropout_masks, prompt_encoder_mlp_reference
-from ._backend import resolve_backend, select_kernels
+from ._backend import resolve_backend
 from ._validate import check_mlp_inputs
 
 
@@ -107,6 +107,8 @@ def prompt_encoder_mlp(
             training,
             masks=masks if masks[0] is not None else None,
         )
-    if not torch.compiler.is_compiling():
-        select_kernels(backend, x.device)
+    if backend == "triton":
+        from . import triton_ops
+
+        return triton_ops.prompt_encoder_mlp(x, w1, b1, w2, b2, w3, b3, *masks)[0]
     return torch.ops.xpe_fast.prompt_encoder_mlp.default(x, w1, b1, w2, b2, w3, b3, *masks)[0]
