@@ -119,7 +119,8 @@ def models(size: str, device):
         ),
     )
     kw = dict(num_virtual_tokens=20, encoder_ratio=1.0, encoder_hidden_size=256)
-    ours = PromptedEncoderForSequenceClassification(other.roberta, 7, **kw).to(device)
+    ours = PromptedEncoderForSequenceClassification(other.roberta, 7, accelerate=True, **kw)
+    ours = ours.to(device)
     eager = PromptedEncoderForSequenceClassification(eager_base, 7, **kw).to(device)
     eager.set_backend("reference")
     return {"xpe_fast": ours, "eager": eager, "peft": pm}

@@ -49,7 +49,7 @@ def main():
     precision = resolve_precision(args.precision)
     e5, tok = load_backbone(), load_tokenizer()
     model = PromptedEncoderForSequenceClassification(
-        e5, 7, num_virtual_tokens=20, encoder_ratio=1.0, encoder_hidden_size=256
+        e5, 7, num_virtual_tokens=20, encoder_ratio=1.0, encoder_hidden_size=256, accelerate=True
     )
     data = SIB200(args.data_dir)
     pool = [e for lang in JOSHI5 for e in data.split(lang, "train")]

@@ -59,7 +59,7 @@ def setup():
         ),
     )
     ours = PromptedEncoderForSequenceClassification(
-        e5, 7, num_virtual_tokens=20, encoder_ratio=1.0, encoder_hidden_size=256
+        e5, 7, num_virtual_tokens=20, encoder_ratio=1.0, encoder_hidden_size=256, accelerate=True
     )
     data = SIB200(shared / "sib200")
     return {"pm": pm, "ours": ours, "tok": tok, "data": data, "pad": e5.config.pad_token_id}

@@ -28,7 +28,7 @@ def test_restore_gives_back_the_hugging_face_backbone(kind):
     fresh = fingerprint(tiny_backbone(kind, dropout=0.1))
     bb = tiny_backbone(kind, dropout=0.1)
     model = PromptedEncoderForSequenceClassification(
-        bb, 7, num_virtual_tokens=4, encoder_hidden_size=8
+        bb, 7, num_virtual_tokens=4, encoder_hidden_size=8, accelerate=True
     )
     assert is_accelerated(bb) and fingerprint(bb)["classes"] != fresh["classes"]
     ids, mask = padded_ids(3, 9, 211)

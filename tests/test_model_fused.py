@@ -65,7 +65,7 @@ def test_backbone_dropout_runs_on_counter_based_masks(kind, monkeypatch):
 
     backbone = tiny_backbone(kind, dropout=0.2)
     m = PromptedEncoderForSequenceClassification(
-        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu"
+        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu", accelerate=True
     )
     calls = []
     real = fast_dropout.attention_with_dropout
@@ -111,7 +111,7 @@ def test_inference_layer_equals_the_hugging_face_layer(kind, precision, L, hidde
 
     backbone = tiny_backbone(kind, max_pos=128, hidden=hidden, heads=heads)
     m = PromptedEncoderForSequenceClassification(
-        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu"
+        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu", accelerate=True
     ).eval()
     ids, mask = padded_ids(3, L, backbone.config.vocab_size)
     layer = m.backbone.encoder.layer[0]
@@ -148,7 +148,7 @@ def test_inference_path_equals_the_reference_route(kind, precision):
     # chain, first-row last layer) on a backbone whose head size the kernel serves.
     backbone = tiny_backbone(kind, max_pos=128, hidden=64, heads=2, layers=3)
     m = PromptedEncoderForSequenceClassification(
-        backbone, 3, num_virtual_tokens=5, encoder_hidden_size=8, backend="cpu"
+        backbone, 3, num_virtual_tokens=5, encoder_hidden_size=8, backend="cpu", accelerate=True
     ).eval()
     ids, mask = padded_ids(5, 23, backbone.config.vocab_size)
     tol = 1e-5 if precision == "fp32" else 3e-2
@@ -176,7 +176,7 @@ def test_evaluate_then_train(precision):
     # leak inference tensors into the next training step.
     backbone = tiny_backbone("xlmr", dropout=0.1)
     m = PromptedEncoderForSequenceClassification(
-        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu"
+        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu", accelerate=True
     )
     ids, mask = padded_ids(3, 11, backbone.config.vocab_size)
     ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -191,14 +191,26 @@ def test_evaluate_then_train(precision):
 
 
 def test_a_backbone_wrapped_twice_still_restores_the_reference_route():
+    import gc
+
+    from transformers.modeling_utils import AttentionInterface
+
     from xpe_fast import fast_dropout
 
+    gc.collect()  # models of earlier tests, accelerated and never restored, are gone
     backbone = tiny_backbone("bert")
-    PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4)
-    second = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4)
+    plain = PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4)
+    assert not plain.accelerated and backbone.config._attn_implementation == "sdpa"  # opt-in
+    PromptedEncoderForSequenceClassification(backbone, 3, num_virtual_tokens=4, accelerate=True)
+    second = PromptedEncoderForSequenceClassification(
+        backbone, 3, num_virtual_tokens=4, accelerate=True
+    )
     assert backbone.config._attn_implementation == fast_dropout.ATTN_IMPLEMENTATION
+    assert fast_dropout.ATTN_IMPLEMENTATION in AttentionInterface._global_mapping
     second.set_backend("reference")
     assert backbone.config._attn_implementation == "sdpa"
+    # the process-wide registration with transformers is undone with the last user
+    assert fast_dropout.ATTN_IMPLEMENTATION not in AttentionInterface._global_mapping
 
 
 def test_evaluation_draws_nothing_from_the_generator():
@@ -206,7 +218,7 @@ def test_evaluation_draws_nothing_from_the_generator():
     # every later dropout mask of a seeded run that evaluates first.
     backbone = tiny_backbone("xlmr", dropout=0.1)
     m = PromptedEncoderForSequenceClassification(
-        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu"
+        backbone, 3, num_virtual_tokens=4, encoder_hidden_size=8, backend="cpu", accelerate=True
     ).eval()
     ids, mask = padded_ids(3, 11, backbone.config.vocab_size)
     torch.manual_seed(0)
@@ -237,7 +249,7 @@ def test_unpadded_layers_equal_the_padded_route(kind, train, monkeypatch):
     backbone = tiny_backbone(kind, dropout=0.1)
     padded = PromptedEncoderForSequenceClassification(
         backbone, 5, num_virtual_tokens=4, encoder_ratio=0.5, encoder_hidden_size=8,
-        fast_path=FastPathOptions(unpadded=False),
+        fast_path=FastPathOptions(unpadded=False), accelerate=True,
     )  # fmt: skip
     unpadded = copy.deepcopy(padded)
     unpadded.fast_path = FastPathOptions(unpadded=True)

@@ -114,7 +114,7 @@ def test_model_on_cuda_matches_its_reference_route():
 
     m = (
         PromptedEncoderForSequenceClassification(
-            tiny_backbone("xlmr"), 7, num_virtual_tokens=5, encoder_hidden_size=16
+            tiny_backbone("xlmr"), 7, num_virtual_tokens=5, encoder_hidden_size=16, accelerate=True
         )
         .cuda()
         .eval()
@@ -155,7 +155,7 @@ def test_model_on_cuda_trains_as_on_the_cpu(dtype):
     torch.manual_seed(0)
     cpu = PromptedEncoderForSequenceClassification(
         tiny_backbone("xlmr", dropout=0.1), 7, num_virtual_tokens=5, encoder_ratio=0.6,
-        encoder_hidden_size=16, prompt_dropout=0.1,
+        encoder_hidden_size=16, prompt_dropout=0.1, accelerate=True,
     ).train()  # fmt: skip
     gpu = copy.deepcopy(cpu).cuda().train()
     gpu.set_backend(None)
@@ -189,7 +189,7 @@ def test_unpadded_layers_on_cuda_equal_the_padded_route(train):
     torch.manual_seed(0)
     m = PromptedEncoderForSequenceClassification(
         tiny_backbone("xlmr", hidden=64, heads=4, dropout=0.1), 7, num_virtual_tokens=5,
-        encoder_hidden_size=16, fast_path=FastPathOptions(unpadded=False),
+        encoder_hidden_size=16, fast_path=FastPathOptions(unpadded=False), accelerate=True,
     ).cuda()  # fmt: skip
     u = copy.deepcopy(m)
     u.fast_path = FastPathOptions(unpadded=True)

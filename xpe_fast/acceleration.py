@@ -18,6 +18,8 @@ Face object it was (what `tests/test_acceleration.py` checks against a fresh cop
 
 from __future__ import annotations
 
+import weakref
+
 from torch import nn
 
 from . import fast_dropout
@@ -34,9 +36,17 @@ def is_accelerated(backbone: nn.Module) -> bool:
     return hasattr(backbone, _ORIGINAL_ATTN)
 
 
-def accelerate(backbone: nn.Module) -> nn.Module:
+# The live accelerated backbones that use the attention implementation registered with
+# transformers (a process-wide registry): restoring the last one takes it out again.
+_attention_users: weakref.WeakSet = weakref.WeakSet()
+
+
+def accelerate(backbone: nn.Module, head: nn.Module | None = None) -> nn.Module:
     """Prepares `backbone` (a bare encoder with `.encoder` and `.config`) for speed, in place;
-    idempotent. Returns it."""
+    idempotent. `head`: a classifier head whose dropouts get the counter-based masks too.
+    Returns the backbone."""
+    if head is not None:
+        fast_dropout.prepare_dropouts(head)
     if is_accelerated(backbone):
         return backbone
     config = getattr(backbone, "config", None)
@@ -48,11 +58,15 @@ def accelerate(backbone: nn.Module) -> nn.Module:
     fast_dropout.prepare_dropouts(backbone)
     if original == "sdpa" and fast_dropout.register_attention():
         config._attn_implementation = fast_dropout.ATTN_IMPLEMENTATION
+        _attention_users.add(backbone)
     return backbone
 
 
-def restore(backbone: nn.Module) -> nn.Module:
-    """Undoes `accelerate` (a no-op on a backbone it never touched). Returns it."""
+def restore(backbone: nn.Module, head: nn.Module | None = None) -> nn.Module:
+    """Undoes `accelerate` (a no-op on a backbone it never touched), the registration with
+    transformers too once no accelerated backbone uses it. Returns the backbone."""
+    if head is not None:
+        fast_dropout.restore_dropouts(head)
     if not is_accelerated(backbone):
         return backbone
     swap_classes(backbone, FrozenLinear, nn.Linear)
@@ -64,6 +78,9 @@ def restore(backbone: nn.Module) -> nn.Module:
     original = backbone.__dict__.pop(_ORIGINAL_ATTN)
     if config is not None and original is not None:
         config._attn_implementation = original
+        _attention_users.discard(backbone)
+        if not _attention_users:
+            fast_dropout.unregister_attention()
     return backbone
 
 

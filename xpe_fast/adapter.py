@@ -254,12 +254,16 @@ def prompt_shape_kwargs(cfg: dict) -> dict:
     }
 
 
-def build_model_for_adapter(backbone: torch.nn.Module, cfg: dict, backend=None):
+def build_model_for_adapter(
+    backbone: torch.nn.Module, cfg: dict, backend=None, accelerate: bool = False
+):
+    """The model an adapter's config describes (its sizes and split), on `backbone`."""
     return PromptedEncoderForSequenceClassification(
         backbone,
         cfg["num_labels"],
         prompt_dropout=0.0,
         backend=backend,
+        accelerate=accelerate,
         head_style=cfg["head_style"],
         **prompt_shape_kwargs(cfg),
     )

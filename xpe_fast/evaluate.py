@@ -167,7 +167,8 @@ def checked_model(args, bb, adapter_dir, adapter, dataset, langs, device, world)
     some = langs[:: max(1, len(langs) // 8)]  # a sample is enough
     texts = [e.text for lang in some for e in dataset.split(lang, args.split)]
     backbones.check_tokenizer_fits(bb, backbones.sample_texts(texts), "the sentences")
-    model = build_model_for_adapter(bb.model, adapter[0], args.backend).to(device)
+    accelerate = args.backend != "reference"  # the command opts in; the reference route not
+    model = build_model_for_adapter(bb.model, adapter[0], args.backend, accelerate).to(device)
     load_adapter(adapter_dir, model, bb.name, adapter)
     if args.max_length > model.max_input_length and world.main:
         positions = model.parts.position.num_embeddings

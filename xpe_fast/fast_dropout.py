@@ -179,6 +179,18 @@ def register_attention() -> bool:
     return True
 
 
+def unregister_attention() -> None:
+    """Takes "xpe_fast_sdpa" out of transformers' registries again (acceleration.restore,
+    when no accelerated backbone uses it any more)."""
+    try:
+        from transformers.masking_utils import AttentionMaskInterface
+        from transformers.modeling_utils import AttentionInterface
+    except ImportError:
+        return
+    for registry in (AttentionInterface, AttentionMaskInterface):
+        getattr(registry, "_global_mapping", {}).pop(ATTN_IMPLEMENTATION, None)
+
+
 def prepare_dropouts(module: nn.Module) -> int:
     """Makes every nn.Dropout of `module` a FastDropout in place; returns how many."""
     return swap_classes(module, nn.Dropout, FastDropout) if _extension._C is not None else 0

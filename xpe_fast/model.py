@@ -6,17 +6,19 @@ embedding layer adds position rows numbered over all N + L slots from the model'
 (padding_idx + 1 for XLM-R/RoBERTa, 0 for BERT), token type 0 and its LayerNorm, and the
 head reads the final hidden state of slot 0, the first virtual token.
 
-The fused path computes that embedding stream with `ops.assemble_embeddings` and feeds it
-straight to the encoder stack; `backend="reference"` instead calls the unmodified Hugging Face
-model with `inputs_embeds`, which is what PEFT does.
-
-Other than that route, the model accelerates the backbone it is given, in place and
-reversibly (acceleration.py says exactly what changes: its linear layers' and dropouts'
-classes, its attention implementation, caches on its modules), without changing its
-function; `set_backend("reference")` restores it. The encoder stack then runs through
-encoder_fast_path.py: the last layer for slot 0 only, and in inference query/key/value as one
-GEMM read directly by the attention kernel, each residual add + LayerNorm in one pass and the
-GELU fused into the feed-forward GEMM.
+Three choices, each one thing:
+- `route`: "fused" computes that embedding stream with `ops.assemble_embeddings` and feeds it
+  straight to the encoder stack (encoder_fast_path.py: the last layer for slot 0 only, and
+  on an accelerated backbone the inference and unpadded layers); "peft" calls the unmodified
+  Hugging Face model with `inputs_embeds`, which is what PEFT does.
+- `backend`: the kernels of the fused ops (prompt MLP, embedding stream): "reference",
+  "cpu", "triton", "cuda" or None (the device's best).
+- `accelerate=True` (opt-in; the commands opt in): the backbone is accelerated in place and
+  reversibly (acceleration.py says exactly what changes: its linear layers' and dropouts'
+  classes, its attention implementation, caches on its modules) without changing its
+  function; `model.restore_backbone()` gives the Hugging Face object back.
+`set_backend("reference")` is the reference route in one call: reference kernels, route
+"peft", backbone restored.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fast_dropout, ops
+from . import ops
 from .acceleration import accelerate, attends_fast, restore
 from .encoder_fast_path import FastPathOptions, run_encoder
 from .errors import UnsupportedBackboneError
@@ -154,15 +156,16 @@ class PromptedEncoderForSequenceClassification(nn.Module):
             table (default d), an explicit split (a loaded adapter's) and the MLP dropout's
             scope ("batch" or "sample"), as in CrossPromptEncoder.
         classifier_dropout: head dropout (default: the backbone's hidden dropout).
-        backend: backend of the fused ops (None = best available; "reference" runs the plain
-            Hugging Face model with inputs_embeds).
+        backend: kernels of the fused ops (None = the device's best); "reference" also
+            selects the reference route (see set_backend).
         head_style: "roberta" or "bert"; default from the backbone family.
         fast_path: switches of the encoder's fast path (encoder_fast_path.FastPathOptions).
+        accelerate: accelerate the backbone in place (opt-in; acceleration.accelerate:
+            classes of its linear and dropout layers, its attention implementation, caches
+            on its modules); restore_backbone() undoes it.
+        route: "fused" or "peft" (default: "peft" with backend "reference", else "fused").
 
-    The backbone is frozen (requires_grad False) and, unless backend is "reference",
-    accelerated in place (acceleration.accelerate: classes of its linear and dropout layers,
-    its attention implementation, caches on its modules); set_backend("reference") or
-    acceleration.restore(model.backbone) gives back the unmodified Hugging Face object.
+    The backbone is frozen (requires_grad False).
     """
 
     def __init__(
@@ -177,6 +180,8 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         backend: str | None = None,
         head_style: str | None = None,
         fast_path: FastPathOptions | None = None,
+        accelerate: bool = False,
+        route: str | None = None,
         encoder_input_size: int | None = None,
         num_xpe_tokens: int | None = None,
         prompt_dropout_scope: str = "batch",
@@ -229,7 +234,12 @@ class PromptedEncoderForSequenceClassification(nn.Module):
             pooler_dense if isinstance(pooler_dense, nn.Linear) else None,
         )
         self.num_labels = num_labels
+        self.accelerated = False
         self.set_backend(backend)
+        if route is not None:
+            self.set_route(route)
+        if accelerate:
+            self.accelerate_backbone()
         from .backbones import SUPPORTED_FAMILIES
 
         if getattr(config, "model_type", None) not in SUPPORTED_FAMILIES:
@@ -240,7 +250,8 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         """For a backbone outside the supported families: its logits on a small padded
         input must equal those of the plain Hugging Face route (PEFT's), or it is refused."""
         name = type(self.backbone).__name__
-        was_training, backend = self.training, self.backend
+        was_training, backend, route = self.training, self.backend, self.route
+        accelerated = self.accelerated
         fork = torch.random.fork_rng(devices=[])
         try:
             with fork:
@@ -263,7 +274,10 @@ class PromptedEncoderForSequenceClassification(nn.Module):
                 f"{str(e).splitlines()[0][:160]}); " + _supported_message()
             ) from None
         finally:
-            self.set_backend(backend)
+            self.set_kernels(backend)
+            self.set_route(route)
+            if accelerated and not self.accelerated:
+                self.accelerate_backbone()
             self.train(was_training)
         err = (fused - ref).abs().max().item()
         if not err <= 1e-4 * max(1.0, ref.abs().max().item()):
@@ -273,19 +287,35 @@ class PromptedEncoderForSequenceClassification(nn.Module):
                 + _supported_message()
             )
 
-    def set_backend(self, backend: str | None) -> None:
-        """Backend of both fused ops (None = best available, "reference" = plain PyTorch)."""
+    def set_kernels(self, backend: str | None) -> None:
+        """The kernels of both fused ops (None = the device's best)."""
         self.backend = backend
         if self.prompt.encoder is not None:
             self.prompt.encoder.backend = backend
-        # The reference path is the unmodified Hugging Face model (PEFT's route).
-        fast = backend != "reference"
-        (accelerate if fast else restore)(self.backbone)
-        # the head's dropout too: masks by global sample index under torchrun
-        if fast:
-            fast_dropout.prepare_dropouts(self.head)
-        else:
-            fast_dropout.restore_dropouts(self.head)
+
+    def set_route(self, route: str) -> None:
+        if route not in ("fused", "peft"):
+            raise ValueError(f"route must be 'fused' or 'peft', got {route!r}")
+        self.route = route
+
+    def accelerate_backbone(self) -> None:
+        """Accelerates the backbone in place (acceleration.accelerate), and the head's
+        dropout (counter-based masks, numbered by global sample index under torchrun)."""
+        accelerate(self.backbone, self.head)
+        self.accelerated = True
+
+    def restore_backbone(self) -> None:
+        """Undoes accelerate_backbone: the backbone is the Hugging Face object again."""
+        restore(self.backbone, self.head)
+        self.accelerated = False
+
+    def set_backend(self, backend: str | None) -> None:
+        """The fused ops' kernels; "reference" is the whole reference route: reference
+        kernels, the unmodified Hugging Face model (PEFT's route), the backbone restored."""
+        self.set_kernels(backend)
+        self.set_route("peft" if backend == "reference" else "fused")
+        if backend == "reference" and self.accelerated:
+            self.restore_backbone()
 
     # ---- properties -------------------------------------------------------------------
     @property
@@ -367,7 +397,7 @@ class PromptedEncoderForSequenceClassification(nn.Module):
         B = input_ids.shape[0]
         if prompt is None:
             prompt = self.prompt(B)
-        if self.backend == "reference":
+        if self.route == "peft":
             # Exactly PEFT's route: the unmodified Hugging Face model with inputs_embeds.
             word = self.parts.word(input_ids)
             if prompt.dim() == 2:

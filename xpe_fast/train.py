@@ -158,6 +158,7 @@ def build_model(cfg: TrainConfig, bb, device: torch.device, num_labels: int, ini
         prompt_dropout=cfg.prompt_dropout,
         prompt_dropout_scope=cfg.prompt_dropout_scope,
         backend=cfg.backend,
+        accelerate=cfg.backend != "reference",  # the command opts in; the reference route not
         **shape,
     ).to(device)
 
