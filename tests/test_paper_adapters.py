@@ -285,62 +285,26 @@ def test_wrapped_files_read_the_trained_copy_not_the_original_module(tmp_path):
 
 @pytest.fixture(scope="module")
 def cli_env(shared_dir, tmp_path_factory):
-    import transformers as T
+    from test_cli import tiny_xlmr
 
     root = tmp_path_factory.mktemp("paper-cli")
-    torch.manual_seed(0)
-    cfg = T.XLMRobertaConfig(
-        vocab_size=250002,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=220,
-        pad_token_id=1,
-    )
-    T.XLMRobertaModel(cfg).save_pretrained(root / "tiny")
     return {
-        "backbone": str(root / "tiny"),
+        "backbone": tiny_xlmr(root / "tiny"),
         "tokenizer": str(shared_dir / "xlmr-tokenizer" / "tokenizer.json"),
         "data": str(shared_dir / "sib200"),
     }
 
 
-def common_args(env):
-    return [
-        "--backbone",
-        env["backbone"],
-        "--tokenizer",
-        env["tokenizer"],
-        "--data-dir",
-        env["data"],
-        "--precision",
-        "fp32",
-        "--no-progress",
-    ]
+def evaluate_args(env, adapter, *extra, languages="amh_Ethi"):
+    from test_cli import eval_args
+
+    return eval_args(env, adapter, "--precision", "fp32", *extra, languages=languages)
 
 
 def train_args(env, out, *extra):
-    return [
-        *common_args(env),
-        "--threads",
-        "1",
-        "--source",
-        "eng_Latn",
-        "--targets",
-        "amh_Ethi",
-        "--steps",
-        "1",
-        "--eval-every",
-        "1",
-        "--batch-size",
-        "8",
-        "--eval-batch-size",
-        "64",
-        "--output-dir",
-        str(out),
-        *extra,
-    ]
+    from test_cli import base_args
+
+    return base_args(env, out, "--targets", "amh_Ethi", "--steps", "1", "--eval-every", "1", *extra)
 
 
 @pytest.mark.parametrize("n,r,method", [(20, 0.0, "spt"), (90, 0.7, "dual"), (20, 1.0, "xpe")])
@@ -350,14 +314,14 @@ def test_paper_adapters_evaluate_continue_and_export(cli_env, tmp_path, capsys, 
     d, h = 16, 8
     t, _ = paper_tensors(n, r, d, h, old_key=method == "xpe")
     paper = write_paper_adapter(tmp_path / "paper", t, paper_config(n, r, d, h))
-    langs = ["--languages", "amh_Ethi,fra_Latn"]
+    langs = "amh_Ethi,fra_Latn"
     # evaluate the paper's adapter, and its PEFT export: the same numbers
     peft_dir = tmp_path / "peft"
     assert export.main(["--adapter", str(paper), "--out", str(peft_dir)]) == 0
     rows = {}
     for name, folder in (("paper", paper), ("peft", peft_dir)):
         csv = tmp_path / f"{name}.csv"
-        args = ["--adapter", str(folder), *common_args(cli_env), *langs, "--output", str(csv)]
+        args = evaluate_args(cli_env, folder, "--output", str(csv), languages=langs)
         assert evaluate.main(args) == 0, capsys.readouterr().err
         rows[name] = csv.read_text().splitlines()
     assert rows["paper"] == rows["peft"] and len(rows["paper"]) == 3
@@ -385,9 +349,7 @@ def test_an_unmappable_paper_adapter_is_one_line_from_evaluate(cli_env, tmp_path
 
     t, _ = paper_tensors(20, 1.0, 16, 16, layers=3)
     paper = write_paper_adapter(tmp_path / "deep", t, paper_config(20, 1.0, 16, 16, layers=3))
-    code = evaluate.main(
-        ["--adapter", str(paper), *common_args(cli_env), "--languages", "amh_Ethi"]
-    )
+    code = evaluate.main(evaluate_args(cli_env, paper))
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "xpe_head.9.weight" in err, err
 
@@ -402,7 +364,7 @@ def test_any_encoder_input_size_trains_evaluates_and_continues(cli_env, tmp_path
     conf = json.loads((adapter / "adapter_config.json").read_text())
     assert conf["encoder_input_size"] == 5
     assert load_file(str(adapter / "adapter.safetensors"))["prompt.xpe_embedding"].shape == (4, 5)
-    args = ["--adapter", str(adapter), *common_args(cli_env), "--languages", "amh_Ethi"]
+    args = evaluate_args(cli_env, adapter)
     assert evaluate.main(args) == 0
     # continued without naming the width: the adapter's is taken
     assert (

@@ -33,31 +33,35 @@ def _check_mlp_shapes(x, w1, b1, w2, b2, w3, b3, mask1, mask2) -> None:
         torch._check(m is None or tuple(m.shape) == (n, h), lambda: f"masks must be [{n}, {h}]")
 
 
+def mlp_fake(x, w1, b1, w2, b2, w3, b3, mask1=None, mask2=None):
+    """The forward's fake kernel (xpe_fast's op and the Triton op alike)."""
+    n = x.shape[0]
+    _check_mlp_shapes(x, w1, b1, w2, b2, w3, b3, mask1, mask2)
+    return (
+        x.new_empty((n, w3.shape[0])),
+        x.new_empty((n, w1.shape[0])),
+        x.new_empty((n, w2.shape[0])),
+    )
+
+
+def mlp_backward_fake(grad_out, x, w1, w2, w3, h1, h2, mask1=None, mask2=None):
+    """The backward's fake kernel: contiguous gradients, whatever the inputs' strides (as the
+    kernels return them)."""
+    h, d = w1.shape[0], w3.shape[0]
+    return [
+        x.new_empty(x.shape),
+        w1.new_empty(w1.shape),
+        w1.new_empty((h,)),
+        w2.new_empty(w2.shape),
+        w2.new_empty((h,)),
+        w3.new_empty(w3.shape),
+        w3.new_empty((d,)),
+    ]
+
+
 if _extension.has_cpu_kernels():
-
-    @torch.library.register_fake("xpe_fast::prompt_encoder_mlp")
-    def _(x, w1, b1, w2, b2, w3, b3, mask1=None, mask2=None):
-        n = x.shape[0]
-        _check_mlp_shapes(x, w1, b1, w2, b2, w3, b3, mask1, mask2)
-        return (
-            x.new_empty((n, w3.shape[0])),
-            x.new_empty((n, w1.shape[0])),
-            x.new_empty((n, w2.shape[0])),
-        )
-
-    @torch.library.register_fake("xpe_fast::prompt_encoder_mlp_backward")
-    def _(grad_out, x, w1, w2, w3, h1, h2, mask1=None, mask2=None):
-        h, d = w1.shape[0], w3.shape[0]
-        # contiguous, whatever the inputs' strides (as the kernels return them)
-        return [
-            x.new_empty(x.shape),
-            w1.new_empty(w1.shape),
-            w1.new_empty((h,)),
-            w2.new_empty(w2.shape),
-            w2.new_empty((h,)),
-            w3.new_empty(w3.shape),
-            w3.new_empty((d,)),
-        ]
+    torch.library.register_fake("xpe_fast::prompt_encoder_mlp")(mlp_fake)
+    torch.library.register_fake("xpe_fast::prompt_encoder_mlp_backward")(mlp_backward_fake)
 
 
 def prompt_encoder_mlp(

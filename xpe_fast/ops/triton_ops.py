@@ -9,7 +9,7 @@ the CPU under TRITON_INTERPRET=1); their fake kernels check shapes as xpe_fast's
 
 import torch
 
-from .prompt_encoder_mlp import _check_mlp_shapes
+from .prompt_encoder_mlp import mlp_backward_fake, mlp_fake
 
 Tensor = torch.Tensor
 
@@ -34,15 +34,7 @@ def prompt_encoder_mlp(
     return prompt_encoder_mlp_forward(x, w1, b1, w2, b2, w3, b3, mask1, mask2)
 
 
-@prompt_encoder_mlp.register_fake
-def _(x, w1, b1, w2, b2, w3, b3, mask1=None, mask2=None):
-    _check_mlp_shapes(x, w1, b1, w2, b2, w3, b3, mask1, mask2)
-    n = x.shape[0]
-    return (
-        x.new_empty((n, w3.shape[0])),
-        x.new_empty((n, w1.shape[0])),
-        x.new_empty((n, w2.shape[0])),
-    )
+prompt_encoder_mlp.register_fake(mlp_fake)
 
 
 @torch.library.custom_op("xpe_fast_triton::prompt_encoder_mlp_backward", mutates_args=())
@@ -62,18 +54,7 @@ def prompt_encoder_mlp_backward(
     return backward(grad_out, x, w1, w2, w3, h1, h2, mask1, mask2)
 
 
-@prompt_encoder_mlp_backward.register_fake
-def _(grad_out, x, w1, w2, w3, h1, h2, mask1=None, mask2=None):
-    h, d = w1.shape[0], w3.shape[0]
-    return [
-        x.new_empty(x.shape),
-        w1.new_empty(w1.shape),
-        w1.new_empty((h,)),
-        w2.new_empty(w2.shape),
-        w2.new_empty((h,)),
-        w3.new_empty(w3.shape),
-        w3.new_empty((d,)),
-    ]
+prompt_encoder_mlp_backward.register_fake(mlp_backward_fake)
 
 
 def _mlp_setup(ctx, inputs, output):
