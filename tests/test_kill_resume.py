@@ -37,23 +37,41 @@ def run_to_end(args, resume=False):
     assert p.returncode == 0, err
 
 
-def killed_runs(env, part, extra, start_up, work, rng) -> int:
-    """The run killed at KILLS moments drawn from `rng` over its real working time `work`
-    (each segment gets the start-up time on top, so the moments fall in the work, not only
-    in start-ups); resumed after each. Returns how many segments were killed (fewer only
-    if the machine became faster than when `work` was measured)."""
-    moments = sorted(rng.uniform(0.02, 0.9) * work for _ in range(KILLS))
+def working(p, folder: Path, deadline: float) -> bool:
+    """Waits until process `p` holds the run folder's lock (its start-up is over and its
+    work begins); False if it ended first."""
+    lock = folder / ".lock"
+    while time.time() < deadline:
+        if p.poll() is not None:
+            return False
+        try:
+            if f"pid {p.pid} " in lock.read_text():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise AssertionError("the run never started its work")
+
+
+def killed_runs(env, part, extra, work, rng) -> int:
+    """The run killed at KILLS moments drawn from `rng` over half its real working time
+    `work` (timed from the moment each segment holds the run folder, so that start-ups,
+    however long, do not count), resumed after each. Returns how many segments were killed:
+    fewer only if the machine became over twice as fast as when `work` was measured."""
+    moments = sorted(rng.uniform(0.02, 0.5) * work for _ in range(KILLS))
     kills = 0
     for gap in (b - a for a, b in zip([0.0, *moments], moments)):
         p = launch(base_args(env, part, *extra), (part / "run_config.json").is_file())
-        try:
-            p.wait(timeout=start_up + gap)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGKILL)
-            p.communicate()
-            kills += 1
-            continue
-        assert p.returncode == 0, p.communicate()[1]
+        if working(p, part, time.time() + 600):
+            try:
+                p.wait(timeout=gap)
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGKILL)
+                p.communicate()
+                kills += 1
+                continue
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err
         return kills  # it finished before its kill
     run_to_end(base_args(env, part, *extra), resume=True)
     return kills
@@ -69,23 +87,21 @@ def test_killed_at_random_moments_resumes_to_the_same_result(shared_dir, tmp_pat
     }
     extra = ["--steps", "240", "--eval-every", "2", "--method", "dual", "--encoder-ratio", "0.5"]
     full = tmp_path / "full"
-    t0 = time.time()
     p = launch(base_args(env, full, *extra), resume=False)
-    while not (full / "run_config.json").is_file() and p.poll() is None:
-        time.sleep(0.02)
-    start_up = time.time() - t0  # imports, checks, backbone: before the run's folder exists
+    assert working(p, full, time.time() + 600)
+    t0 = time.time()
     _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err
-    work = time.time() - t0 - start_up
+    work = time.time() - t0
 
     rng = random.Random(1234)
     for _ in range(4):
         part = tmp_path / "part"
-        kills = killed_runs(env, part, extra, start_up, work, rng)
+        kills = killed_runs(env, part, extra, work, rng)
         if kills == KILLS:
             break
-        # The machine got faster than during the first run (a shared machine): over again
-        # with the moments drawn over a shorter working time.
+        # The machine got much faster than during the first run (a shared machine): over
+        # again, the moments drawn over a shorter working time.
         shutil.rmtree(part)
         work /= 2
     assert kills == KILLS, f"only {kills} of {KILLS} kills landed before the run ended"

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -179,23 +179,11 @@ class Run:
     init: tuple | None = None
 
 
-def run_seed(
-    seed: int,
-    cfg: TrainConfig,
-    bb,
-    dataset,
-    sources,
-    targets,
-    out: Path,
-    device: torch.device,
-    world: World,
-    tick=None,
-    init=None,
-) -> dict:
+def run_seed(seed: int, run: Run, out: Path) -> dict:
     """One run (method, seed): train on the sources, save the adapter, evaluate zero-shot
-    (and supervised). Every rank of `world` computes; its rank 0 alone writes. `tick()`
-    (the run clock's) after each checkpoint and at the end; `init`: the --init-adapter as
-    check_init_adapter read it."""
+    (and supervised). Every rank of `run.world` computes; its rank 0 alone writes.
+    `run.tick()` (the run clock's) after each checkpoint and at the end."""
+    cfg, world = run.cfg, run.world
     folder = out / f"seed-{seed}"
     done = folder / "results.json"
     if done.is_file():
@@ -203,19 +191,16 @@ def run_seed(
         return json.loads(done.read_text())
     if world.main:
         folder.mkdir(parents=True, exist_ok=True)
-    run = Run(cfg, bb, dataset, sources, targets, device, world, tick, init)
     model = seeded_model(run, seed, folder)
     max_len = min(cfg.max_length, model.max_input_length)
     phase = train_on_sources(run, seed, folder, model, max_len)
     result = evaluate_zero_shot(run, seed, folder, model, max_len, phase)
     if cfg.regime == "supervised":
-        result["supervised"] = run_supervised(
-            model, cfg, seed, bb, dataset, targets, folder, max_len, device, tick, world
-        )
+        result["supervised"] = run_supervised(run, seed, folder, model, max_len)
     if world.main:
         atomic_write_json(done, result)
-        if tick is not None:
-            tick()
+        if run.tick is not None:
+            run.tick()
     world.barrier()
     return result
 
@@ -294,25 +279,14 @@ def evaluate_zero_shot(run: Run, seed: int, folder: Path, model, max_len: int, p
     }
 
 
-def run_supervised(
-    model,
-    cfg: TrainConfig,
-    seed: int,
-    bb,
-    dataset,
-    targets,
-    folder: Path,
-    max_len: int,
-    device,
-    tick,
-    world: World,
-) -> dict:
+def run_supervised(run: Run, seed: int, folder: Path, model, max_len: int) -> dict:
     """From the source-trained prompt, a short run on each target's own train split."""
+    cfg, bb, dataset, device, world = run.cfg, run.bb, run.dataset, run.device, run.world
     sup = {}
     base = {k: v.clone() for k, v in trainable_state(model).items()}
     own = dict(model.named_parameters())
     model.prompt.set_dropout(0.0)
-    for lang in targets:
+    for lang in run.targets:
         lang_dir = folder / "supervised" / lang
         res_file = lang_dir / "result.json"
         if res_file.is_file():
@@ -339,7 +313,7 @@ def run_supervised(
             desc=f"{cfg.tag} seed {seed} {lang}",
             device=device,
             precision=cfg.precision,
-            on_checkpoint=tick,
+            on_checkpoint=run.tick,
             world=world,
         )
         te = D.encode(bb.tokenizer, dataset.split(lang, "test"), max_len, lang)
@@ -538,13 +512,13 @@ def run_all(run: Run, tags: list[str], out: Path) -> dict[str, list[dict]]:
     grid = cfg.methods is not None
     runs = [(seed, tag) for seed in cfg.seeds for tag in tags]
     folder = lambda tag: out / tag if grid else out  # noqa: E731
-    args = lambda tag: (cfg.for_method(tag), run.bb, run.dataset, run.sources, run.targets)  # noqa: E731
     results: dict[str, list[dict]] = {t: [] for t in tags}
     if cfg.placement == "process" and world.enabled:
         tick = run.tick if world.main else None
         for i, (seed, tag) in enumerate(runs):
             if i % world.size == world.rank:
-                run_seed(seed, *args(tag), folder(tag), run.device, World(), tick, run.init)
+                alone = replace(run, cfg=cfg.for_method(tag), world=World(), tick=tick)
+                run_seed(seed, alone, folder(tag))
         world.barrier()
         if world.main:
             for seed, tag in runs:
@@ -552,9 +526,7 @@ def run_all(run: Run, tags: list[str], out: Path) -> dict[str, list[dict]]:
                 results[tag].append(json.loads(done.read_text()))
         return results
     for seed, tag in runs:
-        results[tag].append(
-            run_seed(seed, *args(tag), folder(tag), run.device, world, run.tick, run.init)
-        )
+        results[tag].append(run_seed(seed, replace(run, cfg=cfg.for_method(tag)), folder(tag)))
     return results
 
 
