@@ -9,11 +9,16 @@ makes it, `restore` undoes it. The backbone computes the same function either wa
 - where it attends through SDPA, its config's attention implementation becomes
   "xpe_fast_sdpa" (key-padding mask, the same dropout; registered with transformers);
 - in inference, self-attention modules keep a fused query/key/value layer
-  (encoder_fast_path.fused_qkv), built on first use.
+  (encoder_fast_path.fused_qkv), built on first use;
+- a classifier head given along gets counter-based dropouts too.
+The caches are written on first use through module_swap.remember, under the names listed
+there, and nowhere else.
 
-`restore(backbone)` swaps every class back, puts back the attention implementation and drops
-every cache and flag the package left on the modules: afterwards the backbone is the Hugging
-Face object it was (what `tests/test_acceleration.py` checks against a fresh copy).
+`restore(backbone)` swaps every class back, puts back the attention implementation (and takes
+it out of transformers' registry once no live accelerated backbone uses it) and drops every
+cache and flag the package left on the modules (module_swap.forget_all): afterwards the
+backbone is the Hugging Face object it was (what `tests/test_acceleration.py` checks against
+a fresh copy).
 """
 
 from __future__ import annotations
@@ -23,13 +28,10 @@ import weakref
 from torch import nn
 
 from . import fast_dropout
-from .encoder_fast_path import QKV_CACHE
 from .frozen_linear import FrozenLinear, onednn_available
-from .module_swap import swap_classes
+from .module_swap import forget_all, swap_classes
 
 _ORIGINAL_ATTN = "_xpe_fast_original_attn"
-# What FrozenLinear and the fast path may set on a module instance.
-_INSTANCE_STATE = ("_bf16_cache", "fast", QKV_CACHE)
 
 
 def is_accelerated(backbone: nn.Module) -> bool:
@@ -71,9 +73,7 @@ def restore(backbone: nn.Module, head: nn.Module | None = None) -> nn.Module:
         return backbone
     swap_classes(backbone, FrozenLinear, nn.Linear)
     fast_dropout.restore_dropouts(backbone)
-    for m in backbone.modules():
-        for name in _INSTANCE_STATE:
-            m.__dict__.pop(name, None)
+    forget_all(backbone)  # every cache and flag the package left on its modules
     config = getattr(backbone, "config", None)
     original = backbone.__dict__.pop(_ORIGINAL_ATTN)
     if config is not None and original is not None:

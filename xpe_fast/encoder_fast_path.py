@@ -28,9 +28,8 @@ from torch import nn
 
 from . import fast_dropout, ops
 from .frozen_linear import FrozenLinear, prepare_frozen_linears, tensor_version
+from .module_swap import FUSED_QKV, recall, remember
 from .ops.packed_attention import kernel_preferred as packed_attention_preferred
-
-QKV_CACHE = "_xpe_fast_qkv"  # attribute of a self-attention module (acceleration.restore drops it)
 
 
 @dataclass
@@ -110,7 +109,7 @@ def fused_qkv(sa: nn.Module) -> nn.Linear:
     key = tuple(
         (m.weight.data_ptr(), tensor_version(m.weight), tensor_version(m.bias)) for m in parts
     )
-    cached = sa.__dict__.get(QKV_CACHE)
+    cached = recall(sa, FUSED_QKV)
     if cached is None or cached[0] != key:
         with torch.inference_mode(False):  # a normal tensor even when first built in eval
             return _build_fused_qkv(sa, parts, key)
@@ -129,7 +128,7 @@ def _build_fused_qkv(sa, parts, key) -> nn.Linear:
         lin.bias.copy_(torch.cat([m.bias.detach() for m in parts]))
     lin.requires_grad_(False)
     prepare_frozen_linears(lin)
-    sa.__dict__[QKV_CACHE] = (key, lin)
+    remember(sa, FUSED_QKV, (key, lin))
     return lin
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_paths
-from .module_swap import swap_classes
+from .module_swap import BF16_WEIGHTS, LINEAR_FAST, recall, remember, swap_classes
 
 
 def onednn_available() -> bool:
@@ -80,29 +80,28 @@ class _FrozenLinearFunction(torch.autograd.Function):
 class FrozenLinear(nn.Linear):
     """An nn.Linear whose frozen forward (and input gradient) runs on oneDNN; see module doc."""
 
-    _bf16_cache: tuple | None = None
-    fast: bool = True
-
     def _bf16_weights(self):
         key = (
             self.weight.data_ptr(),
             tensor_version(self.weight),
             None if self.bias is None else tensor_version(self.bias),
         )
-        if self._bf16_cache is None or self._bf16_cache[0] != key:
+        cached = recall(self, BF16_WEIGHTS)
+        if cached is None or cached[0] != key:
             # Normal tensors even when first built under inference_mode: a later training
             # step saves them for backward.
             with torch.inference_mode(False), torch.no_grad():
                 w = self.weight.detach().to(torch.bfloat16)
                 b = None if self.bias is None else self.bias.detach().to(torch.bfloat16)
-            self._bf16_cache = (key, w, b)
-        return self._bf16_cache[1], self._bf16_cache[2]
+            cached = (key, w, b)
+            remember(self, BF16_WEIGHTS, cached)
+        return cached[1], cached[2]
 
     def _operands(self, x: torch.Tensor):
         """(x, w, b) for oneDNN, cast as autocast would; None where nn.Linear must serve."""
         w, b = self.weight, self.bias
         if not (
-            self.fast
+            recall(self, LINEAR_FAST, True)
             and x.device.type == "cpu"
             and w.device.type == "cpu"
             and not w.requires_grad
@@ -157,4 +156,4 @@ def set_frozen_linears_fast(module: nn.Module, fast: bool) -> None:
     """fast=False: every FrozenLinear of `module` runs nn.Linear's own forward again."""
     for m in module.modules():
         if isinstance(m, FrozenLinear):
-            m.fast = fast
+            remember(m, LINEAR_FAST, fast)
